@@ -1,0 +1,82 @@
+"""vibekit-telemetry: local-first telemetry for AI applications.
+
+>>> from vibekit_telemetry import TelemetryService
+>>> with TelemetryService(service_name="my-ai-app") as telemetry:
+...     sid = telemetry.track_start("claude", "code", "Fix this bug")
+...     telemetry.track_stream(sid, "Here's the fix...")
+...     telemetry.track_end(sid, "completed")
+"""
+
+from .batcher import Batcher
+from .builder import EventBuilder
+from .config import LoadedConfig, PluginSpec, StorageConfig, TelemetryConfig, load_config
+from .errors import (
+    ConfigError,
+    InvalidEventError,
+    InvalidQueryError,
+    PluginError,
+    ServiceClosedError,
+    StorageError,
+    TelemetryError,
+)
+from .hookspecs import hookimpl
+from .model import (
+    EVENT_TYPES,
+    Anomaly,
+    Page,
+    QueryFilter,
+    Session,
+    SessionFilter,
+    TelemetryEvent,
+    TokenUsage,
+    decode_cursor,
+    encode_cursor,
+    new_id,
+    summarize_sessions,
+    validate_event,
+)
+from .service import BatchResult, HealthStatus, SessionScope, TelemetryService, current_session_id
+from .streams import EventStream
+from .times import format_ms, now_ms, span_ms, to_ms
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVENT_TYPES",
+    "Anomaly",
+    "BatchResult",
+    "Batcher",
+    "ConfigError",
+    "EventBuilder",
+    "EventStream",
+    "HealthStatus",
+    "InvalidEventError",
+    "InvalidQueryError",
+    "LoadedConfig",
+    "Page",
+    "PluginError",
+    "PluginSpec",
+    "QueryFilter",
+    "ServiceClosedError",
+    "Session",
+    "SessionFilter",
+    "SessionScope",
+    "StorageConfig",
+    "StorageError",
+    "TelemetryConfig",
+    "TelemetryError",
+    "TelemetryEvent",
+    "TokenUsage",
+    "current_session_id",
+    "decode_cursor",
+    "encode_cursor",
+    "format_ms",
+    "hookimpl",
+    "load_config",
+    "new_id",
+    "now_ms",
+    "span_ms",
+    "summarize_sessions",
+    "to_ms",
+    "validate_event",
+]

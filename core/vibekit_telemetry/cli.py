@@ -1,0 +1,370 @@
+"""The ``telemetry`` command line.
+
+Built-in commands cover reading, maintenance and configuration; installed
+plugins add more through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import DEFAULT_CONFIG_TOML, load_config, redact_secrets
+from .errors import TelemetryError
+from .model import QueryFilter
+from .output import EVENT_COLUMNS, FORMATS, SESSION_COLUMNS, render
+from .plugins import ENTRY_POINT_GROUP, command_plugins, installed_plugins
+from .times import to_ms
+
+
+class _Group(click.Group):
+    """Turns :class:`TelemetryError` into a one-line error and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TelemetryError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class _State:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._service = None
+
+    def service(self) -> Any:
+        if self._service is None:
+            from .service import TelemetryService
+
+            self._service = TelemetryService(self.config_path)
+        return self._service
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.shutdown()
+
+
+def _time_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return to_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _format_option(default: str = "table") -> Any:
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default, show_default=True,
+                        help="Output format.")
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config_path", envvar="TELEMETRY_CONFIG", type=click.Path(dir_okay=False),
+              help="Config file (default: ./telemetry.toml or [tool.vibekit-telemetry] in ./pyproject.toml).")
+@click.version_option(__version__, prog_name="telemetry")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Record, inspect and manage telemetry of AI applications."""
+    state = _State(config_path)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins(state: _State, as_json: bool) -> None:
+    """List installed plugins, which ones the configuration loads, and the hooks each implements."""
+    loaded_names: list[str] = []
+    hooks: dict[str, list[str]] = {}
+    load_error = None
+    try:
+        service = state.service()
+        loaded_names = service.plugin_names()
+        hooks = {name: service.host.hooks_of(name) for name in loaded_names}
+    except TelemetryError as exc:
+        load_error = str(exc)
+    rows = []
+    for plugin in installed_plugins():
+        rows.append({"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version,
+                     "loaded": plugin.name in loaded_names, "hooks": hooks.get(plugin.name, []),
+                     "entry_point": plugin.target})
+    for name in loaded_names:
+        if not any(r["name"] == name for r in rows):
+            rows.append({"name": name, "distribution": None, "version": None, "loaded": True,
+                         "hooks": hooks.get(name, []), "entry_point": "(object)"})
+    if as_json:
+        click.echo(json.dumps({"group": ENTRY_POINT_GROUP, "plugins": rows, "error": load_error}, indent=2))
+    else:
+        render([{**r, "hooks": ", ".join(r["hooks"]), "loaded": "yes" if r["loaded"] else "no"} for r in rows],
+               ("name", "distribution", "version", "loaded", "hooks"), "table", title="Plugins")
+        if load_error:
+            click.echo(f"configuration error: {load_error}", err=True)
+    if load_error:
+        sys.exit(1)
+
+
+@cli.group()
+def config() -> None:
+    """Show, validate or create the configuration."""
+
+
+@config.command("show")
+@click.pass_obj
+def config_show(state: _State) -> None:
+    """Print the merged configuration (secrets redacted) and where it came from."""
+    loaded = load_config(state.config_path)
+    click.echo(f"# sources: {', '.join(loaded.sources) or 'defaults only'}")
+    import attrs
+
+    merged = attrs.asdict(loaded.config)
+    shown = {**merged, **loaded.raw}
+    click.echo(json.dumps(redact_secrets(shown), indent=2, default=str))
+
+
+@config.command("validate")
+@click.pass_obj
+def config_validate(state: _State) -> None:
+    """Check the configuration and that every plugin it names is installed and accepts its options."""
+    loaded = load_config(state.config_path)
+    service = state.service()
+    click.echo(f"configuration OK ({', '.join(loaded.sources) or 'defaults only'}); "
+               f"plugins: {', '.join(service.plugin_names()) or 'none'}")
+
+
+@config.command("init")
+@click.option("--path", type=click.Path(dir_okay=False), default="telemetry.toml", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(path: str, force: bool) -> None:
+    """Write a commented default configuration file."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; use --force to overwrite it")
+    target.write_text(DEFAULT_CONFIG_TOML, encoding="utf-8")
+    click.echo(f"wrote {target}")
+
+
+def _meta_pairs(values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--meta")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+@cli.command()
+@click.option("--category", help="Only this category (agent).")
+@click.option("--type", "event_type", type=click.Choice(["start", "stream", "end", "error", "custom"]))
+@click.option("--session", "session_id", help="Only this session.")
+@click.option("--action")
+@click.option("--label")
+@click.option("--since", help="Start time: 30m, 1h, 2d, an ISO date, or now.")
+@click.option("--until", help="End time, same forms as --since.")
+@click.option("--meta", multiple=True, help="Metadata equality filter KEY=VALUE (repeatable).")
+@click.option("-q", "--text", help="Full-text search over prompts and streamed text.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="desc", show_default=True)
+@_format_option()
+@click.pass_obj
+def query(state: _State, fmt: str, meta: tuple[str, ...], since: str | None, until: str | None, **kwargs: Any) -> None:
+    """Query events."""
+    events = state.service().query(since=_time_option(since), until=_time_option(until), metadata=_meta_pairs(meta),
+                                   **kwargs)
+    render([e.to_dict() for e in events], EVENT_COLUMNS, fmt, title=f"{len(events)} events")
+
+
+@cli.command()
+@click.option("--status", help="active, completed, failed ...")
+@click.option("--agent")
+@click.option("--mode")
+@click.option("--since")
+@click.option("--until")
+@click.option("--roots", is_flag=True, help="Only top-level sessions (no tool calls or sub-agents).")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+@_format_option()
+@click.pass_obj
+def sessions(state: _State, fmt: str, since: str | None, until: str | None, roots: bool, **kwargs: Any) -> None:
+    """List sessions, newest first."""
+    found = state.service().get_sessions(since=_time_option(since), until=_time_option(until), root_only=roots, **kwargs)
+    render([s.to_dict() for s in found], SESSION_COLUMNS, fmt, title=f"{len(found)} sessions")
+
+
+@cli.command()
+@click.argument("session_id")
+@click.option("--with-events", is_flag=True, help="Also list the session's events in time order.")
+@click.option("--tree", is_flag=True, help="Include child sessions (tool calls, sub-agents).")
+@_format_option()
+@click.pass_obj
+def session(state: _State, session_id: str, with_events: bool, tree: bool, fmt: str) -> None:
+    """Show one session."""
+    service = state.service()
+    found = service.get_session(session_id, tree=tree)
+    if found is None:
+        raise click.ClickException(f"no session {session_id!r}")
+    record = found.to_dict()
+    events = service.query(session_id=session_id, order="asc") if with_events else []
+    if fmt in ("json", "jsonl"):
+        if with_events:
+            record["events"] = [e.to_dict() for e in events]
+        render([record], SESSION_COLUMNS, fmt)
+        return
+    render([record], SESSION_COLUMNS, fmt, title=f"session {session_id}")
+    if tree and found.children:
+        render([c.to_dict() for c in _flatten(found.children)], SESSION_COLUMNS, fmt, title="child sessions")
+    if with_events:
+        render([e.to_dict() for e in events], EVENT_COLUMNS, fmt, title=f"{len(events)} events")
+
+
+def _flatten(children: Any) -> list[Any]:
+    out = []
+    for child in children:
+        out.append(child)
+        out.extend(_flatten(child.children))
+    return out
+
+
+@cli.command()
+@click.option("--category")
+@click.option("--type", "event_type", type=click.Choice(["start", "stream", "end", "error", "custom"]))
+@click.option("--session", "session_id")
+@click.option("--since", default="now", show_default=True, help="Also print events since this time first.")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between polls.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--timeout", type=float, help="Stop after this many seconds.")
+@_format_option("jsonl")
+@click.pass_obj
+def tail(state: _State, since: str, interval: float, count: int | None, timeout: float | None, fmt: str,
+         **kwargs: Any) -> None:
+    """Follow new events as any process stores them (Ctrl-C stops)."""
+    service = state.service()
+    flt = QueryFilter(since=_time_option(since), order="asc", limit=500, **kwargs)
+    deadline = time.monotonic() + timeout if timeout else None
+    shown = 0
+    cursor = None
+    try:
+        while True:
+            page = service.query_page(flt if cursor is None else QueryFilter.build(flt, cursor=cursor))
+            events = page.events
+            if count is not None:
+                events = events[: count - shown]
+            if events:
+                render([e.to_dict() for e in events], EVENT_COLUMNS, fmt)
+                sys.stdout.flush()
+                shown += len(events)
+                from .model import encode_cursor
+
+                cursor = encode_cursor(events[-1])
+            if count is not None and shown >= count:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if len(page.events) < (flt.limit or 0):
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.option("--days", type=click.FloatRange(min=0), required=True, help="Keep this many days of data.")
+@click.pass_obj
+def clean(state: _State, days: float) -> None:
+    """Delete events older than --days."""
+    deleted = state.service().clean(days)
+    click.echo(f"deleted {deleted} events older than {days:g} days")
+
+
+@cli.command()
+@click.pass_obj
+def optimize(state: _State) -> None:
+    """Compact indexes and storage files."""
+    state.service().optimize()
+    click.echo("optimized")
+
+
+@cli.command()
+@click.option("--detailed", is_flag=True, help="Show every component's report.")
+@_format_option()
+@click.pass_obj
+def health(state: _State, detailed: bool, fmt: str) -> None:
+    """Report component health, queue, counters and resource use; exit 1 when unhealthy."""
+    status = state.service().get_health_status()
+    data = status.to_dict()
+    if fmt != "table":
+        if not detailed:
+            data = {k: data[k] for k in ("healthy", "issues", "counters", "pipeline")}
+        render([data], (), fmt)
+    else:
+        click.echo(f"healthy: {'yes' if status.healthy else 'no'}")
+        for issue in status.issues:
+            click.echo(f"  issue: {issue}")
+        c = status.counters
+        click.echo(f"events: accepted {c['accepted']}, stored {c['stored']}, dropped {c['dropped']}, "
+                   f"filtered {c['filtered']}, rejected {c['rejected']}")
+        click.echo(f"queue: {status.pipeline['queue_depth']}/{status.pipeline['max_queue_size']}")
+        click.echo(f"memory: {status.memory['used']} MB; storage: {status.storage['used']} bytes")
+        if detailed:
+            for name, report in status.components.items():
+                click.echo(f"[{name}] " + json.dumps(report, default=str))
+    if not status.healthy:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--sessions", "count", type=click.IntRange(min=1), default=24, show_default=True,
+              help="How many agent sessions to record.")
+@click.option("--seed", type=int, default=None, help="Random seed for a repeatable workload.")
+@click.pass_obj
+def demo(state: _State, count: int, seed: int | None) -> None:
+    """Record a realistic multi-agent workload into the configured storage and show it."""
+    from .demo import describe, run_demo
+
+    service = state.service()
+    summary = run_demo(service, sessions=count, seed=seed)
+    for line in describe(summary):
+        click.echo(line)
+    for name, report in service.get_health_status().components.items():
+        if report.get("path"):
+            click.echo(f"  stored in: {report['path']} ({name})")
+    latest = service.get_sessions(limit=8, root_only=True)
+    render([s.to_dict() for s in latest], SESSION_COLUMNS, "table", title="latest sessions")
+    click.echo("Next: telemetry sessions | telemetry session <id> --with-events | "
+               "telemetry query --category claude --since 1h")
+
+
+def _add_plugin_commands() -> None:
+    targets = []
+    from .plugins import resolve_entry_points
+
+    for plugin in installed_plugins():
+        try:
+            targets.extend(resolve_entry_points([plugin.name]).items())
+        except TelemetryError as exc:
+            click.echo(f"warning: {exc}", err=True)
+    pm = command_plugins(targets)
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            click.echo(f"warning: plugin {impl.plugin_name} could not add its commands: {exc}", err=True)
+
+
+def main() -> None:
+    """Entry point of the ``telemetry`` script."""
+    _add_plugin_commands()
+    cli(prog_name="telemetry")
+
+
+if __name__ == "__main__":
+    main()

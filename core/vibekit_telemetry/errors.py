@@ -1,0 +1,44 @@
+"""The exceptions vibekit-telemetry raises to its users.
+
+Every error derives from :class:`TelemetryError`; errors about bad input also
+derive from :class:`ValueError`, so ``except ValueError`` keeps working for
+callers that validate their own data.
+"""
+
+from __future__ import annotations
+
+
+class TelemetryError(Exception):
+    """Base class of every error raised by vibekit-telemetry."""
+
+
+class InvalidEventError(TelemetryError, ValueError):
+    """An event was rejected; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"invalid event: {field}: {message}")
+
+
+class InvalidQueryError(TelemetryError, ValueError):
+    """A query filter was rejected; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"invalid query: {field}: {message}")
+
+
+class ConfigError(TelemetryError, ValueError):
+    """The configuration is invalid: the message names the source, key path and problem."""
+
+
+class PluginError(TelemetryError):
+    """A plugin could not be found, loaded, configured or registered."""
+
+
+class StorageError(TelemetryError):
+    """A storage plugin cannot open, read or write its data."""
+
+
+class ServiceClosedError(TelemetryError):
+    """The service was shut down and cannot answer reads any more."""

@@ -1,0 +1,155 @@
+"""The hook specifications: everything a plugin can take part in.
+
+Plugins mark their implementations with :data:`hookimpl`.  The kernel calls
+the hooks itself rather than through pluggy's default fan-out, so that order
+and isolation are under its control:
+
+* ``before_track`` is a chain run in configuration order, each plugin receiving
+  the previous one's result;
+* ``store``, ``after_track``, ``clean``, ``optimize``, ``health``, ``detect``,
+  ``startup`` and ``shutdown`` are called one plugin at a time, and an
+  exception in one plugin is recorded without stopping the others;
+* ``query``, ``get_session``, ``get_sessions`` and ``export`` are answered by
+  the first plugin in configuration order that returns something other than
+  ``None``.
+
+Every hook is documented with an example in ``docs/hooks.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import click
+
+    from .model import Anomaly, QueryFilter, Session, SessionFilter, TelemetryEvent
+    from .service import TelemetryService
+
+PROJECT = "vibekit_telemetry"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def startup(service: TelemetryService) -> None:
+    """Called once, after every configured plugin is registered and before the first event.
+
+    Open files and connections here.  Raising aborts the service's start with an
+    error that names the plugin.
+    """
+
+
+@hookspec
+def shutdown(service: TelemetryService) -> None:
+    """Called once when the service shuts down, after the last batch was stored.
+
+    Close files and connections here.
+    """
+
+
+@hookspec
+def before_track(event: TelemetryEvent) -> TelemetryEvent | None:
+    """Inspect or change an event before it is queued, on the caller's thread.
+
+    Return a (possibly new) :class:`TelemetryEvent` to pass on, ``None`` to drop
+    the event (counted as ``filtered``).  Plugins run in configuration order,
+    each receiving the previous plugin's result.  Keep it fast: this runs inside
+    ``track()``.  If the implementation raises, the event is dropped (counted as
+    ``before_track_error``), never passed on unprocessed.
+    """
+
+
+@hookspec
+def after_track(event: TelemetryEvent) -> None:
+    """Be told about an event once its batch has been handed to every storage plugin.
+
+    Runs on the background flusher thread; exceptions are logged and counted.
+    """
+
+
+@hookspec
+def store(events: list[TelemetryEvent]) -> None:
+    """Persist a batch of events (a storage plugin's main job).
+
+    Every storage plugin receives every batch.  Events carry unique ids: a store
+    must ignore an id it already holds, so a retried batch never doubles rows.
+    Raise to report failure; the other storage plugins still receive the batch.
+    """
+
+
+@hookspec(firstresult=True)
+def query(filter: QueryFilter) -> list[TelemetryEvent] | None:
+    """Return the events matching ``filter``, in its order, honouring limit, offset and cursor.
+
+    Answered by the first storage plugin (in configuration order) that returns a list.
+    """
+
+
+@hookspec(firstresult=True)
+def get_session(session_id: str) -> Session | None:
+    """Return the session with this id, or ``None`` when unknown."""
+
+
+@hookspec(firstresult=True)
+def get_sessions(filter: SessionFilter) -> list[Session] | None:
+    """Return the sessions matching ``filter``, in its order and limits."""
+
+
+@hookspec
+def clean(before: int) -> int | None:
+    """Delete events (and sessions that started) before ``before`` (epoch ms); return how many events went."""
+
+
+@hookspec
+def optimize() -> None:
+    """Compact indexes and storage files."""
+
+
+@hookspec
+def health() -> dict[str, Any] | None:
+    """Report this plugin's state as a JSON-ready dict.
+
+    ``healthy`` (bool) and ``issues`` (list of strings) are read by the kernel;
+    anything else (``size_bytes``, ``path`` ...) is shown as it is.
+    """
+
+
+@hookspec(firstresult=True)
+def export(format: str, events: Iterable[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int | None:
+    """Write ``events`` to the binary stream ``output`` in ``format``.
+
+    Return the number of events written if this plugin handles ``format``,
+    otherwise ``None`` (without consuming ``events``).  ``events`` is an
+    iterator: write as you go so memory stays bounded.
+    """
+
+
+@hookspec
+def export_formats() -> list[str] | None:
+    """Return the export format names this plugin handles (shown in errors and ``telemetry plugins``)."""
+
+
+@hookspec
+def detect(metric: str, points: list[tuple[int, float]], sensitivity: str) -> list[Anomaly] | None:
+    """Look for anomalies in a metric series.
+
+    ``points`` are ``(epoch_ms, value)`` in time order; ``sensitivity`` is
+    ``low``, ``medium`` or ``high``.  Return the findings (possibly empty).
+    A detector must judge each point only from the points before it.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``telemetry`` command line.
+
+    Called for every installed plugin when the CLI starts, before any
+    configuration is read, so implement it as a ``@staticmethod`` (or a module
+    level function) that uses no plugin state.
+    """

@@ -1,0 +1,574 @@
+"""The values that flow through vibekit-telemetry: events, sessions, filters, findings.
+
+All are frozen attrs classes.  Storage plugins build them from their rows and
+the kernel hands them to hooks, so they are the whole vocabulary a plugin needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import InvalidEventError, InvalidQueryError
+from .times import now_ms, to_ms
+
+EVENT_TYPES = frozenset({"start", "stream", "end", "error", "custom"})
+SESSION_STATUSES = ("active", "completed", "failed", "cancelled", "timeout")
+
+_id_lock = threading.Lock()
+_id_state = {"ms": 0, "seq": 0}
+
+
+def new_id(timestamp_ms: int | None = None) -> str:
+    """A 32-hex-digit id that sorts by creation time.
+
+    48 bits of milliseconds, a 16-bit sequence that keeps ids created within one
+    millisecond in order, and 64 random bits so ids from different processes
+    never collide.  Time-ordered keys also make SQLite appends cheap.
+    """
+    ms = now_ms() if timestamp_ms is None else timestamp_ms
+    with _id_lock:
+        if ms == _id_state["ms"]:
+            _id_state["seq"] = (_id_state["seq"] + 1) & 0xFFFF
+        else:
+            _id_state["ms"] = ms
+            _id_state["seq"] = 0
+        seq = _id_state["seq"]
+    return f"{ms & 0xFFFFFFFFFFFF:012x}{seq:04x}{os.urandom(8).hex()}"
+
+
+@attrs.frozen
+class TelemetryEvent:
+    """One thing that happened: a session start, a streamed chunk, an end, an error, or a custom event.
+
+    ``timestamp`` is epoch milliseconds.  Start events carry ``agent``, ``mode``,
+    ``prompt`` and optionally ``parent_session_id``; stream events carry
+    ``stream_data``; end events ``status``; error events ``error_type``,
+    ``error_message`` and ``error_stack``.  ``truncated`` names the fields that
+    were cut to ``max_field_bytes`` on the way in.
+    """
+
+    event_type: str
+    category: str
+    id: str = attrs.field(factory=new_id)
+    session_id: str | None = None
+    action: str | None = None
+    label: str | None = None
+    value: float | None = None
+    timestamp: int = attrs.field(factory=now_ms)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    agent: str | None = None
+    mode: str | None = None
+    prompt: str | None = None
+    parent_session_id: str | None = None
+    stream_data: str | None = None
+    status: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_stack: str | None = None
+    truncated: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TelemetryEvent:
+        """Build and validate an event from a mapping (snake_case or the seed's camelCase keys).
+
+        Raises :class:`InvalidEventError` naming the field for unknown keys, wrong
+        types, a missing category or an unknown event type.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidEventError("event", f"expected a mapping, got {type(data).__name__}")
+        kwargs: dict[str, Any] = {}
+        for key, val in data.items():
+            name = key if key in _FIELD_NAMES else _ALIASES.get(key)
+            if name is None:
+                raise InvalidEventError(str(key), f"unknown field; known fields: {', '.join(sorted(_FIELD_NAMES))}")
+            if val is not None:
+                kwargs[name] = val
+        if "timestamp" in kwargs and not isinstance(kwargs["timestamp"], int):
+            try:
+                kwargs["timestamp"] = to_ms(kwargs["timestamp"])
+            except ValueError as exc:
+                raise InvalidEventError("timestamp", str(exc)) from None
+        kwargs.setdefault("event_type", "custom")
+        if "truncated" in kwargs:
+            kwargs["truncated"] = tuple(kwargs["truncated"])
+        try:
+            event = cls(**kwargs)
+        except TypeError as exc:
+            missing = "category" if "category" not in kwargs else "event"
+            raise InvalidEventError(missing, f"required ({exc})") from None
+        validate_event(event)
+        return event
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a plain dict with ``None`` fields left out (JSON-ready)."""
+        out = {}
+        for name in _FIELD_ORDER:
+            val = getattr(self, name)
+            if val is None or (name == "truncated" and not val):
+                continue
+            out[name] = list(val) if name == "truncated" else val
+        return out
+
+
+_FIELD_ORDER = tuple(f.name for f in attrs.fields(TelemetryEvent))
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
+_STRING_FIELDS = (
+    "id", "session_id", "action", "label", "agent", "mode", "prompt", "parent_session_id",
+    "stream_data", "status", "error_type", "error_message", "error_stack",
+)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+_ALIASES = {_camel(n): n for n in _FIELD_ORDER if "_" in n} | {"parentSessionId": "parent_session_id"}
+
+
+def validate_event(event: TelemetryEvent) -> None:
+    """Check an event's field types and values; raise :class:`InvalidEventError` naming the field."""
+    if event.event_type not in EVENT_TYPES:
+        raise InvalidEventError("event_type", f"must be one of {', '.join(sorted(EVENT_TYPES))}, got {event.event_type!r}")
+    if not isinstance(event.category, str) or not event.category:
+        raise InvalidEventError("category", f"must be a non-empty string, got {event.category!r}")
+    for name in _STRING_FIELDS:
+        val = getattr(event, name)
+        if val is not None and not isinstance(val, str):
+            raise InvalidEventError(name, f"must be a string, got {type(val).__name__}")
+    if not event.id:
+        raise InvalidEventError("id", "must not be empty")
+    if type(event.timestamp) is not int:
+        raise InvalidEventError("timestamp", f"must be integer epoch milliseconds, got {event.timestamp!r}")
+    if event.value is not None:
+        if isinstance(event.value, bool) or not isinstance(event.value, (int, float)) or not math.isfinite(event.value):
+            raise InvalidEventError("value", f"must be a finite number, got {event.value!r}")
+    if not isinstance(event.metadata, Mapping):
+        raise InvalidEventError("metadata", f"must be a JSON object (mapping), got {type(event.metadata).__name__}")
+    if event.metadata:
+        _check_json("metadata", event.metadata, 0)
+    if event.event_type in ("stream", "end", "error") and not event.session_id:
+        raise InvalidEventError("session_id", f"required for {event.event_type} events")
+
+
+def _check_json(path: str, value: Any, depth: int) -> None:
+    if depth > 32:
+        raise InvalidEventError(path, "nested more than 32 levels deep")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEventError(f"{path}.{key!r}", "object keys must be strings")
+            if item is None or isinstance(item, (str, int, bool)):
+                continue
+            _check_json(f"{path}.{key}", item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if item is None or isinstance(item, (str, int, bool)):
+                continue
+            _check_json(f"{path}[{index}]", item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEventError(path, f"must be a finite number, got {value!r}")
+    elif not (value is None or isinstance(value, (str, int, bool))):
+        raise InvalidEventError(path, f"is not JSON-serialisable ({type(value).__name__})")
+
+
+_TOKEN_KEYS = {
+    "input": ("input_tokens", "prompt_tokens", "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"),
+    "output": ("output_tokens", "completion_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"),
+    "cache_read": ("cache_read_tokens", "cache_read_input_tokens", "cached_tokens",
+                   "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"),
+    "cache_creation": ("cache_creation_tokens", "cache_creation_input_tokens",
+                       "gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"),
+    "reasoning": ("reasoning_tokens", "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
+}
+
+
+@attrs.frozen
+class TokenUsage:
+    """Token counts of a call or a session.
+
+    ``input`` already includes ``cache_read`` and ``cache_creation``, and
+    ``output`` already includes ``reasoning``: those three are subsets, so
+    ``total`` is ``input + output`` and nothing is counted twice.
+    """
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_creation: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        """Input plus output tokens."""
+        return self.input + self.output
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(*(a + b for a, b in zip(attrs.astuple(self), attrs.astuple(other))))
+
+    def __bool__(self) -> bool:
+        return any(attrs.astuple(self))
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> TokenUsage:
+        """Read token counts from event metadata.
+
+        Understands ``input_tokens``/``output_tokens`` (and the OpenAI names
+        ``prompt_tokens``/``completion_tokens``), ``cache_read_tokens``,
+        ``cache_creation_tokens``, ``reasoning_tokens``, the OpenTelemetry
+        ``gen_ai.usage.*`` names, and the same keys inside a ``usage`` object.
+        """
+        if not metadata:
+            return _NO_TOKENS
+        sources = [metadata]
+        usage = metadata.get("usage")
+        if isinstance(usage, Mapping):
+            sources.append(usage)
+        counts = {}
+        for field, keys in _TOKEN_KEYS.items():
+            for source in sources:
+                for key in keys:
+                    val = source.get(key)
+                    if isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0:
+                        counts[field] = int(val)
+                        break
+                if field in counts:
+                    break
+        return cls(**counts) if counts else _NO_TOKENS
+
+
+_NO_TOKENS = TokenUsage()
+
+
+@attrs.frozen
+class Session:
+    """A session: one AI interaction from start to end, summarised from its events.
+
+    ``duration_ms`` and ``ttft_ms`` (time to the first streamed chunk) are
+    derived from the timestamps.  ``parent_id`` links a session to the one it
+    ran inside (agent -> LLM call -> tool call); ``children`` is filled when a
+    tree is asked for.
+    """
+
+    id: str
+    agent: str | None = None
+    mode: str | None = None
+    prompt: str | None = None
+    status: str = "active"
+    parent_id: str | None = None
+    started_at: int | None = None
+    ended_at: int | None = None
+    first_event_at: int | None = None
+    last_event_at: int | None = None
+    first_stream_at: int | None = None
+    event_count: int = 0
+    stream_count: int = 0
+    error_count: int = 0
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    tokens: TokenUsage = _NO_TOKENS
+    last_error: str | None = None
+    children: tuple[Session, ...] = ()
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Milliseconds from start to end, or ``None`` while the session is open."""
+        if self.ended_at is None or self.started_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def ttft_ms(self) -> int | None:
+        """Milliseconds from start to the first streamed chunk, if there was one."""
+        if self.first_stream_at is None or self.started_at is None:
+            return None
+        return self.first_stream_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session as a JSON-ready dict, with derived durations and nested children."""
+        out = attrs.asdict(self, recurse=False)
+        out["tokens"] = attrs.asdict(self.tokens) | {"total": self.tokens.total}
+        out["metadata"] = dict(self.metadata)
+        out["duration_ms"] = self.duration_ms
+        out["ttft_ms"] = self.ttft_ms
+        out["children"] = [child.to_dict() for child in self.children]
+        return out
+
+
+def summarize_sessions(events: Iterable[TelemetryEvent], existing: Mapping[str, Session]) -> dict[str, Session]:
+    """Fold events into the sessions they belong to.
+
+    ``existing`` holds the current state of the sessions concerned (missing
+    ones start empty).  Returns the updated sessions by id.  Every storage
+    plugin calls this so that all of them agree on what a session is; the result
+    does not depend on the order in which batches arrive.
+    """
+    state: dict[str, dict[str, Any]] = {}
+    for event in events:
+        sid = event.session_id
+        if not sid:
+            continue
+        s = state.get(sid)
+        if s is None:
+            prior = existing.get(sid)
+            s = attrs.asdict(prior, recurse=False) if prior is not None else {"id": sid, "metadata": {}, "tokens": _NO_TOKENS}
+            s["metadata"] = dict(s["metadata"])
+            state[sid] = s
+        ts = event.timestamp
+        s["event_count"] = s.get("event_count", 0) + 1
+        if s.get("first_event_at") is None or ts < s["first_event_at"]:
+            s["first_event_at"] = ts
+        if s.get("last_event_at") is None or ts > s["last_event_at"]:
+            s["last_event_at"] = ts
+        kind = event.event_type
+        if kind == "start":
+            s["started_at"] = ts if s.get("started_at") is None else min(ts, s["started_at"])
+            for name in ("agent", "mode", "prompt"):
+                if getattr(event, name) is not None:
+                    s[name] = getattr(event, name)
+            if event.parent_session_id:
+                s["parent_id"] = event.parent_session_id
+            if s.get("ended_at") is None:
+                s["status"] = "active"
+        elif kind == "stream":
+            s["stream_count"] = s.get("stream_count", 0) + 1
+            if s.get("first_stream_at") is None or ts < s["first_stream_at"]:
+                s["first_stream_at"] = ts
+        elif kind == "end":
+            if s.get("ended_at") is None or ts >= s["ended_at"]:
+                s["ended_at"] = ts
+                s["status"] = event.status or "completed"
+        elif kind == "error":
+            s["error_count"] = s.get("error_count", 0) + 1
+            s["last_error"] = event.error_message or event.error_type
+        if s.get("agent") is None and event.category:
+            s["agent"] = event.category
+        if event.metadata:
+            s["metadata"].update(event.metadata)
+            usage = TokenUsage.from_metadata(event.metadata)
+            if usage:
+                s["tokens"] = s["tokens"] + usage
+    out = {}
+    for sid, s in state.items():
+        if s.get("started_at") is None:
+            s["started_at"] = s.get("first_event_at")
+        out[sid] = Session(**s)
+    return out
+
+
+_ORDERS = ("asc", "desc")
+
+
+def _opt_time(value: object) -> int | None:
+    return None if value is None else to_ms(value)
+
+
+def _tuple(value: object) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v for v in value.split(",") if v)
+    return tuple(value)
+
+
+@attrs.frozen
+class QueryFilter:
+    """Which events a query returns.
+
+    Every field is optional.  ``since``/``until`` accept anything
+    :func:`vibekit_telemetry.times.to_ms` does (``"1h"``, ISO dates, datetimes).
+    ``metadata`` matches top-level metadata keys by equality.  ``text`` is a
+    full-text search over prompts and streamed text.  Results are ordered by
+    time (``order="desc"``, newest first, by default); ``cursor`` continues from
+    the page that returned it.
+    """
+
+    category: str | None = None
+    event_type: str | None = None
+    session_id: str | None = None
+    session_ids: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    action: str | None = None
+    label: str | None = None
+    since: int | None = attrs.field(default=None, converter=_opt_time)
+    until: int | None = attrs.field(default=None, converter=_opt_time)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    text: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    order: str = "desc"
+    cursor: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.order not in _ORDERS:
+            raise InvalidQueryError("order", f"must be 'asc' or 'desc', got {self.order!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
+            raise InvalidQueryError("limit", f"must be a non-negative integer, got {self.limit!r}")
+        if not isinstance(self.offset, int) or self.offset < 0:
+            raise InvalidQueryError("offset", f"must be a non-negative integer, got {self.offset!r}")
+        if self.event_type is not None and self.event_type not in EVENT_TYPES:
+            raise InvalidQueryError("event_type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidQueryError("metadata", "must be a mapping of key to value")
+        if self.cursor is not None:
+            decode_cursor(self.cursor)
+
+    @classmethod
+    def build(cls, filter: QueryFilter | Mapping[str, Any] | None = None, **kwargs: Any) -> QueryFilter:
+        """A filter from an existing filter, a mapping, and/or keyword arguments.
+
+        Also accepts the seed's ``time_range={"start": ..., "end": ...}`` and
+        camelCase keys such as ``eventType``.
+        """
+        base: dict[str, Any] = {}
+        if isinstance(filter, QueryFilter):
+            base = attrs.asdict(filter, recurse=False)
+        elif filter is not None:
+            base = dict(filter)
+        base.update(kwargs)
+        return cls(**_normalise_filter_keys(cls, base))
+
+    def matches(self, event: TelemetryEvent) -> bool:
+        """Whether an event satisfies every condition of this filter (limit, order and cursor aside)."""
+        if self.category is not None and event.category != self.category:
+            return False
+        if self.event_type is not None and event.event_type != self.event_type:
+            return False
+        if self.session_id is not None and event.session_id != self.session_id:
+            return False
+        if self.session_ids and event.session_id not in self.session_ids:
+            return False
+        if self.action is not None and event.action != self.action:
+            return False
+        if self.label is not None and event.label != self.label:
+            return False
+        if self.since is not None and event.timestamp < self.since:
+            return False
+        if self.until is not None and event.timestamp > self.until:
+            return False
+        for key, val in self.metadata.items():
+            if key not in event.metadata or event.metadata[key] != val:
+                return False
+        if self.text:
+            words = self.text.lower().split()
+            haystack = f"{event.prompt or ''} {event.stream_data or ''}".lower()
+            if not all(word.strip('"*') in haystack for word in words):
+                return False
+        return True
+
+
+@attrs.frozen
+class SessionFilter:
+    """Which sessions ``get_sessions`` returns: by status, agent, mode, parent and start time."""
+
+    status: str | None = None
+    agent: str | None = None
+    mode: str | None = None
+    parent_id: str | None = None
+    root_only: bool = False
+    since: int | None = attrs.field(default=None, converter=_opt_time)
+    until: int | None = attrs.field(default=None, converter=_opt_time)
+    limit: int | None = None
+    offset: int = 0
+    order: str = "desc"
+
+    def __attrs_post_init__(self) -> None:
+        if self.order not in _ORDERS:
+            raise InvalidQueryError("order", f"must be 'asc' or 'desc', got {self.order!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
+            raise InvalidQueryError("limit", f"must be a non-negative integer, got {self.limit!r}")
+
+    @classmethod
+    def build(cls, filter: SessionFilter | Mapping[str, Any] | None = None, **kwargs: Any) -> SessionFilter:
+        """A session filter from an existing filter, a mapping, and/or keyword arguments."""
+        base: dict[str, Any] = {}
+        if isinstance(filter, SessionFilter):
+            base = attrs.asdict(filter, recurse=False)
+        elif filter is not None:
+            base = dict(filter)
+        base.update(kwargs)
+        return cls(**_normalise_filter_keys(cls, base))
+
+    def matches(self, session: Session) -> bool:
+        """Whether a session satisfies this filter (limit and order aside)."""
+        if self.status is not None and session.status != self.status:
+            return False
+        if self.agent is not None and session.agent != self.agent:
+            return False
+        if self.mode is not None and session.mode != self.mode:
+            return False
+        if self.parent_id is not None and session.parent_id != self.parent_id:
+            return False
+        if self.root_only and session.parent_id is not None:
+            return False
+        started = session.started_at or 0
+        if self.since is not None and started < self.since:
+            return False
+        if self.until is not None and started > self.until:
+            return False
+        return True
+
+
+def _normalise_filter_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in attrs.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, val in data.items():
+        if key in ("time_range", "timeRange") and val is not None:
+            out["since"] = val.get("start")
+            out["until"] = val.get("end")
+            continue
+        name = key if key in names else _snake(key)
+        if name not in names:
+            raise InvalidQueryError(key, f"unknown filter; known filters: {', '.join(sorted(names))}")
+        out[name] = val
+    return out
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def encode_cursor(event: TelemetryEvent) -> str:
+    """An opaque cursor pointing just past ``event`` in time order."""
+    return base64.urlsafe_b64encode(f"{event.timestamp}:{event.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The ``(timestamp, id)`` a cursor points past; raises :class:`InvalidQueryError` if malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, _, event_id = raw.partition(":")
+        if not event_id:
+            raise ValueError
+        return int(ts), event_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidQueryError("cursor", "malformed; pass the next_cursor of a previous page") from None
+
+
+@attrs.frozen
+class Page:
+    """One page of a query: the events and the cursor of the next page (``None`` at the end)."""
+
+    events: list[TelemetryEvent]
+    next_cursor: str | None
+
+
+@attrs.frozen
+class Anomaly:
+    """A finding of an anomaly detector (the ``detect`` hook)."""
+
+    metric: str
+    timestamp: int
+    value: float
+    expected_low: float | None = None
+    expected_high: float | None = None
+    score: float = 0.0
+    severity: str = "medium"
+    description: str = ""
+    detector: str = ""

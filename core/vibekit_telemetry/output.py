@@ -1,0 +1,75 @@
+"""Rendering rows for the command line: ``table`` (rich), ``json``, ``jsonl`` and ``csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .model import Session, TelemetryEvent
+from .times import format_ms
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+EVENT_COLUMNS = ("timestamp", "event_type", "category", "action", "session_id", "text", "value", "id")
+SESSION_COLUMNS = ("id", "agent", "mode", "status", "started_at", "duration_ms", "ttft_ms", "event_count",
+                   "stream_count", "error_count", "tokens", "prompt")
+
+
+def event_record(event: TelemetryEvent) -> dict[str, Any]:
+    """An event as a flat dict for output (times as ISO strings in tables)."""
+    return event.to_dict()
+
+
+def session_record(session: Session) -> dict[str, Any]:
+    """A session as a dict for output."""
+    return session.to_dict()
+
+
+def _cell(column: str, record: dict[str, Any], width: int = 60) -> str:
+    if column == "text":
+        value = record.get("stream_data") or record.get("prompt") or record.get("error_message") or record.get("label") or ""
+    elif column == "tokens":
+        value = (record.get("tokens") or {}).get("total") or ""
+    else:
+        value = record.get(column)
+    if value is None:
+        return ""
+    if column in ("timestamp", "started_at", "ended_at") and isinstance(value, int):
+        return format_ms(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(records: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, *, title: str | None = None,
+           out: TextIO | None = None) -> None:
+    """Write records in a format; ``columns`` chooses the table and CSV columns (JSON keeps everything)."""
+    out = out or sys.stdout
+    if fmt == "json":
+        json.dump(list(records), out, indent=2, ensure_ascii=False, default=str)
+        out.write("\n")
+    elif fmt == "jsonl":
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    elif fmt == "csv":
+        all_columns = list(dict.fromkeys(k for r in records for k in r)) or list(columns)
+        writer = csv.DictWriter(out, fieldnames=all_columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                             for k, v in record.items()})
+    elif fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_lines=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for record in records:
+            table.add_row(*[_cell(c, record) for c in columns])
+        Console(file=out, width=max(160, Console().width)).print(table)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -1,0 +1,869 @@
+"""``TelemetryService``: the public face of the kernel.
+
+It assembles the configured plugins, accepts events on the caller's thread
+(validation and the ``before_track`` chain only, no I/O), writes them in
+batches from a background thread to every storage plugin, and answers reads
+from the first storage plugin after flushing what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import io
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+import weakref
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+
+from .batcher import Batcher
+from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, LoadedConfig, TelemetryConfig, load_config
+from .errors import InvalidEventError, PluginError, ServiceClosedError, StorageError, TelemetryError
+from .model import (
+    Anomaly,
+    Page,
+    QueryFilter,
+    Session,
+    SessionFilter,
+    TelemetryEvent,
+    encode_cursor,
+    validate_event,
+)
+from .pipeline import Pipeline
+from .plugins import PluginHost, instantiate, plugin_name_of, resolve_entry_points
+from .streams import EventStream
+from .times import now_ms, to_ms
+
+log = logging.getLogger("vibekit_telemetry.service")
+
+_current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_session", default=None)
+
+_TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
+
+
+def current_session_id() -> str | None:
+    """The id of the innermost ``telemetry.session(...)`` block running in this context."""
+    return _current_session.get()
+
+
+@attrs.frozen
+class BatchResult:
+    """What ``track_batch`` did with each event: ids accepted, indexes rejected (with the error) or dropped."""
+
+    accepted: list[str]
+    rejected: list[tuple[int, InvalidEventError]]
+    dropped: list[int]
+
+
+@attrs.frozen
+class HealthStatus:
+    """The service's state: per-component health, pipeline counters and resource use.
+
+    ``healthy`` is false when any component reports a problem; ``issues`` says which.
+    """
+
+    healthy: bool
+    issues: list[str]
+    components: dict[str, dict[str, Any]]
+    pipeline: dict[str, Any]
+    counters: dict[str, Any]
+    memory: dict[str, float]
+    cpu: dict[str, float]
+    storage: dict[str, Any]
+    uptime_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return attrs.asdict(self)
+
+
+@attrs.define
+class _PluginStats:
+    stored: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: int | None = None
+    write_ms_total: float = 0.0
+
+
+class TelemetryService:
+    """Record AI sessions and events, and read them back.
+
+    With no arguments it reads ``telemetry.toml`` (or ``[tool.vibekit-telemetry]``
+    in ``pyproject.toml``, ``--config``/``TELEMETRY_CONFIG``) and the
+    ``TELEMETRY_*`` environment, and stores into SQLite at
+    ``.vibekit/telemetry.db``.  Keyword arguments mirror the configuration keys
+    (``service_name``, ``storage``, ``security``, ``plugins`` ...) and win over
+    the file; ``plugins`` may also hold plugin objects.  ``config`` may be a path
+    or a :class:`TelemetryConfig`.
+
+    The service is thread-safe; ``track*`` never blocks on I/O, so it is safe to
+    call from asyncio code, and the ``a*`` read methods run in a worker thread.
+    """
+
+    def __init__(self, config: str | os.PathLike[str] | TelemetryConfig | None = None, **options: Any) -> None:
+        plugin_objects = [p for p in options.get("plugins", ()) if not isinstance(p, (str, Mapping))]
+        if plugin_objects:
+            options["plugins"] = [p for p in options["plugins"] if isinstance(p, (str, Mapping))]
+        if isinstance(config, TelemetryConfig):
+            if options:
+                config = attrs.evolve(config, **options)
+            self.loaded = LoadedConfig(config=config, raw=attrs.asdict(config), path=None, sources=("object",))
+        else:
+            self.loaded = load_config(config, overrides=options)
+        self.config: TelemetryConfig = self.loaded.config
+        self._configure_logging()
+        self._started_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._handlers: dict[str, list[Callable[..., Any]]] = {}
+        self._counts: Counter[str] = Counter()
+        self._drops: Counter[str] = Counter()
+        self._plugin_stats: dict[str, _PluginStats] = {}
+        self._streams: list[EventStream] = []
+        self._open_sessions: OrderedDict[str, str] = OrderedDict()
+        self._closed = False
+        self.host = PluginHost()
+        self.storage_plugins: list[str] = []
+        batch_size, flush_interval = self._assemble(plugin_objects)
+        self._before = self.host.impls("before_track")
+        self._max_chars = self.config.max_field_bytes // 4
+        self._pipeline = Pipeline(
+            self._write_batch,
+            batch_size=batch_size,
+            flush_interval=flush_interval / 1000,
+            max_queue=self.config.max_queue_size,
+            on_full=self.config.on_full,
+            enqueue_timeout=self.config.enqueue_timeout_ms / 1000,
+            on_drop=self._record_drop,
+        )
+        self._start_plugins()
+        _live_services.add(self)
+
+    def _configure_logging(self) -> None:
+        level = os.environ.get("TELEMETRY_LOG_LEVEL") or ("DEBUG" if self.config.debug else self.config.log_level)
+        logging.getLogger("vibekit_telemetry").setLevel(level.upper())
+
+    def _assemble(self, plugin_objects: list[Any]) -> tuple[int, int]:
+        """Resolve, configure and register every plugin the configuration names, in its order."""
+        cfg = self.config
+        wanted: list[tuple[str, dict[str, Any], str, bool]] = []
+        batch_size, flush_interval = cfg.stream_batch_size, cfg.stream_flush_interval
+        for index, entry in enumerate(cfg.storage):
+            if not entry.enabled:
+                continue
+            opts = dict(entry.options)
+            for key in PIPELINE_STORAGE_KEYS:
+                if key in opts:
+                    value = opts.pop(key)
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        raise TelemetryError(f"storage[{index}].options.{key}: expected a positive integer, got {value!r}")
+                    if key == "stream_batch_size":
+                        batch_size = min(batch_size, value) if "stream_batch_size" in self.loaded.raw else value
+                    else:
+                        flush_interval = min(flush_interval, value) if "stream_flush_interval" in self.loaded.raw else value
+            wanted.append((entry.type, opts, f"storage[{index}].options", True))
+        for path, plugin in SECTION_PLUGINS.items():
+            section: Any = cfg
+            for part in path:
+                section = getattr(section, part, None) if not isinstance(section, Mapping) else section.get(part)
+            if isinstance(section, Mapping) and section.get("enabled"):
+                opts = {k: v for k, v in section.items() if k != "enabled"}
+                wanted.append((plugin, opts, ".".join(path), False))
+        for index, spec in enumerate(cfg.plugins):
+            wanted.append((spec.name, dict(spec.options), f"plugins[{index}].options", False))
+        targets = resolve_entry_points([name for name, *_ in wanted])
+        source = " + ".join(self.loaded.sources) or "defaults"
+        for name, opts, where, is_storage in wanted:
+            obj = instantiate(name, targets[name], opts, where=source, path=where)
+            self._register(name, obj, source="entry point")
+            if is_storage:
+                self.storage_plugins.append(name)
+        for obj in plugin_objects:
+            name = plugin_name_of(obj)
+            self._register(name, obj, source="object")
+            if any(impl.plugin == name for impl in self.host.impls("store")):
+                self.storage_plugins.append(name)
+        if not self.host.impls("store"):
+            log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
+        return batch_size, flush_interval
+
+    def _register(self, name: str, obj: Any, *, source: str) -> None:
+        self.host.register(name, obj, source=source)
+        self._plugin_stats[name] = _PluginStats()
+
+    def _start_plugins(self) -> None:
+        started: list[str] = []
+        for impl in self.host.impls("startup"):
+            try:
+                impl(service=self)
+            except Exception as exc:
+                self._pipeline.close(timeout=1)
+                for name in reversed(started):
+                    for shut in self.host.impls("shutdown"):
+                        if shut.plugin == name:
+                            try:
+                                shut(service=self)
+                            except Exception:
+                                log.exception("plugin %s failed to shut down", name)
+                if isinstance(exc, TelemetryError):
+                    raise
+                raise PluginError(f"plugin {impl.plugin!r} failed to start: {type(exc).__name__}: {exc}") from exc
+            started.append(impl.plugin)
+
+    @property
+    def service_name(self) -> str:
+        """The configured service name."""
+        return self.config.service_name
+
+    @property
+    def data_dir(self) -> Path:
+        """Where local files (the default database, journals) live."""
+        return Path(self.config.data_dir)
+
+    def track(self, event: TelemetryEvent | Mapping[str, Any] | None = None, /, **fields: Any) -> str | None:
+        """Accept one event and return its id, or ``None`` if a plugin filtered it or the queue refused it.
+
+        ``event`` is a :class:`TelemetryEvent`, a mapping of its fields, or the
+        fields as keyword arguments.  Invalid input raises
+        :class:`~vibekit_telemetry.InvalidEventError` naming the field; nothing
+        else is affected.  No I/O happens on the caller's thread.
+        """
+        if type(event) is TelemetryEvent and not fields:
+            validate_event(event)
+        elif event is None:
+            event = TelemetryEvent.from_dict(fields)
+        elif isinstance(event, Mapping):
+            event = TelemetryEvent.from_dict({**event, **fields} if fields else event)
+        elif isinstance(event, TelemetryEvent):
+            event = TelemetryEvent.from_dict({**event.to_dict(), **fields})
+        else:
+            self._count("rejected")
+            raise InvalidEventError("event", f"expected a TelemetryEvent or a mapping, got {type(event).__name__}")
+        return self._accept(event)
+
+    def _accept(self, event: TelemetryEvent) -> str | None:
+        if self._closed:
+            self._record_drop("after_shutdown", 1)
+            log.warning("event %s tracked after shutdown was dropped", event.id)
+            return None
+        event = self._prepare(event)
+        for impl in self._before:
+            try:
+                result = impl(event=event)
+            except Exception as exc:
+                self._record_drop("before_track_error", 1)
+                self._plugin_failure(impl.plugin, exc)
+                return None
+            if result is None:
+                self._count("filtered")
+                return None
+            if not isinstance(result, TelemetryEvent):
+                self._record_drop("before_track_error", 1)
+                self._plugin_failure(impl.plugin, TypeError(f"before_track returned {type(result).__name__}, not a TelemetryEvent"))
+                return None
+            event = result
+        with self._lock:
+            self._counts["accepted"] += 1
+        if event.event_type == "start" and event.session_id:
+            self._remember_session(event.session_id, event.category)
+        if not self._pipeline.put(event):
+            return None
+        return event.id
+
+    def _prepare(self, event: TelemetryEvent) -> TelemetryEvent:
+        """Apply ``capture_content`` and ``max_field_bytes`` to an event."""
+        changes: dict[str, Any] = {}
+        limit = self._max_chars
+        if not self.config.capture_content and (event.prompt is not None or event.stream_data is not None):
+            changes["prompt"] = None
+            changes["stream_data"] = None
+        cut: list[str] = []
+        for name in _TEXT_FIELDS:
+            if name in changes:
+                continue
+            value = getattr(event, name)
+            if value is not None and len(value) > limit:
+                capped = _cap(value, self.config.max_field_bytes)
+                if capped is not value:
+                    changes[name] = capped
+                    cut.append(name)
+        if event.metadata:
+            for key, value in event.metadata.items():
+                if isinstance(value, str) and len(value) <= limit:
+                    continue
+                if isinstance(value, (str, dict, list)):
+                    capped_meta = _cap_json(dict(event.metadata), self.config.max_field_bytes, cut)
+                    if cut:
+                        changes["metadata"] = capped_meta
+                    break
+        if cut:
+            changes["truncated"] = tuple(dict.fromkeys((*event.truncated, *cut)))
+        return attrs.evolve(event, **changes) if changes else event
+
+    def _remember_session(self, session_id: str, category: str) -> None:
+        with self._lock:
+            self._open_sessions[session_id] = category
+            if len(self._open_sessions) > 10_000:
+                self._open_sessions.popitem(last=False)
+
+    def _category_of(self, session_id: str, category: str | None) -> str:
+        if category:
+            return category
+        return self._open_sessions.get(session_id) or "session"
+
+    def track_start(self, agent: str, mode: str | None = None, prompt: str | None = None, *,
+                    metadata: Mapping[str, Any] | None = None, session_id: str | None = None,
+                    parent_session_id: str | None = None, timestamp: Any = None, category: str | None = None) -> str:
+        """Start a session and return its id.
+
+        Inside a ``telemetry.session(...)`` block the new session becomes a child
+        of that block's session unless ``parent_session_id`` says otherwise.
+        """
+        sid = session_id or _new_session_id()
+        fields: dict[str, Any] = {
+            "event_type": "start", "session_id": sid, "category": category or agent, "agent": agent,
+            "mode": mode, "prompt": prompt, "action": mode, "metadata": dict(metadata or {}),
+            "parent_session_id": parent_session_id or _current_session.get(),
+        }
+        if timestamp is not None:
+            fields["timestamp"] = timestamp
+        self.track(fields)
+        return sid
+
+    def track_stream(self, session_id: str | None = None, stream_data: str | None = None, *,
+                     category: str | None = None, action: str | None = None,
+                     metadata: Mapping[str, Any] | None = None, timestamp: Any = None, **fields: Any) -> str | None:
+        """Record one streamed chunk of a session's output."""
+        if session_id is None:
+            session_id = fields.pop("sessionId", None) or _current_session.get()
+        fields.pop("event_type", None)
+        fields.pop("eventType", None)
+        if not session_id:
+            raise InvalidEventError("session_id", "required for stream events")
+        data = {"event_type": "stream", "session_id": session_id, "category": self._category_of(session_id, category),
+                "action": action, "stream_data": stream_data, "metadata": dict(metadata or {}), **fields}
+        if timestamp is not None:
+            data["timestamp"] = timestamp
+        return self.track(data)
+
+    def track_end(self, session_id: str, status: str = "completed", *, metadata: Mapping[str, Any] | None = None,
+                  category: str | None = None, timestamp: Any = None) -> str | None:
+        """End a session with a status (``completed``, ``failed``, ``cancelled``...)."""
+        data: dict[str, Any] = {"event_type": "end", "session_id": session_id, "status": status,
+                                "category": self._category_of(session_id, category), "metadata": dict(metadata or {})}
+        if timestamp is not None:
+            data["timestamp"] = timestamp
+        event_id = self.track(data)
+        with self._lock:
+            self._open_sessions.pop(session_id, None)
+        return event_id
+
+    def track_error(self, session_id: str | None = None, error: BaseException | str | None = None, *,
+                    error_type: str | None = None, message: str | None = None, stack: str | None = None,
+                    category: str | None = None, metadata: Mapping[str, Any] | None = None,
+                    timestamp: Any = None) -> str | None:
+        """Record an error, from an exception (type, message and traceback are taken from it) or from text."""
+        session_id = session_id or _current_session.get()
+        if isinstance(error, BaseException):
+            error_type = error_type or type(error).__name__
+            message = message or str(error)
+            stack = stack or "".join(traceback.format_exception(error))
+        elif isinstance(error, str):
+            message = message or error
+        data: dict[str, Any] = {
+            "event_type": "error", "session_id": session_id,
+            "category": self._category_of(session_id, category) if session_id else (category or "error"),
+            "error_type": error_type or "Error", "error_message": message, "error_stack": stack,
+            "metadata": dict(metadata or {}),
+        }
+        if timestamp is not None:
+            data["timestamp"] = timestamp
+        if not session_id:
+            data["event_type"] = "custom"
+            data["action"] = "error"
+        return self.track(data)
+
+    def track_batch(self, events: list[TelemetryEvent | Mapping[str, Any]]) -> BatchResult:
+        """Accept many events; each invalid one is rejected alone, with its index and error."""
+        accepted, rejected, dropped = [], [], []
+        for index, event in enumerate(events):
+            try:
+                event_id = self.track(event)
+            except InvalidEventError as exc:
+                with self._lock:
+                    self._counts["rejected"] += 1
+                rejected.append((index, exc))
+                continue
+            if event_id is None:
+                dropped.append(index)
+            else:
+                accepted.append(event_id)
+        return BatchResult(accepted=accepted, rejected=rejected, dropped=dropped)
+
+    def session(self, agent: str, mode: str | None = None, prompt: str | None = None, *,
+                metadata: Mapping[str, Any] | None = None, parent_session_id: str | None = None) -> SessionScope:
+        """A context manager (sync or async) around one session.
+
+        It ends the session as ``completed``, or records the exception and ends it
+        as ``failed`` when the block raises.  Sessions opened inside it (in this
+        thread, in threads started with its context, or in asyncio tasks it
+        creates) become its children.
+        """
+        return SessionScope(self, agent, mode, prompt, metadata, parent_session_id)
+
+    def flush(self) -> None:
+        """Write everything tracked so far before returning."""
+        self._pipeline.drain()
+
+    def _write_batch(self, batch: list[TelemetryEvent]) -> None:
+        impls = self.host.impls("store")
+        count = len(batch)
+        if not impls:
+            self._record_drop("no_storage", count)
+        for position, impl in enumerate(impls):
+            stats = self._plugin_stats[impl.plugin]
+            started = time.perf_counter()
+            try:
+                impl(events=batch)
+            except Exception as exc:
+                stats.failures += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                stats.last_error_at = now_ms()
+                log.error("storage plugin %s failed to store %d events: %s", impl.plugin, count, stats.last_error)
+                self._emit("error", StorageError(f"storage plugin {impl.plugin!r} failed to store {count} events: {exc}"))
+                if position == 0:
+                    self._record_drop("storage_error", count)
+                continue
+            stats.stored += count
+            stats.write_ms_total += (time.perf_counter() - started) * 1000
+            if position == 0:
+                with self._lock:
+                    self._counts["stored"] += count
+        for impl in self.host.impls("after_track"):
+            for event in batch:
+                try:
+                    impl(event=event)
+                except Exception as exc:
+                    self._plugin_failure(impl.plugin, exc)
+                    break
+        for stream in list(self._streams):
+            stream.offer(batch)
+        self._emit("flush", {"count": count})
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def _record_drop(self, reason: str, count: int) -> None:
+        with self._lock:
+            self._drops[reason] += count
+        self._emit("drop", {"reason": reason, "count": count})
+
+    def _plugin_failure(self, plugin: str, exc: BaseException) -> None:
+        stats = self._plugin_stats.get(plugin)
+        if stats is not None:
+            stats.failures += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            stats.last_error_at = now_ms()
+        log.error("plugin %s failed: %s: %s", plugin, type(exc).__name__, exc)
+        self._emit("error", PluginError(f"plugin {plugin!r} failed: {type(exc).__name__}: {exc}"))
+
+    def on(self, name: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Call ``handler(payload)`` whenever the service emits ``name``.
+
+        Names: ``error`` (an exception), ``flush`` (``{"count"}``), ``drop``
+        (``{"reason", "count"}``), ``shutdown``; plugins add their own (``anomaly``).
+        A handler that raises is logged and skipped.  Returns the handler, so it
+        works as a decorator.
+        """
+        with self._lock:
+            self._handlers.setdefault(name, []).append(handler)
+        return handler
+
+    def off(self, name: str, handler: Callable[[Any], Any]) -> None:
+        """Stop calling ``handler`` for ``name``."""
+        with self._lock:
+            if handler in self._handlers.get(name, []):
+                self._handlers[name].remove(handler)
+
+    def emit(self, name: str, payload: Any = None) -> None:
+        """Call the handlers subscribed to ``name`` (plugins use this for their own events)."""
+        self._emit(name, payload)
+
+    def _emit(self, name: str, payload: Any) -> None:
+        for handler in list(self._handlers.get(name, ())):
+            try:
+                handler(payload)
+            except Exception:
+                log.exception("handler for %r failed", name)
+
+    def _read(self, hook: str, **kwargs: Any) -> Any:
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        self.flush()
+        if not self.host.impls(hook):
+            raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
+        _, result = self.host.first(hook, **kwargs)
+        return result
+
+    def query(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[TelemetryEvent]:
+        """Events matching a filter (see :class:`QueryFilter`), newest first unless ``order="asc"``.
+
+        >>> telemetry.query(category="claude", event_type="stream", since="1h", limit=100)
+        """
+        result = self._read("query", filter=QueryFilter.build(filter, **kwargs))
+        return result if result is not None else []
+
+    def query_page(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> Page:
+        """One page of a query and the cursor of the next (pass it back as ``cursor=``)."""
+        flt = QueryFilter.build(filter, **kwargs)
+        if flt.limit is None:
+            flt = attrs.evolve(flt, limit=100)
+        events = self.query(flt)
+        return Page(events=events, next_cursor=encode_cursor(events[-1]) if len(events) == flt.limit and events else None)
+
+    def iter_events(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, *, page_size: int = 1000,
+                    **kwargs: Any) -> Iterator[TelemetryEvent]:
+        """Every matching event, oldest first, fetched page by page so memory stays bounded."""
+        flt = QueryFilter.build(filter, **kwargs)
+        remaining = flt.limit
+        flt = attrs.evolve(flt, order="asc" if "order" not in kwargs else flt.order, limit=page_size, offset=flt.offset)
+        while True:
+            if remaining is not None:
+                flt = attrs.evolve(flt, limit=min(page_size, remaining))
+                if flt.limit == 0:
+                    return
+            events = self.query(flt)
+            yield from events
+            if remaining is not None:
+                remaining -= len(events)
+            if len(events) < flt.limit:
+                return
+            flt = attrs.evolve(flt, cursor=encode_cursor(events[-1]), offset=0)
+
+    def get_session(self, session_id: str, *, tree: bool = False) -> Session | None:
+        """A session's summary (status, times, durations, counts, tokens), with its descendants if ``tree``."""
+        session = self._read("get_session", session_id=session_id)
+        if session is None or not tree:
+            return session
+        return self._with_children(session, depth=0)
+
+    def _with_children(self, session: Session, depth: int) -> Session:
+        if depth > 32:
+            return session
+        children = self.get_sessions(parent_id=session.id, order="asc")
+        return attrs.evolve(session, children=tuple(self._with_children(c, depth + 1) for c in children))
+
+    def get_sessions(self, filter: SessionFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[Session]:
+        """Sessions matching a filter (status, agent, mode, parent_id, since/until), newest first."""
+        result = self._read("get_sessions", filter=SessionFilter.build(filter, **kwargs))
+        return result if result is not None else []
+
+    async def aquery(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[TelemetryEvent]:
+        """``query`` without blocking the event loop."""
+        return await asyncio.to_thread(self.query, filter, **kwargs)
+
+    async def aget_session(self, session_id: str, *, tree: bool = False) -> Session | None:
+        """``get_session`` without blocking the event loop."""
+        return await asyncio.to_thread(self.get_session, session_id, tree=tree)
+
+    async def aget_sessions(self, filter: SessionFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[Session]:
+        """``get_sessions`` without blocking the event loop."""
+        return await asyncio.to_thread(self.get_sessions, filter, **kwargs)
+
+    async def aflush(self) -> None:
+        """``flush`` without blocking the event loop."""
+        await asyncio.to_thread(self.flush)
+
+    def clean(self, retention_days: float) -> int:
+        """Delete events older than ``retention_days`` from every storage plugin; return how many went."""
+        if retention_days < 0:
+            raise ValueError("retention_days must be >= 0")
+        self.flush()
+        before = now_ms() - int(retention_days * 86_400_000)
+        errors: list[str] = []
+        results = self.host.each("clean", lambda name, exc: errors.append(f"{name}: {exc}"), before=before)
+        if errors:
+            raise StorageError("clean failed in " + "; ".join(errors))
+        return max((r for _, r in results if r is not None), default=0)
+
+    def optimize(self) -> None:
+        """Compact every storage plugin's indexes and files."""
+        self.flush()
+        errors: list[str] = []
+        self.host.each("optimize", lambda name, exc: errors.append(f"{name}: {exc}"))
+        if errors:
+            raise StorageError("optimize failed in " + "; ".join(errors))
+
+    def export_formats(self) -> list[str]:
+        """The export formats the installed plugins handle."""
+        found: list[str] = []
+        for _, formats in self.host.each("export_formats", self._plugin_failure):
+            found.extend(formats or ())
+        return sorted(set(found))
+
+    def export(self, format: str, filter: QueryFilter | Mapping[str, Any] | None = None, *,
+               output: str | os.PathLike[str] | BinaryIO | None = None, **options: Any) -> bytes | int:
+        """Export matching events in ``format`` through the ``export`` hook.
+
+        With ``output`` (a path or a binary file) events stream to it and the
+        count is returned; without, the exported bytes are returned.
+        """
+        events = self.iter_events(filter)
+        if output is None:
+            buffer = io.BytesIO()
+            self._export_to(format, events, buffer, options)
+            return buffer.getvalue()
+        if isinstance(output, (str, os.PathLike)):
+            with open(output, "wb") as fh:
+                return self._export_to(format, events, fh, options)
+        return self._export_to(format, events, output, options)
+
+    def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int:
+        for impl in self.host.impls("export"):
+            count = impl(format=format, events=events, output=output, options=options)
+            if count is not None:
+                return count
+        known = ", ".join(self.export_formats()) or "none installed"
+        raise PluginError(f"no plugin exports format {format!r} (available: {known}); install an exporter plugin")
+
+    def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str = "medium") -> list[Anomaly]:
+        """Run every installed anomaly detector over a metric series and return what they found."""
+        if sensitivity not in ("low", "medium", "high"):
+            raise ValueError(f"sensitivity must be low, medium or high, got {sensitivity!r}")
+        found: list[Anomaly] = []
+        for _, result in self.host.each("detect", self._plugin_failure, metric=metric, points=points,
+                                        sensitivity=sensitivity):
+            found.extend(result or ())
+        for anomaly in found:
+            self._emit("anomaly", anomaly)
+        return found
+
+    def create_batcher(self, batch_size: int = 100, flush_interval: int = 1000, max_retries: int = 3) -> Batcher:
+        """A :class:`Batcher` that hands events over in batches (``flush_interval`` in ms)."""
+        return Batcher(self, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries)
+
+    def create_event_stream(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, *,
+                            max_pending: int = 10_000, **kwargs: Any) -> EventStream:
+        """A live stream of events stored from now on that match ``filter`` (iterate or async-iterate it)."""
+        stream = EventStream(QueryFilter.build(filter, **kwargs), max_pending=max_pending, on_close=self._drop_stream)
+        with self._lock:
+            self._streams.append(stream)
+        return stream
+
+    def _drop_stream(self, stream: EventStream) -> None:
+        with self._lock:
+            if stream in self._streams:
+                self._streams.remove(stream)
+
+    def plugin_names(self) -> list[str]:
+        """The registered plugins, in configuration order."""
+        return list(self.host.order)
+
+    def get_health_status(self) -> HealthStatus:
+        """Each component's state plus memory, CPU, storage size, queue depth and event counters."""
+        import psutil
+
+        components: dict[str, dict[str, Any]] = {}
+        issues: list[str] = []
+        reports = dict(self.host.each("health", lambda name, exc: issues.append(f"{name}: health check failed: {exc}")))
+        for name in self.host.order:
+            stats = self._plugin_stats[name]
+            report = dict(reports.get(name) or {})
+            report.setdefault("healthy", True)
+            report.setdefault("issues", [])
+            report["hooks"] = self.host.hooks_of(name)
+            if name in self.storage_plugins:
+                report["stored"] = stats.stored
+                report["avg_write_ms"] = round(stats.write_ms_total / max(1, stats.stored), 4)
+            report["failures"] = stats.failures
+            if stats.last_error:
+                report["last_error"] = stats.last_error
+                report["last_error_at"] = stats.last_error_at
+                if stats.last_error_at and now_ms() - stats.last_error_at < 300_000:
+                    report["healthy"] = False
+                    report["issues"] = [*report["issues"], f"recent failure: {stats.last_error}"]
+            components[name] = report
+            issues.extend(f"{name}: {issue}" for issue in report["issues"])
+        with self._lock:
+            counters: dict[str, Any] = dict(self._counts)
+            drops = dict(self._drops)
+        for key in ("accepted", "stored", "filtered", "rejected"):
+            counters.setdefault(key, 0)
+        counters["retried"] = 0
+        counters["dropped"] = sum(drops.values())
+        counters["dropped_by_reason"] = drops
+        if drops:
+            issues.append(f"pipeline: {counters['dropped']} events not stored ({', '.join(f'{k}: {v}' for k, v in drops.items())})")
+        if self._closed:
+            issues.append("service is shut down")
+        proc = psutil.Process()
+        rss = proc.memory_info().rss
+        total = psutil.virtual_memory().total
+        used = sum(int(report.get("size_bytes", 0) or 0) for name, report in components.items() if name in self.storage_plugins)
+        data_dir = self.data_dir if self.data_dir.exists() else Path.cwd()
+        disk = shutil.disk_usage(data_dir)
+        return HealthStatus(
+            healthy=not issues,
+            issues=issues,
+            components=components,
+            pipeline={
+                "queue_depth": self._pipeline.depth,
+                "max_queue_size": self.config.max_queue_size,
+                "batch_size": self._pipeline.batch_size,
+                "flush_interval_ms": int(self._pipeline.flush_interval * 1000),
+                "on_full": self.config.on_full,
+                "live_streams": len(self._streams),
+            },
+            counters=counters,
+            memory={"used": round(rss / 2**20, 2), "total": round(total / 2**20, 2), "percent": round(100 * rss / total, 3)},
+            cpu={"usage": proc.cpu_percent(interval=None)},
+            storage={"used": used, "total": disk.total, "free": disk.free},
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+        )
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Write everything pending, stop plugins and streams.  Safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pipeline.close(timeout)
+        for stream in list(self._streams):
+            stream.close()
+        self.host.each("shutdown", self._plugin_failure, service=self)
+        _live_services.discard(self)
+        self._emit("shutdown", None)
+
+    close = shutdown
+
+    def __enter__(self) -> TelemetryService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> TelemetryService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+
+class SessionScope:
+    """The object ``telemetry.session(...)`` returns; use it with ``with`` or ``async with``.
+
+    Inside the block, ``scope.id`` is the session id, and ``stream``,
+    ``error`` and ``track`` record events in the session.  Set ``scope.status``
+    to end it with another status than ``completed``.
+    """
+
+    def __init__(self, service: TelemetryService, agent: str, mode: str | None, prompt: str | None,
+                 metadata: Mapping[str, Any] | None, parent_session_id: str | None) -> None:
+        self.service = service
+        self.agent = agent
+        self.mode = mode
+        self.prompt = prompt
+        self.metadata = dict(metadata or {})
+        self.parent_session_id = parent_session_id
+        self.status = "completed"
+        self.id: str | None = None
+        self._token: contextvars.Token[str | None] | None = None
+        self._ended = False
+
+    def __enter__(self) -> SessionScope:
+        self.id = self.service.track_start(self.agent, self.mode, self.prompt, metadata=self.metadata,
+                                           parent_session_id=self.parent_session_id)
+        self._token = _current_session.set(self.id)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._token is not None:
+            try:
+                _current_session.reset(self._token)
+            except ValueError:  # left in another context than entered (a generator, another task)
+                _current_session.set(self.parent_session_id)
+        if self._ended or self.id is None:
+            return
+        if exc is not None:
+            self.service.track_error(self.id, exc)
+            self.end("failed")
+        else:
+            self.end(self.status)
+
+    async def __aenter__(self) -> SessionScope:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def _require_id(self) -> str:
+        if self.id is None:
+            raise TelemetryError("the session has not started: use it in a with block")
+        return self.id
+
+    def stream(self, data: str, **kwargs: Any) -> str | None:
+        """Record a streamed chunk of this session."""
+        return self.service.track_stream(self._require_id(), data, **kwargs)
+
+    def error(self, error: BaseException | str, **kwargs: Any) -> str | None:
+        """Record an error in this session without ending it."""
+        return self.service.track_error(self._require_id(), error, **kwargs)
+
+    def track(self, **fields: Any) -> str | None:
+        """Record a custom event in this session."""
+        fields.setdefault("category", self.agent)
+        return self.service.track(session_id=self._require_id(), **fields)
+
+    def end(self, status: str = "completed", **kwargs: Any) -> str | None:
+        """End the session now (the block will not end it again)."""
+        self._ended = True
+        return self.service.track_end(self._require_id(), status, **kwargs)
+
+
+def _new_session_id() -> str:
+    from .model import new_id
+
+    return new_id()
+
+
+def _cap(value: str, max_bytes: int) -> str:
+    encoded = value.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return value
+    return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+def _cap_json(value: Any, max_bytes: int, cut: list[str], path: str = "metadata") -> Any:
+    if isinstance(value, str):
+        capped = _cap(value, max_bytes)
+        if capped is not value:
+            cut.append(path)
+        return capped
+    if isinstance(value, Mapping):
+        return {k: _cap_json(v, max_bytes, cut, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cap_json(v, max_bytes, cut, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+_live_services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    for service in list(_live_services):
+        try:
+            service.shutdown(timeout=5)
+        except Exception:
+            log.exception("draining telemetry at exit failed")

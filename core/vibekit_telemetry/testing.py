@@ -1,0 +1,167 @@
+"""A conformance suite for storage plugins, reusable by third parties.
+
+Subclass :class:`StorageContract` in your plugin's tests and provide a
+``make_service`` fixture that returns a factory building a
+:class:`~vibekit_telemetry.TelemetryService` whose first storage is your
+plugin (called with keyword overrides, e.g. ``stream_batch_size``).  Every
+test here then runs against your plugin.  Requires pytest.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from .model import QueryFilter, TelemetryEvent
+from .service import TelemetryService
+from .times import now_ms
+
+
+class StorageContract:
+    """What every storage plugin must do: store, query, summarise sessions, page, clean."""
+
+    @pytest.fixture
+    def make_service(self) -> Any:  # pragma: no cover - the subclass provides it
+        raise NotImplementedError("provide a make_service fixture returning a factory of TelemetryService")
+
+    @pytest.fixture
+    def service(self, make_service: Any) -> Any:
+        svc = make_service()
+        yield svc
+        svc.shutdown()
+
+    def _seed(self, service: TelemetryService, base: int) -> dict[str, str]:
+        ids = {}
+        ids["a"] = service.track_start("claude", "code", "fix the parser bug", timestamp=base,
+                                       metadata={"model": "claude-sonnet-4-5"})
+        for i in range(3):
+            service.track_stream(ids["a"], f"chunk {i} of the answer", timestamp=base + 100 + i * 10,
+                                 metadata={"chunk": i})
+        service.track_end(ids["a"], "completed", timestamp=base + 500,
+                          metadata={"input_tokens": 120, "output_tokens": 30, "cache_read_tokens": 100})
+        ids["b"] = service.track_start("gpt", "chat", "hello world", timestamp=base + 1000, metadata={"model": "gpt-4o"})
+        service.track_error(ids["b"], error_type="Timeout", message="took too long", timestamp=base + 1200)
+        service.track_end(ids["b"], "failed", timestamp=base + 1300)
+        service.track({"event_type": "custom", "category": "user-action", "action": "click", "value": 1,
+                       "timestamp": base + 2000, "metadata": {"button": "submit", "n": 3, "flag": True}})
+        return ids
+
+    def test_reads_see_every_tracked_event(self, service: TelemetryService) -> None:
+        base = now_ms() - 10_000
+        self._seed(service, base)
+        assert len(service.query()) == 9
+
+    def test_session_summary(self, service: TelemetryService) -> None:
+        base = now_ms() - 10_000
+        ids = self._seed(service, base)
+        a = service.get_session(ids["a"])
+        assert a is not None
+        assert (a.status, a.agent, a.mode, a.prompt) == ("completed", "claude", "code", "fix the parser bug")
+        assert (a.started_at, a.ended_at, a.duration_ms, a.ttft_ms) == (base, base + 500, 500, 100)
+        assert (a.event_count, a.stream_count, a.error_count) == (5, 3, 0)
+        assert a.tokens.input == 120 and a.tokens.output == 30 and a.tokens.cache_read == 100
+        assert a.tokens.total == 150
+        assert a.metadata["model"] == "claude-sonnet-4-5"
+        b = service.get_session(ids["b"])
+        assert b is not None and b.status == "failed" and b.error_count == 1 and b.last_error == "took too long"
+        assert service.get_session("no-such-session") is None
+
+    def test_filters(self, service: TelemetryService) -> None:
+        base = now_ms() - 10_000
+        ids = self._seed(service, base)
+        assert [e.event_type for e in service.query(category="claude", event_type="stream")] == ["stream"] * 3
+        assert len(service.query(session_id=ids["b"])) == 3
+        assert len(service.query(session_ids=[ids["a"], ids["b"]])) == 8
+        assert len(service.query(since=base + 1000, until=base + 1300)) == 3
+        assert [e.action for e in service.query(metadata={"button": "submit"})] == ["click"]
+        assert len(service.query(metadata={"n": 3, "flag": True})) == 1
+        assert service.query(metadata={"n": 4}) == []
+        assert len(service.query(action="click", label=None)) == 1
+
+    def test_order_limit_offset_and_cursor(self, service: TelemetryService) -> None:
+        base = now_ms() - 10_000
+        self._seed(service, base)
+        newest = service.query(limit=3)
+        assert [e.timestamp for e in newest] == sorted((e.timestamp for e in newest), reverse=True)
+        assert newest[0].timestamp == base + 2000
+        oldest = service.query(order="asc", limit=2, offset=1)
+        assert [e.timestamp for e in oldest] == [base + 100, base + 110]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = service.query_page(limit=4, cursor=cursor, order="asc")
+            seen.extend(e.id for e in page.events)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) == 9
+        assert [e.id for e in service.iter_events(page_size=2)] == seen
+
+    def test_text_search(self, service: TelemetryService) -> None:
+        self._seed(service, now_ms() - 10_000)
+        assert {e.event_type for e in service.query(text="parser")} == {"start"}
+        assert len(service.query(text="answer chunk")) == 3
+        assert service.query(text="nothing-like-this") == []
+
+    def test_get_sessions(self, service: TelemetryService) -> None:
+        base = now_ms() - 10_000
+        ids = self._seed(service, base)
+        assert [s.id for s in service.get_sessions()] == [ids["b"], ids["a"]]
+        assert [s.id for s in service.get_sessions(status="failed")] == [ids["b"]]
+        assert [s.id for s in service.get_sessions(agent="claude")] == [ids["a"]]
+        assert [s.id for s in service.get_sessions(order="asc", limit=1)] == [ids["a"]]
+
+    def test_session_tree(self, service: TelemetryService) -> None:
+        with service.session("agent", "plan", "top") as top:
+            with service.session("llm", "call", "inner") as inner:
+                with service.session("tool", "run", "leaf"):
+                    pass
+        tree = service.get_session(top.id, tree=True)
+        assert tree is not None and [c.id for c in tree.children] == [inner.id]
+        assert tree.children[0].children[0].agent == "tool"
+        assert [s.id for s in service.get_sessions(parent_id=top.id)] == [inner.id]
+        assert top.id in {s.id for s in service.get_sessions(root_only=True)}
+
+    def test_duplicate_ids_are_stored_once(self, service: TelemetryService) -> None:
+        event = TelemetryEvent(event_type="stream", category="c", session_id="s1", stream_data="x")
+        service.track(event)
+        service.flush()
+        service.track(event)
+        service.track(TelemetryEvent(event_type="start", category="c", session_id="s1"))
+        assert len(service.query(session_id="s1")) == 2
+        assert service.get_session("s1").event_count == 2
+
+    def test_batches_out_of_order(self, make_service: Any) -> None:
+        service = make_service(stream_batch_size=1)
+        try:
+            base = now_ms() - 5000
+            service.track_end("s", "completed", category="c", timestamp=base + 900)
+            service.track_stream("s", "late", category="c", timestamp=base + 300)
+            service.track_start("c", "m", "p", session_id="s", timestamp=base)
+            session = service.get_session("s")
+            assert (session.status, session.duration_ms, session.ttft_ms, session.event_count) == ("completed", 900, 300, 3)
+        finally:
+            service.shutdown()
+
+    def test_clean(self, service: TelemetryService) -> None:
+        old = now_ms() - 10 * 86_400_000
+        service.track({"event_type": "custom", "category": "old", "timestamp": old})
+        service.track({"event_type": "custom", "category": "new"})
+        assert service.clean(5) == 1
+        assert [e.category for e in service.query()] == ["new"]
+
+    def test_concurrent_tracking_threads(self, service: TelemetryService) -> None:
+        def work(n: int) -> None:
+            for i in range(500):
+                service.track({"event_type": "custom", "category": f"t{n}", "value": i})
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(service.query(QueryFilter(limit=None))) == 2000
+        health = service.get_health_status()
+        assert health.counters["stored"] == 2000 and health.counters["dropped"] == 0

@@ -1,0 +1,460 @@
+"""SQLite storage for vibekit-telemetry, the embedded default.
+
+One file holds events (with full-text search over prompts and streamed text)
+and a sessions table kept current as events arrive.  sqlite-utils owns the
+schema and its numbered migrations; the hot path writes with ``executemany``
+on the same connection inside one ``BEGIN IMMEDIATE`` transaction per batch, so
+several processes can write the same file (WAL mode, busy timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from vibekit_telemetry import (
+    QueryFilter,
+    Session,
+    SessionFilter,
+    StorageError,
+    TelemetryEvent,
+    TokenUsage,
+    decode_cursor,
+    hookimpl,
+    summarize_sessions,
+)
+
+from . import migrations
+from .migrations import EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
+
+if TYPE_CHECKING:
+    from vibekit_telemetry import TelemetryService
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("vibekit_telemetry.sqlite")
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_UPSERT_SESSION = f"INSERT OR REPLACE INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
+_SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+_SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
+_IN_CHUNK = 500
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
+    """The ``events`` row of an event, in :data:`EVENT_COLUMNS` order."""
+    return (
+        event.id, event.session_id, event.event_type, event.category, event.action, event.label, event.value,
+        event.timestamp, event.agent, event.mode, event.prompt, event.parent_session_id, event.stream_data,
+        event.status, event.error_type, event.error_message, event.error_stack,
+        _dumps(event.metadata) if event.metadata else "{}",
+        _dumps(list(event.truncated)) if event.truncated else None,
+    )
+
+
+def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
+    (id_, session_id, event_type, category, action, label, value, timestamp, agent, mode, prompt, parent,
+     stream_data, status, error_type, error_message, error_stack, metadata, truncated) = row
+    return TelemetryEvent(
+        event_type=event_type, category=category, id=id_, session_id=session_id, action=action, label=label,
+        value=value, timestamp=timestamp, metadata=json.loads(metadata) if metadata and metadata != "{}" else {},
+        agent=agent, mode=mode, prompt=prompt, parent_session_id=parent, stream_data=stream_data, status=status,
+        error_type=error_type, error_message=error_message, error_stack=error_stack,
+        truncated=tuple(json.loads(truncated)) if truncated else (),
+    )
+
+
+def _session_row(s: Session) -> tuple[Any, ...]:
+    t = s.tokens
+    return (
+        s.id, s.agent, s.mode, s.prompt, s.status, s.parent_id, s.started_at, s.ended_at, s.first_event_at,
+        s.last_event_at, s.first_stream_at, s.event_count, s.stream_count, s.error_count,
+        _dumps(dict(s.metadata)), t.input, t.output, t.cache_read, t.cache_creation, t.reasoning, s.last_error,
+    )
+
+
+def _session_from_row(row: tuple[Any, ...]) -> Session:
+    (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
+     first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error) = row
+    return Session(
+        id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
+        ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
+        first_stream_at=first_stream_at, event_count=event_count or 0, stream_count=stream_count or 0,
+        error_count=error_count or 0, metadata=json.loads(metadata) if metadata else {},
+        tokens=TokenUsage(tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0), last_error=last_error,
+    )
+
+
+def fts_query(text: str) -> str:
+    """A user's search words as an FTS5 query: every word must appear; FTS syntax is only text."""
+    words = [w for w in text.split() if w.strip('"*')]
+    if not words:
+        raise StorageError("the text search is empty")
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+class SQLiteStorage:
+    """The ``sqlite`` storage plugin."""
+
+    name = "sqlite"
+
+    @attrs.frozen
+    class Config:
+        """Options of ``storage = [{type = "sqlite", options = {...}}]``.
+
+        ``path`` defaults to ``telemetry.db`` in the service's ``data_dir``.
+        """
+
+        path: str | None = None
+        busy_timeout_ms: int = 5000
+        journal_mode: Literal["wal", "delete", "truncate"] = "wal"
+        synchronous: Literal["off", "normal", "full"] = "normal"
+        cache_size_kb: int = 16_384
+
+    def __init__(self, config: SQLiteStorage.Config | None = None) -> None:
+        self.config = config or SQLiteStorage.Config()
+        self.path: Path | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> SQLiteStorage:
+        """Open (creating or upgrading) a telemetry database outside a service, e.g. for tools and benchmarks."""
+        store = cls(cls.Config(path=str(path), **options))
+        store._open(Path(path))
+        return store
+
+    @hookimpl
+    def startup(self, service: TelemetryService) -> None:
+        """Open the database file, refusing files that are not telemetry databases, and migrate it."""
+        self._open(Path(self.config.path) if self.config.path else service.data_dir / "telemetry.db")
+
+    def _open(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory for the database {path}: {exc.strerror}") from None
+        self._check_file(path)
+        try:
+            conn = self._connect()
+            self._check_foreign(conn)
+            conn.execute(f"PRAGMA journal_mode={self.config.journal_mode}")
+            ran = migrations.apply(conn)
+        except sqlite3.DatabaseError as exc:
+            raise self._explain(exc) from None
+        if ran:
+            log.info("database %s: applied %d migration(s)", path, ran)
+        self._writer = conn
+
+    def _check_file(self, path: Path) -> None:
+        if not path.exists() or path.stat().st_size == 0:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise StorageError(f"the database {path} is not writable")
+            if not os.access(path.parent, os.W_OK):
+                raise StorageError(f"cannot create the database {path}: the directory is not writable")
+            return
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise StorageError(
+                f"{path} is not a SQLite database (it starts with {header[:8]!r}); "
+                "refusing to overwrite it: point the sqlite storage `path` option at another file"
+            )
+
+    def _check_foreign(self, conn: sqlite3.Connection) -> None:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return
+        ours = False
+        if "_sqlite_migrations" in tables:
+            ours = conn.execute(
+                "SELECT 1 FROM _sqlite_migrations WHERE migration_set = ? LIMIT 1", [MIGRATION_SET]
+            ).fetchone() is not None
+        if not ours:
+            shown = ", ".join(sorted(tables)[:8])
+            raise StorageError(
+                f"{self.path} is a SQLite database but not a vibekit-telemetry one (tables: {shown}); "
+                "refusing to modify it: point the sqlite storage `path` option at another file"
+            )
+
+    def _explain(self, exc: sqlite3.Error) -> StorageError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StorageError(f"the database {self.path} is corrupt ({text}); it was not modified: "
+                                "move it aside (or restore a backup) and start again")
+        if "locked" in text or "busy" in text:
+            return StorageError(f"the database {self.path} is locked by another process ({text}) "
+                                f"for longer than busy_timeout_ms={self.config.busy_timeout_ms}")
+        if "readonly" in text or "read-only" in text:
+            return StorageError(f"the database {self.path} is read-only ({text})")
+        if "full" in text:
+            return StorageError(f"the disk holding {self.path} is full ({text})")
+        return StorageError(f"the database {self.path}: {text}")
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        assert self.path is not None
+        conn = sqlite3.connect(self.path, timeout=self.config.busy_timeout_ms / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout_ms)}")
+        conn.execute(f"PRAGMA synchronous={self.config.synchronous}")
+        conn.execute(f"PRAGMA cache_size=-{int(self.config.cache_size_kb)}")
+        conn.execute("PRAGMA temp_store=memory")
+        if read_only:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed or self.path is None:
+            raise StorageError("the sqlite storage is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(read_only=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @hookimpl
+    def store(self, events: list[TelemetryEvent]) -> None:
+        """Insert a batch and update its sessions in one transaction; ids already stored are skipped."""
+        if self._writer is None:
+            raise StorageError("the sqlite storage is not open")
+        rows = [event_row(e) for e in events]
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    inserted = conn.executemany(_INSERT_EVENT, rows).rowcount
+                    fresh = events
+                    if inserted != len(rows):
+                        # Some ids were already stored (a retried batch, a replayed journal): redo with only the new ones.
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        fresh = self._unseen(conn, events)
+                        conn.executemany(_INSERT_EVENT, [event_row(e) for e in fresh])
+                    self._update_sessions(conn, fresh)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._explain(exc) from exc
+
+    def _unseen(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
+        ids = [e.id for e in events]
+        known: set[str] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            known.update(r[0] for r in conn.execute(
+                f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+        fresh = []
+        for event in events:
+            if event.id not in known:
+                known.add(event.id)
+                fresh.append(event)
+        return fresh
+
+    def _update_sessions(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> None:
+        sids = list({e.session_id for e in events if e.session_id})
+        if not sids:
+            return
+        existing: dict[str, Session] = {}
+        for start in range(0, len(sids), _IN_CHUNK):
+            chunk = sids[start : start + _IN_CHUNK]
+            for row in conn.execute(f"{_SELECT_SESSION} WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
+                existing[row[0]] = _session_from_row(row)
+        updated = summarize_sessions(events, existing)
+        conn.executemany(_UPSERT_SESSION, [_session_row(s) for s in updated.values()])
+
+    @hookimpl
+    def query(self, filter: QueryFilter) -> list[TelemetryEvent]:
+        """Matching events via indexed, fully parameterized SQL."""
+        sql, params = self._event_sql(filter)
+        try:
+            return [_event_from_row(row) for row in self._reader().execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    def _event_sql(self, f: QueryFilter) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column in ("category", "event_type", "session_id", "action", "label"):
+            value = getattr(f, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if f.session_ids:
+            where.append(f"session_id IN ({', '.join('?' * len(f.session_ids))})")
+            params.extend(f.session_ids)
+        if f.since is not None:
+            where.append("timestamp >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("timestamp <= ?")
+            params.append(f.until)
+        for key, value in f.metadata.items():
+            where.append("EXISTS (SELECT 1 FROM json_each(events.metadata) WHERE json_each.key = ? AND "
+                         "json_each.value IS ?)")
+            params.append(str(key))
+            params.append(_json_each_value(value))
+        if f.text:
+            where.append("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            params.append(fts_query(f.text))
+        direction = "DESC" if f.order == "desc" else "ASC"
+        if f.cursor:
+            ts, event_id = decode_cursor(f.cursor)
+            row = self._reader().execute("SELECT seq FROM events WHERE id = ?", [event_id]).fetchone()
+            op = "<" if f.order == "desc" else ">"
+            if row is not None:
+                where.append(f"(timestamp {op} ? OR (timestamp = ? AND seq {op} ?))")
+                params.extend([ts, ts, row[0]])
+            else:
+                where.append(f"timestamp {op} ?")
+                params.append(ts)
+        sql = _SELECT_EVENT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY timestamp {direction}, seq {direction}"
+        if f.limit is not None or f.offset:
+            sql += " LIMIT ? OFFSET ?"
+            params.extend([-1 if f.limit is None else f.limit, f.offset])
+        return sql, params
+
+    def count(self, filter: QueryFilter | None = None) -> int:
+        """How many events match (all of them without a filter)."""
+        f = filter or QueryFilter()
+        sql, params = self._event_sql(attrs.evolve(f, limit=None, offset=0))
+        inner = sql.replace(_SELECT_EVENT, "SELECT 1 FROM events", 1)
+        return self._reader().execute(f"SELECT count(*) FROM ({inner})", params).fetchone()[0]
+
+    @hookimpl
+    def get_session(self, session_id: str) -> Session | None:
+        """The session row with this id."""
+        row = self._reader().execute(f"{_SELECT_SESSION} WHERE id = ?", [session_id]).fetchone()
+        return _session_from_row(row) if row else None
+
+    @hookimpl
+    def get_sessions(self, filter: SessionFilter) -> list[Session]:
+        """Matching sessions ordered by start time."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column in ("status", "agent", "mode", "parent_id"):
+            value = getattr(filter, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if filter.root_only:
+            where.append("parent_id IS NULL")
+        if filter.since is not None:
+            where.append("started_at >= ?")
+            params.append(filter.since)
+        if filter.until is not None:
+            where.append("started_at <= ?")
+            params.append(filter.until)
+        direction = "DESC" if filter.order == "desc" else "ASC"
+        sql = _SELECT_SESSION + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY started_at {direction}, id {direction} LIMIT ? OFFSET ?"
+        params.extend([-1 if filter.limit is None else filter.limit, filter.offset])
+        try:
+            return [_session_from_row(row) for row in self._reader().execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    @hookimpl
+    def clean(self, before: int) -> int:
+        """Delete events before ``before`` and sessions whose last event is before it, in short transactions."""
+        deleted = 0
+        with self._write_lock:
+            conn = self._writer
+            assert conn is not None
+            while True:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ? LIMIT 5000)", [before])
+                conn.execute("COMMIT")
+                deleted += cur.rowcount
+                if cur.rowcount < 5000:
+                    break
+            conn.execute("DELETE FROM sessions WHERE coalesce(last_event_at, started_at) < ?", [before])
+        return deleted
+
+    @hookimpl
+    def optimize(self) -> None:
+        """Merge the full-text index, refresh planner statistics, checkpoint the WAL, and vacuum when much is free."""
+        with self._write_lock:
+            conn = self._writer
+            assert conn is not None
+            conn.execute("INSERT INTO events_fts(events_fts) VALUES ('optimize')")
+            conn.execute("ANALYZE")
+            conn.execute("PRAGMA optimize")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            free, total = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_count"))
+            if total and free / total > 0.25:
+                conn.execute("VACUUM")
+
+    @hookimpl
+    def health(self) -> dict[str, Any]:
+        """File sizes, journal mode and schema version."""
+        if self.path is None or self._writer is None:
+            return {"healthy": False, "issues": ["not open"]}
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        issues = []
+        try:
+            applied = migrations.applied(self._reader())
+        except sqlite3.Error as exc:
+            applied = []
+            issues.append(str(self._explain(exc)))
+        return {
+            "healthy": not issues,
+            "issues": issues,
+            "path": str(self.path),
+            "size_bytes": size,
+            "journal_mode": self._writer.execute("PRAGMA journal_mode").fetchone()[0],
+            "migrations": applied,
+        }
+
+    @hookimpl
+    def shutdown(self, service: TelemetryService) -> None:
+        """Close every connection."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the writer and all reader connections."""
+        self._closed = True
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+
+def _json_each_value(value: Any) -> Any:
+    """The SQL value ``json_each`` yields for a JSON value (booleans are 1/0, containers are JSON text)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return _dumps(value)
+    return value

@@ -1,0 +1,102 @@
+"""The database schema, as numbered sqlite-utils migrations.
+
+Migrations only ever append: a released migration is never edited, a change
+to the schema is a new function.  ``apply`` runs them under an exclusive write
+lock, so two processes opening a new file at once agree on one schema.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATION_SET = "vibekit_telemetry_sqlite"
+
+migrations = Migrations(MIGRATION_SET)
+
+EVENT_COLUMNS = (
+    "id", "session_id", "event_type", "category", "action", "label", "value", "timestamp", "agent", "mode",
+    "prompt", "parent_session_id", "stream_data", "status", "error_type", "error_message", "error_stack",
+    "metadata", "truncated",
+)
+
+SESSION_COLUMNS = (
+    "id", "agent", "mode", "prompt", "status", "parent_id", "started_at", "ended_at", "first_event_at",
+    "last_event_at", "first_stream_at", "event_count", "stream_count", "error_count", "metadata",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens", "last_error",
+)
+
+
+@migrations()
+def m001_events_and_sessions(db: Database) -> None:
+    """Events (one row each, FTS over prompts and streamed text) and their session summaries."""
+    db["events"].create(
+        {
+            "seq": int, "id": str, "session_id": str, "event_type": str, "category": str, "action": str,
+            "label": str, "value": float, "timestamp": int, "agent": str, "mode": str, "prompt": str,
+            "parent_session_id": str, "stream_data": str, "status": str, "error_type": str,
+            "error_message": str, "error_stack": str, "metadata": str, "truncated": str,
+        },
+        pk="seq",
+        not_null={"id", "event_type", "category", "timestamp", "metadata"},
+        defaults={"metadata": "{}"},
+    )
+    events = db["events"]
+    events.create_index(["id"], unique=True, index_name="events_id")
+    events.create_index(["session_id", "timestamp"], index_name="events_session_time")
+    events.create_index(["category", "timestamp"], index_name="events_category_time")
+    events.create_index(["event_type", "timestamp"], index_name="events_type_time")
+    events.create_index(["timestamp"], index_name="events_time")
+    # The index only holds rows that carry text, so custom events cost nothing here.
+    events.enable_fts(["prompt", "stream_data"], fts_version="FTS5", create_triggers=False)
+    db.execute(
+        "CREATE TRIGGER events_fts_ai AFTER INSERT ON events "
+        "WHEN new.prompt IS NOT NULL OR new.stream_data IS NOT NULL BEGIN "
+        "INSERT INTO events_fts (rowid, prompt, stream_data) VALUES (new.seq, new.prompt, new.stream_data); END"
+    )
+    db.execute(
+        "CREATE TRIGGER events_fts_ad AFTER DELETE ON events "
+        "WHEN old.prompt IS NOT NULL OR old.stream_data IS NOT NULL BEGIN "
+        "INSERT INTO events_fts (events_fts, rowid, prompt, stream_data) "
+        "VALUES ('delete', old.seq, old.prompt, old.stream_data); END"
+    )
+    db["sessions"].create(
+        {
+            "id": str, "agent": str, "mode": str, "prompt": str, "status": str, "parent_id": str,
+            "started_at": int, "ended_at": int, "first_event_at": int, "last_event_at": int,
+            "first_stream_at": int, "event_count": int, "stream_count": int, "error_count": int,
+            "metadata": str, "input_tokens": int, "output_tokens": int, "cache_read_tokens": int,
+            "cache_creation_tokens": int, "reasoning_tokens": int, "last_error": str,
+        },
+        pk="id",
+        not_null={"status"},
+    )
+    sessions = db["sessions"]
+    sessions.create_index(["started_at", "id"], index_name="sessions_started")
+    sessions.create_index(["status", "started_at", "id"], index_name="sessions_status_started")
+    sessions.create_index(["agent", "started_at", "id"], index_name="sessions_agent_started")
+    sessions.create_index(["parent_id", "started_at"], index_name="sessions_parent")
+    sessions.create_index(["last_event_at"], index_name="sessions_last_event")
+
+
+def apply(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; return how many migrations ran."""
+    db = Database(conn, execute_plugins=False)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        pending = migrations.pending(db)
+        if pending:
+            migrations.apply(db)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(pending)
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied to this database."""
+    return [m.name for m in migrations.applied(Database(conn, execute_plugins=False))]
