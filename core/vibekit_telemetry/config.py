@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 
 from .errors import ConfigError
 
@@ -165,12 +166,18 @@ def structure(data: Mapping[str, Any], cls: type, *, where: str, path: str = "")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {path + '.' if path else ''}{exc}") from None
     except Exception as exc:  # cattrs raises ClassValidationError and friends
-        if isinstance(exc, (cattrs.BaseValidationError,)):
-            messages = cattrs.transform_error(exc, path="$")
+        if isinstance(exc, cattrs.BaseValidationError):
+            messages = cattrs.transform_error(exc, path="$", format_exception=_format_exception)
         else:
             messages = [f"{exc} @ $"]
         lines = [_readable(msg, path) for msg in messages]
         raise ConfigError(f"invalid configuration in {where}:\n  " + "\n  ".join(lines)) from None
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ValueError) and str(exc).startswith(("expected", "a plugin entry")):
+        return str(exc)
+    return format_exception(exc, type_)
 
 
 def _readable(message: str, prefix: str) -> str:

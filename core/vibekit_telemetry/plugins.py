@@ -76,8 +76,9 @@ def resolve_entry_points(names: list[str]) -> dict[str, Any]:
     missing: set[str] = set()
 
     def on_failure(_manager: Any, ep: importlib.metadata.EntryPoint, exc: BaseException) -> None:
-        dist = getattr(ep, "dist", None)
-        who = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown distribution"
+        # stevedore's cached entry points carry no distribution: look it up by name.
+        info = next((p for p in installed_plugins() if p.name == ep.name and p.target == ep.value), None)
+        who = f"{info.distribution} {info.version}" if info and info.distribution else "unknown distribution"
         failures.append(f"plugin {ep.name!r} ({who}, entry point {ep.value}) failed to load: {type(exc).__name__}: {exc}")
 
     manager = NamedExtensionManager(

@@ -238,17 +238,20 @@ class TelemetryService:
         :class:`~vibekit_telemetry.InvalidEventError` naming the field; nothing
         else is affected.  No I/O happens on the caller's thread.
         """
-        if type(event) is TelemetryEvent and not fields:
-            validate_event(event)
-        elif event is None:
-            event = TelemetryEvent.from_dict(fields)
-        elif isinstance(event, Mapping):
-            event = TelemetryEvent.from_dict({**event, **fields} if fields else event)
-        elif isinstance(event, TelemetryEvent):
-            event = TelemetryEvent.from_dict({**event.to_dict(), **fields})
-        else:
+        try:
+            if type(event) is TelemetryEvent and not fields:
+                validate_event(event)
+            elif event is None:
+                event = TelemetryEvent.from_dict(fields)
+            elif isinstance(event, Mapping):
+                event = TelemetryEvent.from_dict({**event, **fields} if fields else event)
+            elif isinstance(event, TelemetryEvent):
+                event = TelemetryEvent.from_dict({**event.to_dict(), **fields})
+            else:
+                raise InvalidEventError("event", f"expected a TelemetryEvent or a mapping, got {type(event).__name__}")
+        except InvalidEventError:
             self._count("rejected")
-            raise InvalidEventError("event", f"expected a TelemetryEvent or a mapping, got {type(event).__name__}")
+            raise
         return self._accept(event)
 
     def _accept(self, event: TelemetryEvent) -> str | None:
@@ -400,8 +403,6 @@ class TelemetryService:
             try:
                 event_id = self.track(event)
             except InvalidEventError as exc:
-                with self._lock:
-                    self._counts["rejected"] += 1
                 rejected.append((index, exc))
                 continue
             if event_id is None:

@@ -1,0 +1,173 @@
+"""SQLite-specific behaviour: files, migrations, injection safety, several processes."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vibekit_telemetry import StorageError, TelemetryEvent, TelemetryService, now_ms
+from vibekit_telemetry_sqlite import SQLiteStorage, fts_query
+from vibekit_telemetry_sqlite.migrations import MIGRATION_SET, migrations
+
+
+def _service(path, **overrides):
+    return TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}],
+                            data_dir=str(path.parent), **overrides)
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_default_database_location(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with TelemetryService() as telemetry:
+        telemetry.track({"category": "c"})
+    assert (tmp_path / ".vibekit" / "telemetry.db").is_file()
+
+
+def test_schema_is_created_by_numbered_migrations_once(tmp_path):
+    path = tmp_path / "t.db"
+    with _service(path):
+        pass
+    with _service(path) as telemetry:
+        assert telemetry.get_health_status().components["sqlite"]["migrations"] == [m.name for m in migrations._migrations]
+    rows = sqlite3.connect(path).execute(
+        "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]).fetchall()
+    assert [r[0] for r in rows] == ["m001_events_and_sessions"]
+    with sqlite3.connect(path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"events_session_time", "events_category_time", "events_type_time", "events_id"} <= indexes
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_metadata_filters_are_only_data(tmp_path):
+    path = tmp_path / "t.db"
+    nasty_key = "k'); DROP TABLE events; --"
+    nasty_value = "' OR 1=1 --"
+    with _service(path) as telemetry:
+        telemetry.track({"category": "c", "metadata": {nasty_key: nasty_value, "quote\"key": "x"}})
+        telemetry.track({"category": "c", "metadata": {"other": 1}})
+        assert len(telemetry.query(metadata={nasty_key: nasty_value})) == 1
+        assert len(telemetry.query(metadata={"quote\"key": "x"})) == 1
+        assert telemetry.query(metadata={nasty_key: "' OR '1'='1"}) == []
+        assert telemetry.query(category="c' OR '1'='1") == []
+        assert len(telemetry.query(text='"); DROP TABLE events; --')) == 0
+        assert len(telemetry.query()) == 2
+
+
+def test_fts_query_quotes_syntax():
+    assert fts_query('parser NEAR(bug) "x') == '"parser" "NEAR(bug)" """x"'
+    with pytest.raises(StorageError):
+        fts_query('  "" ')
+
+
+def test_refuses_a_file_that_is_not_sqlite(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("my precious notes\n" * 100)
+    before = _digest(path)
+    with pytest.raises(StorageError, match="not a SQLite database.*refusing to overwrite"):
+        _service(path)
+    assert _digest(path) == before
+
+
+def test_refuses_a_foreign_sqlite_database(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    before = _digest(path)
+    with pytest.raises(StorageError, match="not a vibekit-telemetry one.*customers"):
+        _service(path)
+    assert _digest(path) == before
+
+
+def test_corrupt_database_gives_a_clear_error_and_is_left_alone(tmp_path):
+    path = tmp_path / "t.db"
+    with _service(path) as telemetry:
+        for i in range(200):
+            telemetry.track({"category": "c", "value": i, "metadata": {"pad": "x" * 200}})
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)
+    path.write_bytes(bytes(data))
+    before = _digest(path)
+    with pytest.raises(StorageError, match="corrupt"):
+        _service(path)
+    assert _digest(path) == before
+
+
+def test_retried_batch_does_not_double_rows(tmp_path):
+    store = SQLiteStorage.open(tmp_path / "t.db")
+    try:
+        base = now_ms()
+        batch = [TelemetryEvent(event_type="start", category="c", session_id="s", timestamp=base)]
+        batch += [TelemetryEvent(event_type="stream", category="c", session_id="s", stream_data=f"{i}",
+                                 timestamp=base + i) for i in range(1, 5)]
+        store.store(batch)
+        store.store(batch)
+        store.store(batch[:2] + [TelemetryEvent(event_type="end", category="c", session_id="s", timestamp=base + 9)])
+        assert store.count() == 6
+        session = store.get_session("s")
+        assert (session.event_count, session.stream_count, session.status) == (6, 4, "completed")
+    finally:
+        store.close()
+
+
+def test_clean_and_optimize(tmp_path):
+    path = tmp_path / "t.db"
+    with _service(path) as telemetry:
+        old = now_ms() - 40 * 86_400_000
+        sid = telemetry.track_start("a", "m", "old prompt words", timestamp=old)
+        telemetry.track_stream(sid, "old streamed words", timestamp=old + 1)
+        telemetry.track_end(sid, timestamp=old + 2)
+        telemetry.track_start("a", "m", "fresh prompt words")
+        assert telemetry.clean(30) == 3
+        assert telemetry.get_session(sid) is None
+        assert [e.prompt for e in telemetry.query(text="words")] == ["fresh prompt words"]
+        telemetry.optimize()
+        assert telemetry.get_health_status().healthy
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from vibekit_telemetry import TelemetryService
+    path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with TelemetryService(storage=[{"type": "sqlite", "options": {"path": path}}], stream_batch_size=50) as t:
+        for i in range(n):
+            sid = t.track_start(tag, "m", f"prompt {i}")
+            t.track_stream(sid, "chunk")
+            t.track_end(sid)
+        health = t.get_health_status()
+        assert health.counters["dropped"] == 0, health.counters
+    """
+)
+
+
+def test_two_processes_writing_one_file_lose_nothing(tmp_path):
+    path = tmp_path / "shared.db"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), tag, "400"], cwd=tmp_path)
+             for tag in ("p1", "p2")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with _service(path) as telemetry:
+        assert len(telemetry.query(category="p1")) == 1200
+        assert len(telemetry.query(category="p2")) == 1200
+        assert len(telemetry.get_sessions(status="completed")) == 800
+
+
+def test_unicode_and_nested_metadata_round_trip(tmp_path):
+    path = tmp_path / "t.db"
+    meta = {"emoji": "🚀✨", "nested": {"list": [1, 2.5, None, {"deep": "ü"}]}, "empty": "", "zero": 0}
+    with _service(path) as telemetry:
+        event_id = telemetry.track({"category": "ünï", "label": "", "metadata": meta, "prompt": "日本語のプロンプト"})
+    with _service(path) as telemetry:
+        [event] = telemetry.query()
+        assert (event.id, event.category, event.metadata, event.prompt) == (event_id, "ünï", meta, "日本語のプロンプト")
+        assert telemetry.query(text="日本語のプロンプト")[0].id == event_id
