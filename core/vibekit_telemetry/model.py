@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import math
-import os
-import threading
+import itertools
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,29 +18,24 @@ import attrs
 from .errors import InvalidEventError, InvalidQueryError
 from .times import now_ms, to_ms
 
+_random_bits = random.getrandbits
+
 EVENT_TYPES = frozenset({"start", "stream", "end", "error", "custom"})
 SESSION_STATUSES = ("active", "completed", "failed", "cancelled", "timeout")
 
-_id_lock = threading.Lock()
-_id_state = {"ms": 0, "seq": 0}
+_sequence = itertools.count()
 
 
 def new_id(timestamp_ms: int | None = None) -> str:
     """A 32-hex-digit id that sorts by creation time.
 
-    48 bits of milliseconds, a 16-bit sequence that keeps ids created within one
-    millisecond in order, and 64 random bits so ids from different processes
-    never collide.  Time-ordered keys also make SQLite appends cheap.
+    48 bits of milliseconds, a 16-bit per-process sequence that keeps ids made
+    within one millisecond in order, and 64 random bits so that ids made by
+    different processes never collide (``random`` is reseeded after ``fork``).
+    Time-ordered keys also keep SQLite appends cheap.
     """
     ms = now_ms() if timestamp_ms is None else timestamp_ms
-    with _id_lock:
-        if ms == _id_state["ms"]:
-            _id_state["seq"] = (_id_state["seq"] + 1) & 0xFFFF
-        else:
-            _id_state["ms"] = ms
-            _id_state["seq"] = 0
-        seq = _id_state["seq"]
-    return f"{ms & 0xFFFFFFFFFFFF:012x}{seq:04x}{os.urandom(8).hex()}"
+    return f"{ms & 0xFFFFFFFFFFFF:012x}{next(_sequence) & 0xFFFF:04x}{_random_bits(64):016x}"
 
 
 @attrs.frozen
@@ -83,28 +78,32 @@ class TelemetryEvent:
         """
         if not isinstance(data, Mapping):
             raise InvalidEventError("event", f"expected a mapping, got {type(data).__name__}")
-        kwargs: dict[str, Any] = {}
-        for key, val in data.items():
-            name = key if key in _FIELD_NAMES else _ALIASES.get(key)
-            if name is None:
-                raise InvalidEventError(str(key), f"unknown field; known fields: {', '.join(sorted(_FIELD_NAMES))}")
-            if val is not None:
-                kwargs[name] = val
-        if "timestamp" in kwargs and not isinstance(kwargs["timestamp"], int):
+        kwargs = {key: val for key, val in data.items() if val is not None}
+        if not kwargs.keys() <= _FIELD_NAMES:
+            kwargs = _rename_aliases(kwargs)
+        for key, val in kwargs.items():
+            check = _CHECKS[key]
+            if check is not None and not check(val):
+                _reject(key, val)
+        timestamp = kwargs.get("timestamp")
+        if timestamp is not None and type(timestamp) is not int:
             try:
-                kwargs["timestamp"] = to_ms(kwargs["timestamp"])
+                kwargs["timestamp"] = to_ms(timestamp)
             except ValueError as exc:
                 raise InvalidEventError("timestamp", str(exc)) from None
-        kwargs.setdefault("event_type", "custom")
+        event_type = kwargs.setdefault("event_type", "custom")
+        if event_type not in EVENT_TYPES:
+            _reject("event_type", event_type)
+        if "category" not in kwargs:
+            raise InvalidEventError("category", "required (a non-empty string)")
+        if event_type in _SESSION_TYPES and "session_id" not in kwargs:
+            raise InvalidEventError("session_id", f"required for {event_type} events")
+        metadata = kwargs.get("metadata")
+        if metadata:
+            _check_json("metadata", metadata, 0)
         if "truncated" in kwargs:
             kwargs["truncated"] = tuple(kwargs["truncated"])
-        try:
-            event = cls(**kwargs)
-        except TypeError as exc:
-            missing = "category" if "category" not in kwargs else "event"
-            raise InvalidEventError(missing, f"required ({exc})") from None
-        validate_event(event)
-        return event
+        return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a plain dict with ``None`` fields left out (JSON-ready)."""
@@ -123,6 +122,35 @@ _STRING_FIELDS = (
     "id", "session_id", "action", "label", "agent", "mode", "prompt", "parent_session_id",
     "stream_data", "status", "error_type", "error_message", "error_stack",
 )
+_SESSION_TYPES = frozenset({"stream", "end", "error"})
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+_CHECKS: dict[str, Any] = dict.fromkeys(_STRING_FIELDS, _is_str) | {
+    "event_type": _is_str,
+    "category": lambda v: isinstance(v, str) and v != "",
+    "value": lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v),
+    "timestamp": None,
+    "metadata": lambda v: isinstance(v, Mapping),
+    "truncated": lambda v: isinstance(v, (list, tuple)),
+}
+
+
+def _reject(field: str, value: Any) -> None:
+    if field == "event_type":
+        raise InvalidEventError(field, f"must be one of {', '.join(sorted(EVENT_TYPES))}, got {value!r}")
+    if field == "category":
+        raise InvalidEventError(field, f"must be a non-empty string, got {value!r}")
+    if field == "value":
+        raise InvalidEventError(field, f"must be a finite number, got {value!r}")
+    if field == "metadata":
+        raise InvalidEventError(field, f"must be a JSON object (mapping), got {type(value).__name__}")
+    if field == "truncated":
+        raise InvalidEventError(field, "must be a list of field names")
+    raise InvalidEventError(field, f"must be a string, got {type(value).__name__}")
 
 
 def _camel(name: str) -> str:
@@ -130,7 +158,17 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-_ALIASES = {_camel(n): n for n in _FIELD_ORDER if "_" in n} | {"parentSessionId": "parent_session_id"}
+_ALIASES = {_camel(n): n for n in _FIELD_ORDER if "_" in n}
+
+
+def _rename_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, val in kwargs.items():
+        name = key if key in _FIELD_NAMES else _ALIASES.get(key)
+        if name is None:
+            raise InvalidEventError(str(key), f"unknown field; known fields: {', '.join(_FIELD_ORDER)}")
+        out[name] = val
+    return out
 
 
 def validate_event(event: TelemetryEvent) -> None:
@@ -142,7 +180,7 @@ def validate_event(event: TelemetryEvent) -> None:
     for name in _STRING_FIELDS:
         val = getattr(event, name)
         if val is not None and not isinstance(val, str):
-            raise InvalidEventError(name, f"must be a string, got {type(val).__name__}")
+            _reject(name, val)
     if not event.id:
         raise InvalidEventError("id", "must not be empty")
     if type(event.timestamp) is not int:
@@ -154,7 +192,7 @@ def validate_event(event: TelemetryEvent) -> None:
         raise InvalidEventError("metadata", f"must be a JSON object (mapping), got {type(event.metadata).__name__}")
     if event.metadata:
         _check_json("metadata", event.metadata, 0)
-    if event.event_type in ("stream", "end", "error") and not event.session_id:
+    if event.event_type in _SESSION_TYPES and not event.session_id:
         raise InvalidEventError("session_id", f"required for {event.event_type} events")
 
 
@@ -189,6 +227,9 @@ _TOKEN_KEYS = {
                        "gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"),
     "reasoning": ("reasoning_tokens", "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
 }
+
+
+_ANY_TOKEN_KEY = frozenset(k for keys in _TOKEN_KEYS.values() for k in keys) | {"usage"}
 
 
 @attrs.frozen
@@ -226,7 +267,7 @@ class TokenUsage:
         ``cache_creation_tokens``, ``reasoning_tokens``, the OpenTelemetry
         ``gen_ai.usage.*`` names, and the same keys inside a ``usage`` object.
         """
-        if not metadata:
+        if not metadata or metadata.keys().isdisjoint(_ANY_TOKEN_KEY):
             return _NO_TOKENS
         sources = [metadata]
         usage = metadata.get("usage")
@@ -237,7 +278,7 @@ class TokenUsage:
             for source in sources:
                 for key in keys:
                     val = source.get(key)
-                    if isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0:
+                    if val is not None and isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0:
                         counts[field] = int(val)
                         break
                 if field in counts:
@@ -253,7 +294,8 @@ class Session:
     """A session: one AI interaction from start to end, summarised from its events.
 
     ``duration_ms`` and ``ttft_ms`` (time to the first streamed chunk) are
-    derived from the timestamps.  ``parent_id`` links a session to the one it
+    derived from the timestamps.  ``started_at`` is the time of the start event,
+    or of the earliest event while no start event has been seen (``has_start``).  ``parent_id`` links a session to the one it
     ran inside (agent -> LLM call -> tool call); ``children`` is filled when a
     tree is asked for.
     """
@@ -275,6 +317,7 @@ class Session:
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     tokens: TokenUsage = _NO_TOKENS
     last_error: str | None = None
+    has_start: bool = False
     children: tuple[Session, ...] = ()
 
     @property
@@ -308,59 +351,80 @@ def summarize_sessions(events: Iterable[TelemetryEvent], existing: Mapping[str, 
     ``existing`` holds the current state of the sessions concerned (missing
     ones start empty).  Returns the updated sessions by id.  Every storage
     plugin calls this so that all of them agree on what a session is; the result
-    does not depend on the order in which batches arrive.
+    does not depend on the order in which events or batches arrive.
     """
-    state: dict[str, dict[str, Any]] = {}
+    grouped: dict[str, list[TelemetryEvent]] = {}
     for event in events:
         sid = event.session_id
-        if not sid:
-            continue
-        s = state.get(sid)
-        if s is None:
-            prior = existing.get(sid)
-            s = attrs.asdict(prior, recurse=False) if prior is not None else {"id": sid, "metadata": {}, "tokens": _NO_TOKENS}
-            s["metadata"] = dict(s["metadata"])
-            state[sid] = s
+        if sid:
+            bucket = grouped.get(sid)
+            if bucket is None:
+                grouped[sid] = [event]
+            else:
+                bucket.append(event)
+    return {sid: _fold(sid, batch, existing.get(sid)) for sid, batch in grouped.items()}
+
+
+def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Session:
+    if prior is None:
+        s: dict[str, Any] = {"id": sid, "status": "active", "agent": None, "mode": None, "prompt": None,
+                             "parent_id": None, "started_at": None, "ended_at": None, "first_event_at": None,
+                             "last_event_at": None, "first_stream_at": None, "event_count": 0, "stream_count": 0,
+                             "error_count": 0, "tokens": _NO_TOKENS, "last_error": None, "has_start": False}
+        metadata: dict[str, Any] = {}
+    else:
+        s = attrs.asdict(prior, recurse=False)
+        del s["children"]
+        metadata = dict(prior.metadata)
+    first, last, first_stream, ended = s["first_event_at"], s["last_event_at"], s["first_stream_at"], s["ended_at"]
+    started = s["started_at"] if s["has_start"] else None
+    tokens = s["tokens"]
+    streams = errors = 0
+    for event in events:
         ts = event.timestamp
-        s["event_count"] = s.get("event_count", 0) + 1
-        if s.get("first_event_at") is None or ts < s["first_event_at"]:
-            s["first_event_at"] = ts
-        if s.get("last_event_at") is None or ts > s["last_event_at"]:
-            s["last_event_at"] = ts
+        if first is None or ts < first:
+            first = ts
+        if last is None or ts > last:
+            last = ts
         kind = event.event_type
-        if kind == "start":
-            s["started_at"] = ts if s.get("started_at") is None else min(ts, s["started_at"])
-            for name in ("agent", "mode", "prompt"):
-                if getattr(event, name) is not None:
-                    s[name] = getattr(event, name)
+        if kind == "stream":
+            streams += 1
+            if first_stream is None or ts < first_stream:
+                first_stream = ts
+        elif kind == "start":
+            if started is None or ts < started:
+                started = ts
+            if event.agent is not None:
+                s["agent"] = event.agent
+            if event.mode is not None:
+                s["mode"] = event.mode
+            if event.prompt is not None:
+                s["prompt"] = event.prompt
             if event.parent_session_id:
                 s["parent_id"] = event.parent_session_id
-            if s.get("ended_at") is None:
-                s["status"] = "active"
-        elif kind == "stream":
-            s["stream_count"] = s.get("stream_count", 0) + 1
-            if s.get("first_stream_at") is None or ts < s["first_stream_at"]:
-                s["first_stream_at"] = ts
         elif kind == "end":
-            if s.get("ended_at") is None or ts >= s["ended_at"]:
-                s["ended_at"] = ts
+            if ended is None or ts >= ended:
+                ended = ts
                 s["status"] = event.status or "completed"
         elif kind == "error":
-            s["error_count"] = s.get("error_count", 0) + 1
+            errors += 1
             s["last_error"] = event.error_message or event.error_type
-        if s.get("agent") is None and event.category:
+        if s["agent"] is None:
             s["agent"] = event.category
         if event.metadata:
-            s["metadata"].update(event.metadata)
+            metadata.update(event.metadata)
             usage = TokenUsage.from_metadata(event.metadata)
             if usage:
-                s["tokens"] = s["tokens"] + usage
-    out = {}
-    for sid, s in state.items():
-        if s.get("started_at") is None:
-            s["started_at"] = s.get("first_event_at")
-        out[sid] = Session(**s)
-    return out
+                tokens = tokens + usage
+    s["event_count"] += len(events)
+    s["stream_count"] += streams
+    s["error_count"] += errors
+    s["first_event_at"], s["last_event_at"], s["first_stream_at"], s["ended_at"] = first, last, first_stream, ended
+    s["has_start"] = started is not None
+    s["started_at"] = started if started is not None else first
+    s["tokens"] = tokens
+    s["metadata"] = metadata
+    return Session(**s)
 
 
 _ORDERS = ("asc", "desc")

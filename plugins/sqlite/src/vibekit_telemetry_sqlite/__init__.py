@@ -9,15 +9,16 @@ several processes can write the same file (WAL mode, busy timeout).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import orjson
 
 from vibekit_telemetry import (
     QueryFilter,
@@ -31,8 +32,7 @@ from vibekit_telemetry import (
     summarize_sessions,
 )
 
-from . import migrations
-from .migrations import EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
+from .schema import EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
 
 if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
@@ -48,10 +48,12 @@ _UPSERT_SESSION = f"INSERT OR REPLACE INTO sessions ({', '.join(SESSION_COLUMNS)
 _SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
 _IN_CHUNK = 500
+#: Rows indexed for full-text search per catch-up; the index trails the table by less than this after a write.
+FTS_CHUNK = 5000
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(value if isinstance(value, (dict, list)) else dict(value)).decode()
 
 
 def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
@@ -70,10 +72,10 @@ def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
      stream_data, status, error_type, error_message, error_stack, metadata, truncated) = row
     return TelemetryEvent(
         event_type=event_type, category=category, id=id_, session_id=session_id, action=action, label=label,
-        value=value, timestamp=timestamp, metadata=json.loads(metadata) if metadata and metadata != "{}" else {},
+        value=value, timestamp=timestamp, metadata=orjson.loads(metadata) if metadata and metadata != "{}" else {},
         agent=agent, mode=mode, prompt=prompt, parent_session_id=parent, stream_data=stream_data, status=status,
         error_type=error_type, error_message=error_message, error_stack=error_stack,
-        truncated=tuple(json.loads(truncated)) if truncated else (),
+        truncated=tuple(orjson.loads(truncated)) if truncated else (),
     )
 
 
@@ -83,27 +85,37 @@ def _session_row(s: Session) -> tuple[Any, ...]:
         s.id, s.agent, s.mode, s.prompt, s.status, s.parent_id, s.started_at, s.ended_at, s.first_event_at,
         s.last_event_at, s.first_stream_at, s.event_count, s.stream_count, s.error_count,
         _dumps(dict(s.metadata)), t.input, t.output, t.cache_read, t.cache_creation, t.reasoning, s.last_error,
+        int(s.has_start),
     )
 
 
 def _session_from_row(row: tuple[Any, ...]) -> Session:
     (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
-     first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error) = row
+     first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error,
+     has_start) = row
     return Session(
         id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
         ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
         first_stream_at=first_stream_at, event_count=event_count or 0, stream_count=stream_count or 0,
-        error_count=error_count or 0, metadata=json.loads(metadata) if metadata else {},
+        error_count=error_count or 0, metadata=orjson.loads(metadata) if metadata else {},
         tokens=TokenUsage(tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0), last_error=last_error,
+        has_start=bool(has_start),
     )
 
 
 def fts_query(text: str) -> str:
-    """A user's search words as an FTS5 query: every word must appear; FTS syntax is only text."""
-    words = [w for w in text.split() if w.strip('"*')]
+    """A user's search words as an FTS5 query: every word must appear; FTS syntax is only text.
+
+    Words are the runs of letters and digits (what SQLite's unicode61 tokenizer
+    indexes), lower-cased so ``AND``/``OR``/``NOT``/``NEAR`` are never operators.
+    """
+    words = [w.lower() for w in re.findall(r"[^\W_]+", text)]
     if not words:
-        raise StorageError("the text search is empty")
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        raise StorageError(f"the text search {text!r} has no words to look for")
+    return " ".join(words)
+
+
+_CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly", 13: "full", 14: "cantopen"}
 
 
 class SQLiteStorage:
@@ -157,6 +169,8 @@ class SQLiteStorage:
             conn = self._connect()
             self._check_foreign(conn)
             conn.execute(f"PRAGMA journal_mode={self.config.journal_mode}")
+            from . import migrations  # sqlite-utils is only needed to create or upgrade the schema
+
             ran = migrations.apply(conn)
         except sqlite3.DatabaseError as exc:
             raise self._explain(exc) from None
@@ -197,16 +211,21 @@ class SQLiteStorage:
 
     def _explain(self, exc: sqlite3.Error) -> StorageError:
         text = str(exc)
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
+        kind = _CODES.get((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF)
+        if kind is None and isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+            kind = "corrupt"
+        if kind == "corrupt":
             return StorageError(f"the database {self.path} is corrupt ({text}); it was not modified: "
                                 "move it aside (or restore a backup) and start again")
-        if "locked" in text or "busy" in text:
+        if kind == "locked":
             return StorageError(f"the database {self.path} is locked by another process ({text}) "
                                 f"for longer than busy_timeout_ms={self.config.busy_timeout_ms}")
-        if "readonly" in text or "read-only" in text:
+        if kind == "readonly":
             return StorageError(f"the database {self.path} is read-only ({text})")
-        if "full" in text:
-            return StorageError(f"the disk holding {self.path} is full ({text})")
+        if kind == "full":
+            return StorageError(f"the disk holding {self.path} is full ({text}); events already stored are intact")
+        if kind == "cantopen":
+            return StorageError(f"cannot open the database {self.path} ({text})")
         return StorageError(f"the database {self.path}: {text}")
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
@@ -252,6 +271,7 @@ class SQLiteStorage:
                         fresh = self._unseen(conn, events)
                         conn.executemany(_INSERT_EVENT, [event_row(e) for e in fresh])
                     self._update_sessions(conn, fresh)
+                    self._index_text(conn, FTS_CHUNK)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -259,6 +279,36 @@ class SQLiteStorage:
                     raise
             except sqlite3.Error as exc:
                 raise self._explain(exc) from exc
+
+    def _index_text(self, conn: sqlite3.Connection, at_least: int) -> None:
+        """Add rows not yet in the full-text index, when ``at_least`` of them are waiting (inside a write transaction)."""
+        done, newest = conn.execute(
+            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
+        if newest - done < at_least:
+            return
+        conn.execute(
+            "INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data FROM events "
+            "WHERE seq > ? AND seq <= ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [done, newest])
+        conn.execute("UPDATE fts_state SET indexed_seq = ? WHERE id = 1", [newest])
+
+    def catch_up_text_index(self) -> None:
+        """Bring the full-text index up to date (text queries call this, so they always see every stored event)."""
+        done, newest = self._reader().execute(
+            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
+        if newest <= done:
+            return
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("the sqlite storage is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._index_text(conn, 1)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _unseen(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
         ids = [e.id for e in events]
@@ -289,8 +339,10 @@ class SQLiteStorage:
     @hookimpl
     def query(self, filter: QueryFilter) -> list[TelemetryEvent]:
         """Matching events via indexed, fully parameterized SQL."""
-        sql, params = self._event_sql(filter)
         try:
+            if filter.text:
+                self.catch_up_text_index()
+            sql, params = self._event_sql(filter)
             return [_event_from_row(row) for row in self._reader().execute(sql, params)]
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
@@ -419,6 +471,8 @@ class SQLiteStorage:
             return {"healthy": False, "issues": ["not open"]}
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         issues = []
+        from . import migrations
+
         try:
             applied = migrations.applied(self._reader())
         except sqlite3.Error as exc:

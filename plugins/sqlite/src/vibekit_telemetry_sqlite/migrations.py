@@ -12,21 +12,9 @@ import sqlite3
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-MIGRATION_SET = "vibekit_telemetry_sqlite"
+from .schema import MIGRATION_SET
 
 migrations = Migrations(MIGRATION_SET)
-
-EVENT_COLUMNS = (
-    "id", "session_id", "event_type", "category", "action", "label", "value", "timestamp", "agent", "mode",
-    "prompt", "parent_session_id", "stream_data", "status", "error_type", "error_message", "error_stack",
-    "metadata", "truncated",
-)
-
-SESSION_COLUMNS = (
-    "id", "agent", "mode", "prompt", "status", "parent_id", "started_at", "ended_at", "first_event_at",
-    "last_event_at", "first_stream_at", "event_count", "stream_count", "error_count", "metadata",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens", "last_error",
-)
 
 
 @migrations()
@@ -49,16 +37,18 @@ def m001_events_and_sessions(db: Database) -> None:
     events.create_index(["category", "timestamp"], index_name="events_category_time")
     events.create_index(["event_type", "timestamp"], index_name="events_type_time")
     events.create_index(["timestamp"], index_name="events_time")
-    # The index only holds rows that carry text, so custom events cost nothing here.
-    events.enable_fts(["prompt", "stream_data"], fts_version="FTS5", create_triggers=False)
+    # Full-text search is filled in chunks by INSERT ... SELECT after commits (about ten times cheaper than a
+    # per-row trigger); fts_state.indexed_seq says how far it got. Only rows that carry text are indexed.
     db.execute(
-        "CREATE TRIGGER events_fts_ai AFTER INSERT ON events "
-        "WHEN new.prompt IS NOT NULL OR new.stream_data IS NOT NULL BEGIN "
-        "INSERT INTO events_fts (rowid, prompt, stream_data) VALUES (new.seq, new.prompt, new.stream_data); END"
+        "CREATE VIRTUAL TABLE events_fts USING fts5(prompt, stream_data, content='events', content_rowid='seq', "
+        "detail=none)"
     )
+    db["fts_state"].create({"id": int, "indexed_seq": int}, pk="id", not_null={"indexed_seq"})
+    db["fts_state"].insert({"id": 1, "indexed_seq": 0})
     db.execute(
         "CREATE TRIGGER events_fts_ad AFTER DELETE ON events "
-        "WHEN old.prompt IS NOT NULL OR old.stream_data IS NOT NULL BEGIN "
+        "WHEN (old.prompt IS NOT NULL OR old.stream_data IS NOT NULL) "
+        "AND old.seq <= (SELECT indexed_seq FROM fts_state WHERE id = 1) BEGIN "
         "INSERT INTO events_fts (events_fts, rowid, prompt, stream_data) "
         "VALUES ('delete', old.seq, old.prompt, old.stream_data); END"
     )
@@ -68,7 +58,7 @@ def m001_events_and_sessions(db: Database) -> None:
             "started_at": int, "ended_at": int, "first_event_at": int, "last_event_at": int,
             "first_stream_at": int, "event_count": int, "stream_count": int, "error_count": int,
             "metadata": str, "input_tokens": int, "output_tokens": int, "cache_read_tokens": int,
-            "cache_creation_tokens": int, "reasoning_tokens": int, "last_error": str,
+            "cache_creation_tokens": int, "reasoning_tokens": int, "last_error": str, "has_start": int,
         },
         pk="id",
         not_null={"status"},

@@ -1,0 +1,357 @@
+"""Run every benchmark and write docs/benchmarks.md and docs/benchmarks.json.
+
+    uv run python -m benchmarks            # full run, a few minutes on 2 cores
+    uv run python -m benchmarks --quick    # smaller sizes, under a minute
+
+Each figure is the median of several runs, shown with its min and max; each
+comparison is a ratio measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vibekit_telemetry import TelemetryService, now_ms
+
+from .workload import event_dicts, events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of already sorted values, nearest rank."""
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def machine() -> dict[str, Any]:
+    """What this ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        memory = f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    except ImportError:
+        memory = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _service(path: Path, **overrides: Any) -> TelemetryService:
+    return TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}], data_dir=str(path.parent),
+                            **overrides)
+
+
+def track_latency(n: int, workdir: Path, **overrides: Any) -> dict[str, float]:
+    """p50/p99 of the caller's time in ``track()`` (µs), storage writing in the background."""
+    payload = list(event_dicts(n, span_ms=3_600_000, end_ms=now_ms()))
+    path = workdir / f"latency-{time.monotonic_ns()}.db"
+    service = _service(path, max_queue_size=n + 10, **overrides)
+    timings = []
+    clock = time.perf_counter_ns
+    track = service.track
+    gc.collect()
+    for item in payload:
+        start = clock()
+        track(item)
+        timings.append(clock() - start)
+    service.shutdown()
+    timings.sort()
+    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000}
+
+
+def otel_span_latency(n: int) -> dict[str, float] | None:
+    """p50/p99 (µs) of starting and ending a span with 6 attributes through BatchSpanProcessor."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    except ImportError:
+        return None
+
+    class DiscardExporter(SpanExporter):
+        def export(self, spans):  # noqa: ARG002 - the peer's caller cost is what is measured
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    provider.add_span_processor(BatchSpanProcessor(DiscardExporter(), max_queue_size=n + 10))
+    tracer = provider.get_tracer("bench")
+    attributes = {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4-5", "gen_ai.operation.name": "chat",
+                  "session.id": "s", "chunk": 3, "temperature": 0.2}
+    timings = []
+    clock = time.perf_counter_ns
+    gc.collect()
+    for _ in range(n):
+        start = clock()
+        span = tracer.start_span("stream", attributes=attributes)
+        span.end()
+        timings.append(clock() - start)
+    provider.shutdown()
+    timings.sort()
+    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000}
+
+
+def ingest_service(payload: list[dict], path: Path, batch_size: int) -> float:
+    """Events per second from the first ``track()`` until every event is committed."""
+    service = _service(path, stream_batch_size=batch_size, max_queue_size=len(payload) + 10)
+    track = service.track
+    gc.collect()
+    start = time.perf_counter()
+    for item in payload:
+        track(item)
+    service.flush()
+    elapsed = time.perf_counter() - start
+    stored = service.get_health_status().counters["stored"]
+    service.shutdown()
+    if stored != len(payload):
+        raise RuntimeError(f"ingest lost events: {stored} of {len(payload)} stored")
+    return len(payload) / elapsed
+
+
+def ingest_raw(rows: list[tuple], path: Path, batch_size: int) -> float:
+    """The raw limit: plain sqlite3 executemany of the same rows into the same schema, same batch size."""
+    from vibekit_telemetry_sqlite import SQLiteStorage
+    from vibekit_telemetry_sqlite.schema import EVENT_COLUMNS
+
+    SQLiteStorage.open(path).close()  # the same schema, indexes and triggers, made by the plugin's migrations
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=normal")
+    sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+    gc.collect()
+    start = time.perf_counter()
+    for offset in range(0, len(rows), batch_size):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sql, rows[offset : offset + batch_size])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return len(rows) / elapsed
+
+
+def timed_us(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    """p50/p99 in µs of calling ``fn`` ``repeat`` times."""
+    timings = []
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        fn()
+        timings.append(time.perf_counter_ns() - start)
+    timings.sort()
+    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000}
+
+
+def read_paths(path: Path, repeat: int) -> dict[str, Any]:
+    """get_session and the latest-100-of-a-category query, through the service and as raw SQL."""
+    from vibekit_telemetry_sqlite.schema import EVENT_COLUMNS, SESSION_COLUMNS
+
+    service = _service(path)
+    big = service.track_start("claude", "code", "a long session")
+    for i in range(98):
+        service.track_stream(big, f"chunk {i}")
+    service.track_end(big)
+    service.flush()
+    conn = sqlite3.connect(path)
+    hour_ago = now_ms() - 3_600_000
+    columns = ", ".join(EVENT_COLUMNS)
+    latest_sql = (f"SELECT {columns} FROM events WHERE category = ? AND timestamp >= ? "
+                  "ORDER BY timestamp DESC, seq DESC LIMIT 100")
+    session_sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE id = ?"
+    events_sql = f"SELECT {columns} FROM events WHERE session_id = ? ORDER BY timestamp, seq"
+    out = {
+        "get_session": timed_us(lambda: service.get_session(big), repeat),
+        "get_session_raw": timed_us(lambda: conn.execute(session_sql, [big]).fetchall(), repeat),
+        "session_events": timed_us(lambda: service.query(session_id=big, order="asc"), repeat),
+        "session_events_raw": timed_us(lambda: conn.execute(events_sql, [big]).fetchall(), repeat),
+        "latest_100": timed_us(lambda: service.query(category="gemini", since=hour_ago, limit=100), repeat),
+        "latest_100_raw": timed_us(lambda: conn.execute(latest_sql, ["gemini", hour_ago]).fetchall(), repeat),
+    }
+    assert len(service.query(session_id=big)) == 100
+    assert len(service.query(category="gemini", since=hour_ago, limit=100)) == 100
+    conn.close()
+    service.shutdown()
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """All measurements; returns the results tree written to JSON."""
+    sizes = {"latency_n": 20_000 if quick else 200_000, "ingest_n": 100_000 if quick else 1_000_000,
+             "latency_runs": 3 if quick else 5, "ingest_runs": 1 if quick else 3, "read_repeat": 300 if quick else 2000,
+             "batch_size": 100}
+    results: dict[str, Any] = {"machine": machine(), "sizes": sizes, "figures": {}}
+    figures = results["figures"]
+    with tempfile.TemporaryDirectory(prefix="vibekit-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"track() latency, {sizes['latency_n']:,} calls x {sizes['latency_runs']} runs ...", flush=True)
+        ours, peer = [], []
+        for _ in range(sizes["latency_runs"]):
+            ours.append(track_latency(sizes["latency_n"], workdir))
+            span = otel_span_latency(sizes["latency_n"])
+            if span is not None:
+                peer.append(span)
+        figures["track_p50_us"] = stats([r["p50"] for r in ours])
+        figures["track_p99_us"] = stats([r["p99"] for r in ours])
+        if peer:
+            figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
+            figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
+            figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer)])
+
+        print(f"SQLite ingest, {sizes['ingest_n']:,} events x {sizes['ingest_runs']} runs ...", flush=True)
+        end = now_ms()
+        payload = list(event_dicts(sizes["ingest_n"], span_ms=24 * 3_600_000, end_ms=end))
+        from vibekit_telemetry_sqlite import event_row
+
+        rows = [event_row(e) for e in events(sizes["ingest_n"], span_ms=24 * 3_600_000, end_ms=end)]
+        service_rates, raw_rates = [], []
+        last_db = None
+        for run_index in range(sizes["ingest_runs"]):
+            raw_path = workdir / f"raw-{run_index}.db"
+            raw_rates.append(ingest_raw(rows, raw_path, sizes["batch_size"]))
+            raw_path.unlink()
+            last_db = workdir / f"ingest-{run_index}.db"
+            service_rates.append(ingest_service(payload, last_db, sizes["batch_size"]))
+        del payload, rows
+        gc.collect()
+        figures["ingest_events_per_s"] = stats(service_rates)
+        figures["raw_executemany_events_per_s"] = stats(raw_rates)
+        figures["ingest_vs_raw_ratio"] = stats([s / r for s, r in zip(service_rates, raw_rates)])
+
+        print(f"reads on a {sizes['ingest_n']:,}-event database ...", flush=True)
+        assert last_db is not None
+        reads = read_paths(last_db, sizes["read_repeat"])
+        for key, value in reads.items():
+            figures[f"{key}_p50_us"] = {"median": value["p50"], "min": value["p50"], "max": value["p99"], "runs": 1,
+                                        "p99": value["p99"]}
+        for name in ("get_session", "session_events", "latest_100"):
+            figures[f"{name}_vs_raw_ratio"] = {"median": reads[name]["p50"] / reads[f"{name}_raw"]["p50"]}
+    for name in ("get_metrics_24h_ms", "export_jsonl_s", "export_parquet_s", "export_csv_s", "export_peak_rss_mb",
+                 "http_ingest_batched_events_per_s", "pii_scan_us", "track_pii_p50_us"):
+        figures[name] = None
+    return results
+
+
+GOALS = [
+    ("track() p50, no plugins", "track_p50_us", "µs", "under 20 µs", lambda v: v < 20),
+    ("track() p99, no plugins", "track_p99_us", "µs", "", None),
+    ("OpenTelemetry SDK span p50 (6 attributes, BatchSpanProcessor)", "otel_span_p50_us", "µs", "peer", None),
+    ("OpenTelemetry SDK span p99", "otel_span_p99_us", "µs", "peer", None),
+    ("track() speed-up over the OTel span (p50 ratio)", "track_vs_otel_p50_speedup", "x", "at least 2x", lambda v: v >= 2),
+    ("track() p50 with PII redaction", "track_pii_p50_us", "µs", "not built yet", None),
+    ("sustained ingest into SQLite", "ingest_events_per_s", "events/s", "", None),
+    ("raw limit: sqlite3 executemany, same schema", "raw_executemany_events_per_s", "events/s", "raw limit", None),
+    ("ingest / raw limit", "ingest_vs_raw_ratio", "", "at least 0.5", lambda v: v >= 0.5),
+    ("get_session (session of 100 events) p50", "get_session_p50_us", "µs", "under 1 ms", lambda v: v < 1000),
+    ("  same SQL with sqlite3", "get_session_raw_p50_us", "µs", "", None),
+    ("  get_session / raw SQL", "get_session_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("the session's 100 events p50", "session_events_p50_us", "µs", "", None),
+    ("  same SQL with sqlite3", "session_events_raw_p50_us", "µs", "", None),
+    ("  session events / raw SQL", "session_events_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("latest 100 events of a category in the last hour p50", "latest_100_p50_us", "µs", "under 2 ms", lambda v: v < 2000),
+    ("  same SQL with sqlite3", "latest_100_raw_p50_us", "µs", "", None),
+    ("  latest 100 / raw SQL", "latest_100_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("get_metrics() last 24 h on 1M events", "get_metrics_24h_ms", "ms", "under 50 ms", None),
+    ("export 1M events to JSONL", "export_jsonl_s", "s", "under 5 s", None),
+    ("export 1M events to CSV", "export_csv_s", "s", "under 8 s", None),
+    ("export 1M events to Parquet", "export_parquet_s", "s", "under 5 s", None),
+    ("export peak RSS", "export_peak_rss_mb", "MB", "under 300 MB", None),
+    ("HTTP ingest, batches of 100", "http_ingest_batched_events_per_s", "events/s", "at least 20,000", None),
+    ("PII scan of a typical event", "pii_scan_us", "µs", "under 50 µs", None),
+]
+
+
+def _fmt(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def markdown(results: dict[str, Any], quick: bool) -> str:
+    """The results as docs/benchmarks.md."""
+    m = results["machine"]
+    s = results["sizes"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `uv run python -m benchmarks`" + (" --quick" if quick else "") + "; do not edit by hand.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python {m['python']}, "
+        f"SQLite {m['sqlite']}; run {m['date']}.",
+        "",
+        f"Sizes: {s['latency_n']:,} `track()` calls x {s['latency_runs']} runs; {s['ingest_n']:,} events ingested "
+        f"x {s['ingest_runs']} runs (batches of {s['batch_size']}, sessions of 12 events: start, 10 chunks, end); "
+        f"reads repeated {s['read_repeat']:,} times on the ingested database.",
+        "",
+        "Each figure is the median of the runs, with [min – max]; read latencies show [p50 – p99] of one run. "
+        "Ratios are computed run by run, in the same run as the figure they compare with.",
+        "",
+        "| figure | value | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, key, unit, goal, check in GOALS:
+        value = results["figures"].get(key)
+        if value is None:
+            lines.append(f"| {label} | not available (not built yet) | {goal} | |")
+            continue
+        shown = _fmt(value["median"])
+        if "max" in value and value.get("runs", 1) >= 1 and value["min"] != value["max"]:
+            shown += f" [{_fmt(value['min'])} – {_fmt(value['max'])}]"
+        met = "" if check is None else ("yes" if check(value["median"]) else "**no**")
+        lines.append(f"| {label} | {shown} {unit} | {goal} | {met} |")
+    lines += ["", "Raw figures: [benchmarks.json](benchmarks.json).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    results = run(args.quick)
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    text = markdown(results, args.quick)
+    args.output.write_text(text, encoding="utf-8")
+    args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(text)
+    print(f"wrote {args.output} and {args.json} in {results['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
