@@ -88,6 +88,7 @@ class TelemetryConfig:
     reliability: dict[str, Any] = attrs.field(factory=dict)
     stream_batch_size: int = 100
     stream_flush_interval: int = 1000
+    max_batch_size: int = 5000
     max_queue_size: int = 100_000
     on_full: Literal["block", "drop_newest", "drop_oldest"] = "block"
     enqueue_timeout_ms: int = 100
@@ -100,6 +101,7 @@ class TelemetryConfig:
         checks = {
             "stream_batch_size": self.stream_batch_size >= 1,
             "stream_flush_interval": self.stream_flush_interval >= 1,
+            "max_batch_size": self.max_batch_size >= 1,
             "max_queue_size": self.max_queue_size >= 1,
             "enqueue_timeout_ms": self.enqueue_timeout_ms >= 0,
             "max_field_bytes": self.max_field_bytes >= 64,
@@ -409,8 +411,9 @@ environment = "development"
 data_dir = ".vibekit"
 
 # Events are written in batches by a background thread.
-stream_batch_size = 100          # events per batch
-stream_flush_interval = 1000     # milliseconds between flushes
+stream_batch_size = 100          # a write starts when this many events wait...
+stream_flush_interval = 1000     # ...or after this many milliseconds
+max_batch_size = 5000            # under a backlog, up to this many events are written per transaction
 max_queue_size = 100000          # events waiting in memory at most
 on_full = "block"                # "block" (up to enqueue_timeout_ms, then drop), "drop_newest", "drop_oldest"
 enqueue_timeout_ms = 100

@@ -6,8 +6,8 @@ and isolation are under its control:
 
 * ``before_track`` is a chain run in configuration order, each plugin receiving
   the previous one's result;
-* ``store``, ``after_track``, ``clean``, ``optimize``, ``health``, ``detect``,
-  ``startup`` and ``shutdown`` are called one plugin at a time, and an
+* ``store``, ``after_track``, ``idle``, ``clean``, ``optimize``, ``health``,
+  ``detect``, ``startup`` and ``shutdown`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
 * ``query``, ``get_session``, ``get_sessions`` and ``export`` are answered by
   the first plugin in configuration order that returns something other than
@@ -80,6 +80,15 @@ def store(events: list[TelemetryEvent]) -> None:
     Every storage plugin receives every batch.  Events carry unique ids: a store
     must ignore an id it already holds, so a retried batch never doubles rows.
     Raise to report failure; the other storage plugins still receive the batch.
+    """
+
+
+@hookspec
+def idle() -> None:
+    """Do deferred maintenance in a small step: called on the flusher thread when nothing waits to be written.
+
+    Called at most once per flush interval, never while events are queued, so
+    work here never delays ingest.  Keep each call short (tens of milliseconds).
     """
 
 

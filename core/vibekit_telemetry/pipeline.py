@@ -24,8 +24,11 @@ POLICIES = ("block", "drop_newest", "drop_oldest")
 class Pipeline:
     """Queue events and write them in batches from a background thread.
 
-    ``write`` receives lists of at most ``batch_size`` events, in the order they
-    were put, and is never called concurrently with itself.
+    A flush starts when ``batch_size`` events wait or ``flush_interval`` seconds
+    pass.  ``write`` receives lists of events in the order they were put, never
+    concurrently with itself: ``batch_size`` at a time normally, and up to
+    ``max_batch`` at a time when a backlog has built up, so a busy writer
+    spends less per event on transactions.
     """
 
     def __init__(
@@ -33,21 +36,25 @@ class Pipeline:
         write: Callable[[list[Any]], None],
         *,
         batch_size: int,
+        max_batch: int | None = None,
         flush_interval: float,
         max_queue: int,
         on_full: str = "block",
         enqueue_timeout: float = 0.1,
         on_drop: Callable[[str, int], None],
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if on_full not in POLICIES:
             raise ValueError(f"on_full must be one of {', '.join(POLICIES)}, got {on_full!r}")
         self._write = write
         self._batch_size = batch_size
+        self._max_batch = max(batch_size, max_batch or batch_size)
         self._interval = flush_interval
         self._max_queue = max_queue
         self._on_full = on_full
         self._enqueue_timeout = enqueue_timeout
         self._on_drop = on_drop
+        self._on_idle = on_idle
         self._queue: deque[Any] = deque()
         self._room = threading.Condition()
         self._waiting = 0
@@ -79,8 +86,13 @@ class Pipeline:
             self._on_drop("queue_full", 1)
             return False
         queue.append(item)
-        if len(queue) >= self._batch_size:
+        depth = len(queue)
+        if depth >= self._batch_size:
             self._wake.set()
+            if depth > self._max_batch:
+                # The writer is behind. Its sqlite3 calls give up the GIL on every row and then wait up to the
+                # interpreter's switch interval to get it back from a busy producer; yielding here lets it go on.
+                time.sleep(0)
         return True
 
     def _make_room(self) -> bool:
@@ -112,7 +124,12 @@ class Pipeline:
             self._wake.clear()
             if self._stopping:
                 break
-            self.drain()
+            if not self.drain() and self._on_idle is not None and not self._queue:
+                with self._write_lock:
+                    try:
+                        self._on_idle()
+                    except Exception:
+                        log.exception("idle maintenance failed")
 
     def drain(self) -> int:
         """Write everything queued so far, in batches; return how many events were handed to ``write``.
@@ -127,7 +144,7 @@ class Pipeline:
                 batch = []
                 popleft = queue.popleft
                 try:
-                    for _ in range(min(self._batch_size, len(queue))):
+                    for _ in range(min(self._max_batch, len(queue))):
                         batch.append(popleft())
                 except IndexError:
                     pass

@@ -49,6 +49,7 @@ log = logging.getLogger("vibekit_telemetry.service")
 _current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_session", default=None)
 
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
+_SHORT = frozenset({int, float, bool, type(None)})
 
 
 def current_session_id() -> str | None:
@@ -127,6 +128,7 @@ class TelemetryService:
         self._lock = threading.Lock()
         self._handlers: dict[str, list[Callable[..., Any]]] = {}
         self._counts: Counter[str] = Counter()
+        self._accepted = 0
         self._drops: Counter[str] = Counter()
         self._plugin_stats: dict[str, _PluginStats] = {}
         self._streams: list[EventStream] = []
@@ -140,11 +142,13 @@ class TelemetryService:
         self._pipeline = Pipeline(
             self._write_batch,
             batch_size=batch_size,
+            max_batch=max(batch_size, self.config.max_batch_size),
             flush_interval=flush_interval / 1000,
             max_queue=self.config.max_queue_size,
             on_full=self.config.on_full,
             enqueue_timeout=self.config.enqueue_timeout_ms / 1000,
             on_drop=self._record_drop,
+            on_idle=self._idle,
         )
         self._start_plugins()
         _live_services.add(self)
@@ -276,7 +280,7 @@ class TelemetryService:
                 return None
             event = result
         with self._lock:
-            self._counts["accepted"] += 1
+            self._accepted += 1
         if event.event_type == "start" and event.session_id:
             self._remember_session(event.session_id, event.category)
         if not self._pipeline.put(event):
@@ -285,30 +289,29 @@ class TelemetryService:
 
     def _prepare(self, event: TelemetryEvent) -> TelemetryEvent:
         """Apply ``capture_content`` and ``max_field_bytes`` to an event."""
-        changes: dict[str, Any] = {}
+        fields = event.__dict__
         limit = self._max_chars
-        if not self.config.capture_content and (event.prompt is not None or event.stream_data is not None):
-            changes["prompt"] = None
-            changes["stream_data"] = None
+        changes: dict[str, Any] = {}
+        if not self.config.capture_content and (fields["prompt"] is not None or fields["stream_data"] is not None):
+            changes["prompt"] = changes["stream_data"] = None
         cut: list[str] = []
         for name in _TEXT_FIELDS:
-            if name in changes:
-                continue
-            value = getattr(event, name)
-            if value is not None and len(value) > limit:
+            value = fields[name]
+            if value is not None and len(value) > limit and name not in changes:
                 capped = _cap(value, self.config.max_field_bytes)
                 if capped is not value:
                     changes[name] = capped
                     cut.append(name)
-        if event.metadata:
-            for key, value in event.metadata.items():
-                if isinstance(value, str) and len(value) <= limit:
+        metadata = fields["metadata"]
+        if metadata:
+            for value in metadata.values():
+                if type(value) is str and len(value) <= limit or type(value) in _SHORT:
                     continue
-                if isinstance(value, (str, dict, list)):
-                    capped_meta = _cap_json(dict(event.metadata), self.config.max_field_bytes, cut)
-                    if cut:
-                        changes["metadata"] = capped_meta
-                    break
+                before = len(cut)
+                capped_meta = _cap_json(dict(metadata), self.config.max_field_bytes, cut)
+                if len(cut) > before:
+                    changes["metadata"] = capped_meta
+                break
         if cut:
             changes["truncated"] = tuple(dict.fromkeys((*event.truncated, *cut)))
         return attrs.evolve(event, **changes) if changes else event
@@ -460,6 +463,9 @@ class TelemetryService:
         for stream in list(self._streams):
             stream.offer(batch)
         self._emit("flush", {"count": count})
+
+    def _idle(self) -> None:
+        self.host.each("idle", self._plugin_failure)
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -698,6 +704,7 @@ class TelemetryService:
             issues.extend(f"{name}: {issue}" for issue in report["issues"])
         with self._lock:
             counters: dict[str, Any] = dict(self._counts)
+            counters["accepted"] = self._accepted
             drops = dict(self._drops)
         for key in ("accepted", "stored", "filtered", "rejected"):
             counters.setdefault(key, 0)

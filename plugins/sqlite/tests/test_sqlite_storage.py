@@ -171,3 +171,20 @@ def test_unicode_and_nested_metadata_round_trip(tmp_path):
         [event] = telemetry.query()
         assert (event.id, event.category, event.metadata, event.prompt) == (event_id, "ünï", meta, "日本語のプロンプト")
         assert telemetry.query(text="日本語のプロンプト")[0].id == event_id
+
+
+def test_text_index_catches_up_while_idle(tmp_path):
+    import time
+
+    path = tmp_path / "t.db"
+    with _service(path, stream_flush_interval=50) as telemetry:
+        sid = telemetry.track_start("a", "m", "needle in the prompt")
+        telemetry.track_stream(sid, "haystack chunk")
+        telemetry.flush()
+        store = telemetry.host.meta["sqlite"]["object"]
+        deadline = time.monotonic() + 5
+        while store.text_index_backlog() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.text_index_backlog() == 0
+        telemetry.track_stream(sid, "another needle")
+        assert len(telemetry.query(text="needle")) == 2

@@ -44,12 +44,15 @@ log = logging.getLogger("vibekit_telemetry.sqlite")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 _INSERT_EVENT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-_UPSERT_SESSION = f"INSERT OR REPLACE INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))})"
+_UPSERT_SESSION = (
+    f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) "
+    f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in SESSION_COLUMNS[1:])}"
+)
 _SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
 _IN_CHUNK = 500
-#: Rows indexed for full-text search per catch-up; the index trails the table by less than this after a write.
-FTS_CHUNK = 5000
+#: Rows added to the full-text index per idle step.
+FTS_CHUNK = 20_000
 
 
 def _dumps(value: Any) -> str:
@@ -57,7 +60,7 @@ def _dumps(value: Any) -> str:
 
 
 def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
-    """The ``events`` row of an event, in :data:`EVENT_COLUMNS` order."""
+    """The ``events`` row of an event, in :data:`EVENT_COLUMNS` order (metadata as JSON text)."""
     return (
         event.id, event.session_id, event.event_type, event.category, event.action, event.label, event.value,
         event.timestamp, event.agent, event.mode, event.prompt, event.parent_session_id, event.stream_data,
@@ -65,6 +68,7 @@ def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
         _dumps(event.metadata) if event.metadata else "{}",
         _dumps(list(event.truncated)) if event.truncated else None,
     )
+
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
@@ -271,7 +275,6 @@ class SQLiteStorage:
                         fresh = self._unseen(conn, events)
                         conn.executemany(_INSERT_EVENT, [event_row(e) for e in fresh])
                     self._update_sessions(conn, fresh)
-                    self._index_text(conn, FTS_CHUNK)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -280,35 +283,45 @@ class SQLiteStorage:
             except sqlite3.Error as exc:
                 raise self._explain(exc) from exc
 
-    def _index_text(self, conn: sqlite3.Connection, at_least: int) -> None:
-        """Add rows not yet in the full-text index, when ``at_least`` of them are waiting (inside a write transaction)."""
-        done, newest = conn.execute(
-            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
-        if newest - done < at_least:
-            return
-        conn.execute(
-            "INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data FROM events "
-            "WHERE seq > ? AND seq <= ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [done, newest])
-        conn.execute("UPDATE fts_state SET indexed_seq = ? WHERE id = 1", [newest])
-
-    def catch_up_text_index(self) -> None:
-        """Bring the full-text index up to date (text queries call this, so they always see every stored event)."""
-        done, newest = self._reader().execute(
-            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
-        if newest <= done:
-            return
+    def _index_text(self, limit: int | None) -> int:
+        """Add up to ``limit`` (all if ``None``) stored rows to the full-text index; return how many rows it covered."""
         with self._write_lock:
             conn = self._writer
             if conn is None:
                 raise StorageError("the sqlite storage is closed")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._index_text(conn, 1)
+                done, newest = conn.execute(
+                    "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1"
+                ).fetchone()
+                upto = newest if limit is None else min(newest, done + limit)
+                if upto > done:
+                    conn.execute(
+                        "INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data FROM events "
+                        "WHERE seq > ? AND seq <= ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [done, upto])
+                    conn.execute("UPDATE fts_state SET indexed_seq = ? WHERE id = 1", [upto])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        return max(0, upto - done)
+
+    def text_index_backlog(self) -> int:
+        """How many stored rows the full-text index has not covered yet."""
+        done, newest = self._reader().execute(
+            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
+        return max(0, newest - done)
+
+    def catch_up_text_index(self) -> int:
+        """Index every stored row now (text queries call this, so they always see every stored event)."""
+        return self._index_text(None) if self.text_index_backlog() else 0
+
+    @hookimpl
+    def idle(self) -> None:
+        """Extend the full-text index by one chunk while nothing waits to be written."""
+        if self._writer is not None and self.text_index_backlog():
+            self._index_text(FTS_CHUNK)
 
     def _unseen(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
         ids = [e.id for e in events]
@@ -447,7 +460,8 @@ class SQLiteStorage:
                 deleted += cur.rowcount
                 if cur.rowcount < 5000:
                     break
-            conn.execute("DELETE FROM sessions WHERE coalesce(last_event_at, started_at) < ?", [before])
+            conn.execute("DELETE FROM sessions WHERE started_at < ? AND coalesce(last_event_at, started_at) < ?",
+                         [before, before])
         return deleted
 
     @hookimpl
@@ -485,6 +499,7 @@ class SQLiteStorage:
             "size_bytes": size,
             "journal_mode": self._writer.execute("PRAGMA journal_mode").fetchone()[0],
             "migrations": applied,
+            "text_index_backlog": self.text_index_backlog(),
         }
 
     @hookimpl

@@ -37,8 +37,9 @@ def m001_events_and_sessions(db: Database) -> None:
     events.create_index(["category", "timestamp"], index_name="events_category_time")
     events.create_index(["event_type", "timestamp"], index_name="events_type_time")
     events.create_index(["timestamp"], index_name="events_time")
-    # Full-text search is filled in chunks by INSERT ... SELECT after commits (about ten times cheaper than a
-    # per-row trigger); fts_state.indexed_seq says how far it got. Only rows that carry text are indexed.
+    # Full-text search is filled in chunks by INSERT ... SELECT when the writer is idle or before a text query
+    # (about ten times cheaper than a per-row trigger, and off the ingest path); fts_state.indexed_seq says how
+    # far it got. Only rows that carry text are indexed.
     db.execute(
         "CREATE VIRTUAL TABLE events_fts USING fts5(prompt, stream_data, content='events', content_rowid='seq', "
         "detail=none)"
@@ -68,7 +69,6 @@ def m001_events_and_sessions(db: Database) -> None:
     sessions.create_index(["status", "started_at", "id"], index_name="sessions_status_started")
     sessions.create_index(["agent", "started_at", "id"], index_name="sessions_agent_started")
     sessions.create_index(["parent_id", "started_at"], index_name="sessions_parent")
-    sessions.create_index(["last_event_at"], index_name="sessions_last_event")
 
 
 def apply(conn: sqlite3.Connection) -> int:
