@@ -84,6 +84,10 @@ class TelemetryEvent:
         if not kwargs.keys() <= _FIELD_NAMES:
             kwargs = _rename_aliases(kwargs)
         for key, val in kwargs.items():
+            if type(val) is str:
+                if key in _TEXT_KEYS:
+                    continue
+                _reject(key, val)
             check = _CHECKS[key]
             if check is not None and not check(val):
                 _reject(key, val)
@@ -96,8 +100,8 @@ class TelemetryEvent:
         event_type = kwargs.setdefault("event_type", "custom")
         if event_type not in EVENT_TYPES:
             _reject("event_type", event_type)
-        if "category" not in kwargs:
-            raise InvalidEventError("category", "required (a non-empty string)")
+        if not kwargs.get("category"):
+            raise InvalidEventError("category", f"required: a non-empty string, got {data.get('category')!r}")
         if event_type in _SESSION_TYPES and "session_id" not in kwargs:
             raise InvalidEventError("session_id", f"required for {event_type} events")
         metadata = kwargs.get("metadata")
@@ -125,6 +129,7 @@ _STRING_FIELDS = (
     "stream_data", "status", "error_type", "error_message", "error_stack",
 )
 _SESSION_TYPES = frozenset({"stream", "end", "error"})
+_TEXT_KEYS = frozenset(_STRING_FIELDS) | {"event_type", "category"}
 
 
 def _is_str(value: Any) -> bool:
@@ -351,9 +356,6 @@ class Session:
         return out
 
 
-_SESSION_STATE = tuple(f.name for f in attrs.fields(Session) if f.name not in ("children", "metadata"))
-
-
 def summarize_sessions(events: Iterable[TelemetryEvent], existing: Mapping[str, Session]) -> dict[str, Session]:
     """Fold events into the sessions they belong to.
 
@@ -376,63 +378,56 @@ def summarize_sessions(events: Iterable[TelemetryEvent], existing: Mapping[str, 
 
 def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Session:
     if prior is None:
-        s: dict[str, Any] = {"id": sid, "status": "active", "agent": None, "mode": None, "prompt": None,
-                             "parent_id": None, "started_at": None, "ended_at": None, "first_event_at": None,
-                             "last_event_at": None, "first_stream_at": None, "event_count": 0, "stream_count": 0,
-                             "error_count": 0, "tokens": _NO_TOKENS, "last_error": None, "has_start": False}
+        agent = mode = prompt = parent_id = started = ended = first = last = first_stream = last_error = None
+        status, event_count, stream_count, error_count, tokens, has_start = "active", 0, 0, 0, _NO_TOKENS, False
         metadata: dict[str, Any] = {}
     else:
-        s = {name: getattr(prior, name) for name in _SESSION_STATE}
+        agent, mode, prompt, parent_id = prior.agent, prior.mode, prior.prompt, prior.parent_id
+        status, has_start, ended, last_error = prior.status, prior.has_start, prior.ended_at, prior.last_error
+        started = prior.started_at if has_start else None
+        first, last, first_stream = prior.first_event_at, prior.last_event_at, prior.first_stream_at
+        event_count, stream_count, error_count, tokens = prior.event_count, prior.stream_count, prior.error_count, prior.tokens
         metadata = dict(prior.metadata)
-    first, last, first_stream, ended = s["first_event_at"], s["last_event_at"], s["first_stream_at"], s["ended_at"]
-    started = s["started_at"] if s["has_start"] else None
-    tokens = s["tokens"]
-    streams = errors = 0
     for event in events:
-        ts = event.timestamp
+        e = event.__dict__
+        ts = e["timestamp"]
         if first is None or ts < first:
             first = ts
         if last is None or ts > last:
             last = ts
-        kind = event.event_type
+        kind = e["event_type"]
         if kind == "stream":
-            streams += 1
+            stream_count += 1
             if first_stream is None or ts < first_stream:
                 first_stream = ts
         elif kind == "start":
             if started is None or ts < started:
                 started = ts
-            if event.agent is not None:
-                s["agent"] = event.agent
-            if event.mode is not None:
-                s["mode"] = event.mode
-            if event.prompt is not None:
-                s["prompt"] = event.prompt
-            if event.parent_session_id:
-                s["parent_id"] = event.parent_session_id
+            agent = e["agent"] if e["agent"] is not None else agent
+            mode = e["mode"] if e["mode"] is not None else mode
+            prompt = e["prompt"] if e["prompt"] is not None else prompt
+            parent_id = e["parent_session_id"] or parent_id
         elif kind == "end":
             if ended is None or ts >= ended:
                 ended = ts
-                s["status"] = event.status or "completed"
+                status = e["status"] or "completed"
         elif kind == "error":
-            errors += 1
-            s["last_error"] = event.error_message or event.error_type
-        if s["agent"] is None:
-            s["agent"] = event.category
-        if event.metadata:
-            metadata.update(event.metadata)
-            usage = TokenUsage.from_metadata(event.metadata)
-            if usage:
-                tokens = tokens + usage
-    s["event_count"] += len(events)
-    s["stream_count"] += streams
-    s["error_count"] += errors
-    s["first_event_at"], s["last_event_at"], s["first_stream_at"], s["ended_at"] = first, last, first_stream, ended
-    s["has_start"] = started is not None
-    s["started_at"] = started if started is not None else first
-    s["tokens"] = tokens
-    s["metadata"] = metadata
-    return Session(**s)
+            error_count += 1
+            last_error = e["error_message"] or e["error_type"]
+        if agent is None:
+            agent = e["category"]
+        event_metadata = e["metadata"]
+        if event_metadata:
+            metadata.update(event_metadata)
+            if not event_metadata.keys().isdisjoint(_ANY_TOKEN_KEY):
+                tokens = tokens + TokenUsage.from_metadata(event_metadata)
+    return Session(
+        id=sid, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id,
+        started_at=started if started is not None else first, ended_at=ended, first_event_at=first,
+        last_event_at=last, first_stream_at=first_stream, event_count=event_count + len(events),
+        stream_count=stream_count, error_count=error_count, metadata=metadata, tokens=tokens, last_error=last_error,
+        has_start=started is not None,
+    )
 
 
 _ORDERS = ("asc", "desc")

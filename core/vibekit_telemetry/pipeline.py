@@ -89,10 +89,6 @@ class Pipeline:
         depth = len(queue)
         if depth >= self._batch_size:
             self._wake.set()
-            if depth > self._max_batch:
-                # The writer is behind. Its sqlite3 calls give up the GIL on every row and then wait up to the
-                # interpreter's switch interval to get it back from a busy producer; yielding here lets it go on.
-                time.sleep(0)
         return True
 
     def _make_room(self) -> bool:

@@ -61,14 +61,16 @@ def _dumps(value: Any) -> str:
 
 def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
     """The ``events`` row of an event, in :data:`EVENT_COLUMNS` order (metadata as JSON text)."""
+    e = event.__dict__
+    metadata = e["metadata"]
+    truncated = e["truncated"]
     return (
-        event.id, event.session_id, event.event_type, event.category, event.action, event.label, event.value,
-        event.timestamp, event.agent, event.mode, event.prompt, event.parent_session_id, event.stream_data,
-        event.status, event.error_type, event.error_message, event.error_stack,
-        _dumps(event.metadata) if event.metadata else "{}",
-        _dumps(list(event.truncated)) if event.truncated else None,
+        e["id"], e["session_id"], e["event_type"], e["category"], e["action"], e["label"], e["value"],
+        e["timestamp"], e["agent"], e["mode"], e["prompt"], e["parent_session_id"], e["stream_data"],
+        e["status"], e["error_type"], e["error_message"], e["error_stack"],
+        _dumps(metadata) if metadata else "{}",
+        _dumps(list(truncated)) if truncated else None,
     )
-
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
