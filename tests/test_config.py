@@ -112,3 +112,12 @@ def test_seed_style_config_works_unchanged(in_tmp):
 def test_section_enabling_a_missing_plugin_fails_early(in_tmp):
     with pytest.raises(Exception, match=r"unknown plugin 'pii'.*pip install vibekit-telemetry-pii"):
         TelemetryService(security={"pii": {"enabled": True}})
+
+
+def test_out_of_range_values_name_the_key(in_tmp):
+    (in_tmp / "telemetry.toml").write_text("stream_batch_size = 0\n")
+    with pytest.raises(ConfigError, match="stream_batch_size: out of range"):
+        load_config()
+    (in_tmp / "telemetry.toml").unlink()
+    with pytest.raises(ConfigError, match="on_full: expected one of 'block', 'drop_newest', 'drop_oldest', got 'explode'"):
+        load_config(overrides={"on_full": "explode"})

@@ -65,6 +65,7 @@ def test_timestamps_accept_datetimes_and_iso():
     when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     expected = int(when.timestamp() * 1000)
     assert TelemetryEvent.from_dict({"category": "c", "timestamp": when}).timestamp == expected
+    assert TelemetryEvent.from_dict({"category": "c", "timestamp": "2026-01-02T03:04:05Z"}).timestamp == expected
     assert to_ms("2026-01-02T03:04:05Z") == expected
     assert to_ms(when.replace(tzinfo=None)) == expected
     assert to_ms("1h", now=10_000_000) == 10_000_000 - 3_600_000

@@ -358,3 +358,30 @@ def test_export_and_detect_through_plugins(in_tmp):
         t.on("anomaly", seen.append)
         found = t.detect("latency", [(1, 1.0), (2, 50.0), (3, 2.0)])
         assert [(a.timestamp, a.detector) for a in found] == [(2, "threshold")] and seen == found
+
+
+def test_seed_style_track_stream_mapping(memory_telemetry):
+    sid = memory_telemetry.track_start("claude", "code", "p")
+    memory_telemetry.track_stream({"sessionId": sid, "eventType": "stream", "category": "claude", "action": "code",
+                                   "streamData": "chunk", "metadata": {"model": "m"}})
+    [event] = memory_telemetry.query(event_type="stream")
+    assert (event.session_id, event.stream_data, event.metadata) == (sid, "chunk", {"model": "m"})
+
+
+def test_cpu_usage_is_measured_between_calls(telemetry):
+    telemetry.get_health_status()
+    sum(i * i for i in range(2_000_000))
+    assert telemetry.get_health_status().cpu["usage"] > 0
+
+
+def test_logging_levels(in_tmp, monkeypatch):
+    import logging
+
+    logger = logging.getLogger("vibekit_telemetry")
+    with TelemetryService(storage=[{"type": "memory"}], debug=True):
+        assert logger.level == logging.DEBUG
+    with TelemetryService(storage=[{"type": "memory"}], log_level="error"):
+        assert logger.level == logging.ERROR
+    monkeypatch.setenv("TELEMETRY_LOG_LEVEL", "INFO")
+    with TelemetryService(storage=[{"type": "memory"}]):
+        assert logger.level == logging.INFO

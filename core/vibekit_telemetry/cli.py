@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .config import DEFAULT_CONFIG_TOML, load_config, redact_secrets
 from .errors import TelemetryError
-from .model import QueryFilter
+from .model import QueryFilter, encode_cursor
 from .output import EVENT_COLUMNS, FORMATS, SESSION_COLUMNS, render
 from .plugins import ENTRY_POINT_GROUP, command_plugins, installed_plugins
 from .times import to_ms
@@ -123,8 +123,9 @@ def config_show(state: _State) -> None:
     click.echo(f"# sources: {', '.join(loaded.sources) or 'defaults only'}")
     import attrs
 
-    merged = attrs.asdict(loaded.config)
-    shown = {**merged, **loaded.raw}
+    from .config import deep_merge
+
+    shown = deep_merge(attrs.asdict(loaded.config), loaded.raw)
     click.echo(json.dumps(redact_secrets(shown), indent=2, default=str))
 
 
@@ -263,8 +264,6 @@ def tail(state: _State, since: str, interval: float, count: int | None, timeout:
                 render([e.to_dict() for e in events], EVENT_COLUMNS, fmt)
                 sys.stdout.flush()
                 shown += len(events)
-                from .model import encode_cursor
-
                 cursor = encode_cursor(events[-1])
             if count is not None and shown >= count:
                 return

@@ -108,7 +108,8 @@ class TelemetryConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(f"{key}: out of range ({getattr(self, key)!r})")
+                minimum = 64 if key == "max_field_bytes" else 0 if key == "enqueue_timeout_ms" else 1
+                raise ConfigError(f"{key}: out of range ({getattr(self, key)!r}); expected at least {minimum}")
 
 
 def _structure_plugin_spec(value: Any, _type: type) -> PluginSpec:
@@ -177,14 +178,19 @@ def structure(data: Mapping[str, Any], cls: type, *, where: str, path: str = "")
 
 
 def _format_exception(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, ValueError) and str(exc).startswith(("expected", "a plugin entry")):
+    if isinstance(exc, ConfigError) or isinstance(exc, ValueError) and str(exc).startswith(("expected", "a plugin entry")):
         return str(exc)
+    if "not in literal" in str(exc):
+        choices = ", ".join(repr(c) for c in getattr(type_, "__args__", ()))
+        return f"expected one of {choices}, got {str(exc).split(' not in literal')[0]!r}"
     return format_exception(exc, type_)
 
 
 def _readable(message: str, prefix: str) -> str:
     text, _, location = message.rpartition(" @ ")
     location = location.removeprefix("$").lstrip(".")
+    if not location and not prefix and ": " in text:
+        return text
     full = ".".join(p for p in (prefix, location) if p).replace(".[", "[")
     if text.startswith("extra fields found"):
         names = text[text.find("(") + 1 : text.rfind(")")]

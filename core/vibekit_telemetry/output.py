@@ -12,6 +12,7 @@ from .model import Session, TelemetryEvent
 from .times import format_ms
 
 FORMATS = ("table", "json", "jsonl", "csv")
+_NO_WRAP = frozenset({"id", "session_id", "timestamp", "started_at", "event_type", "status", "duration_ms", "ttft_ms"})
 
 EVENT_COLUMNS = ("timestamp", "event_type", "category", "action", "session_id", "text", "value", "id")
 SESSION_COLUMNS = ("id", "agent", "mode", "status", "started_at", "duration_ms", "ttft_ms", "event_count",
@@ -38,7 +39,7 @@ def _cell(column: str, record: dict[str, Any], width: int = 60) -> str:
     if value is None:
         return ""
     if column in ("timestamp", "started_at", "ended_at") and isinstance(value, int):
-        return format_ms(value)
+        return format_ms(value)[:23].replace("T", " ")
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -67,9 +68,12 @@ def render(records: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, 
 
         table = Table(title=title, show_lines=False)
         for column in columns:
-            table.add_column(column, overflow="fold")
+            if column in _NO_WRAP:
+                table.add_column(column, no_wrap=True)
+            else:
+                table.add_column(column, overflow="fold", max_width=48)
         for record in records:
             table.add_row(*[_cell(c, record) for c in columns])
-        Console(file=out, width=max(160, Console().width)).print(table)
+        Console(file=out, width=max(200, Console().width)).print(table)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

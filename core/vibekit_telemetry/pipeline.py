@@ -121,11 +121,10 @@ class Pipeline:
             if self._stopping:
                 break
             if not self.drain() and self._on_idle is not None and not self._queue:
-                with self._write_lock:
-                    try:
-                        self._on_idle()
-                    except Exception:
-                        log.exception("idle maintenance failed")
+                try:
+                    self._on_idle()
+                except Exception:
+                    log.exception("idle maintenance failed")
 
     def drain(self) -> int:
         """Write everything queued so far, in batches; return how many events were handed to ``write``.

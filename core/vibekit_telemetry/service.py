@@ -50,6 +50,7 @@ _current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("v
 
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
 _SHORT = frozenset({int, float, bool, type(None)})
+_SNAKE = {"sessionId": "session_id", "streamData": "stream_data"}
 
 
 def current_session_id() -> str | None:
@@ -134,6 +135,7 @@ class TelemetryService:
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
         self._closed = False
+        self._process: Any = None
         self.host = PluginHost()
         self.storage_plugins: list[str] = []
         batch_size, flush_interval = self._assemble(plugin_objects)
@@ -197,6 +199,12 @@ class TelemetryService:
             self._register(name, obj, source="object")
             if any(impl.plugin == name for impl in self.host.impls("store")):
                 self.storage_plugins.append(name)
+        unused = sorted(set(cfg.security) - {path[1] for path in SECTION_PLUGINS if path[0] == "security"})
+        if unused:
+            log.warning("security sections %s are not used by any plugin", ", ".join(unused))
+        if cfg.reliability:
+            log.warning("reliability settings (%s) are accepted but not applied yet: retries, circuit breaking and "
+                        "buffering arrive with the reliability work", ", ".join(sorted(cfg.reliability)))
         if not self.host.impls("store"):
             log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
         return batch_size, flush_interval
@@ -346,10 +354,16 @@ class TelemetryService:
         self.track(fields)
         return sid
 
-    def track_stream(self, session_id: str | None = None, stream_data: str | None = None, *,
+    def track_stream(self, session_id: str | Mapping[str, Any] | None = None, stream_data: str | None = None, *,
                      category: str | None = None, action: str | None = None,
                      metadata: Mapping[str, Any] | None = None, timestamp: Any = None, **fields: Any) -> str | None:
-        """Record one streamed chunk of a session's output."""
+        """Record one streamed chunk of a session's output.
+
+        Also accepts the seed's single-mapping form: ``track_stream({"session_id": ..., "stream_data": ...})``.
+        """
+        if isinstance(session_id, Mapping):
+            params = {k: v for k, v in session_id.items() if k not in ("event_type", "eventType")}
+            return self.track_stream(**{_SNAKE.get(k, k): v for k, v in params.items()})
         if session_id is None:
             session_id = fields.pop("sessionId", None) or _current_session.get()
         fields.pop("event_type", None)
@@ -715,7 +729,10 @@ class TelemetryService:
             issues.append(f"pipeline: {counters['dropped']} events not stored ({', '.join(f'{k}: {v}' for k, v in drops.items())})")
         if self._closed:
             issues.append("service is shut down")
-        proc = psutil.Process()
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(interval=None)
+        proc = self._process
         rss = proc.memory_info().rss
         total = psutil.virtual_memory().total
         used = sum(int(report.get("size_bytes", 0) or 0) for name, report in components.items() if name in self.storage_plugins)

@@ -51,8 +51,8 @@ _UPSERT_SESSION = (
 _SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
 _IN_CHUNK = 500
-#: Rows added to the full-text index per idle step.
-FTS_CHUNK = 20_000
+#: Rows added to the full-text index per idle step (a few tens of milliseconds of work).
+FTS_CHUNK = 5_000
 
 
 def _dumps(value: Any) -> str:
@@ -74,15 +74,12 @@ def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
-    (id_, session_id, event_type, category, action, label, value, timestamp, agent, mode, prompt, parent,
-     stream_data, status, error_type, error_message, error_stack, metadata, truncated) = row
-    return TelemetryEvent(
-        event_type=event_type, category=category, id=id_, session_id=session_id, action=action, label=label,
-        value=value, timestamp=timestamp, metadata=orjson.loads(metadata) if metadata and metadata != "{}" else {},
-        agent=agent, mode=mode, prompt=prompt, parent_session_id=parent, stream_data=stream_data, status=status,
-        error_type=error_type, error_message=error_message, error_stack=error_stack,
-        truncated=tuple(orjson.loads(truncated)) if truncated else (),
-    )
+    fields = dict(zip(EVENT_COLUMNS, row))
+    metadata = fields["metadata"]
+    fields["metadata"] = orjson.loads(metadata) if metadata and metadata != "{}" else {}
+    truncated = fields["truncated"]
+    fields["truncated"] = tuple(orjson.loads(truncated)) if truncated else ()
+    return TelemetryEvent.restore(fields)
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
@@ -482,27 +479,22 @@ class SQLiteStorage:
 
     @hookimpl
     def health(self) -> dict[str, Any]:
-        """File sizes, journal mode and schema version."""
+        """File sizes, journal mode, schema version and full-text index backlog (read on a reader connection)."""
         if self.path is None or self._writer is None:
             return {"healthy": False, "issues": ["not open"]}
-        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        issues = []
         from . import migrations
 
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        report: dict[str, Any] = {"healthy": True, "issues": [], "path": str(self.path), "size_bytes": size}
         try:
-            applied = migrations.applied(self._reader())
+            reader = self._reader()
+            report["journal_mode"] = reader.execute("PRAGMA journal_mode").fetchone()[0]
+            report["migrations"] = migrations.applied(reader)
+            report["text_index_backlog"] = self.text_index_backlog()
         except sqlite3.Error as exc:
-            applied = []
-            issues.append(str(self._explain(exc)))
-        return {
-            "healthy": not issues,
-            "issues": issues,
-            "path": str(self.path),
-            "size_bytes": size,
-            "journal_mode": self._writer.execute("PRAGMA journal_mode").fetchone()[0],
-            "migrations": applied,
-            "text_index_backlog": self.text_index_backlog(),
-        }
+            report["healthy"] = False
+            report["issues"] = [str(self._explain(exc))]
+        return report
 
     @hookimpl
     def shutdown(self, service: TelemetryService) -> None:
