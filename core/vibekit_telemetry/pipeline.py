@@ -86,8 +86,7 @@ class Pipeline:
             self._on_drop("queue_full", 1)
             return False
         queue.append(item)
-        depth = len(queue)
-        if depth >= self._batch_size:
+        if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
         return True
 
