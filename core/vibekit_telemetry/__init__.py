@@ -32,6 +32,7 @@ from .model import (
     decode_cursor,
     encode_cursor,
     new_id,
+    search_words,
     summarize_sessions,
     validate_event,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "hookimpl",
     "load_config",
     "new_id",
+    "search_words",
     "now_ms",
     "span_ms",
     "summarize_sessions",

@@ -7,6 +7,7 @@ the kernel hands them to hooks, so they are the whole vocabulary a plugin needs.
 from __future__ import annotations
 
 import base64
+import re
 import math
 import itertools
 import random
@@ -443,6 +444,17 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
 
 
 _ORDERS = ("asc", "desc")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words full-text search looks for: runs of letters and digits, lower-cased.
+
+    This is how SQLite's ``unicode61`` tokenizer splits text, so every storage
+    plugin matches ``QueryFilter.text`` the same way: an event matches when it
+    contains every word, in its prompt or its streamed text.
+    """
+    return _WORD.findall(text.lower())
 
 
 def _opt_time(value: object) -> int | None:
@@ -505,13 +517,7 @@ class QueryFilter:
         Also accepts the seed's ``time_range={"start": ..., "end": ...}`` and
         camelCase keys such as ``eventType``.
         """
-        base: dict[str, Any] = {}
-        if isinstance(filter, QueryFilter):
-            base = attrs.asdict(filter, recurse=False)
-        elif filter is not None:
-            base = dict(filter)
-        base.update(kwargs)
-        return cls(**_normalise_filter_keys(cls, base))
+        return _build_filter(cls, filter, kwargs)
 
     def matches(self, event: TelemetryEvent) -> bool:
         """Whether an event satisfies every condition of this filter (limit, order and cursor aside)."""
@@ -535,9 +541,8 @@ class QueryFilter:
             if key not in event.metadata or event.metadata[key] != val:
                 return False
         if self.text:
-            words = self.text.lower().split()
-            haystack = f"{event.prompt or ''} {event.stream_data or ''}".lower()
-            if not all(word.strip('"*') in haystack for word in words):
+            found = set(search_words(f"{event.prompt or ''} {event.stream_data or ''}"))
+            if not all(word in found for word in search_words(self.text)):
                 return False
         return True
 
@@ -566,13 +571,7 @@ class SessionFilter:
     @classmethod
     def build(cls, filter: SessionFilter | Mapping[str, Any] | None = None, **kwargs: Any) -> SessionFilter:
         """A session filter from an existing filter, a mapping, and/or keyword arguments."""
-        base: dict[str, Any] = {}
-        if isinstance(filter, SessionFilter):
-            base = attrs.asdict(filter, recurse=False)
-        elif filter is not None:
-            base = dict(filter)
-        base.update(kwargs)
-        return cls(**_normalise_filter_keys(cls, base))
+        return _build_filter(cls, filter, kwargs)
 
     def matches(self, session: Session) -> bool:
         """Whether a session satisfies this filter (limit and order aside)."""
@@ -592,6 +591,16 @@ class SessionFilter:
         if self.until is not None and started > self.until:
             return False
         return True
+
+
+def _build_filter(cls: type, filter: Any, kwargs: dict[str, Any]) -> Any:
+    base: dict[str, Any] = {}
+    if isinstance(filter, cls):
+        base = attrs.asdict(filter, recurse=False)
+    elif filter is not None:
+        base = dict(filter)
+    base.update(kwargs)
+    return cls(**_normalise_filter_keys(cls, base))
 
 
 def _normalise_filter_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from .model import (
     SessionFilter,
     TelemetryEvent,
     encode_cursor,
+    new_id,
     validate_event,
 )
 from .pipeline import Pipeline
@@ -343,7 +344,7 @@ class TelemetryService:
         Inside a ``telemetry.session(...)`` block the new session becomes a child
         of that block's session unless ``parent_session_id`` says otherwise.
         """
-        sid = session_id or _new_session_id()
+        sid = session_id or new_id()
         fields: dict[str, Any] = {
             "event_type": "start", "session_id": sid, "category": category or agent, "agent": agent,
             "mode": mode, "prompt": prompt, "action": mode, "metadata": dict(metadata or {}),
@@ -854,12 +855,6 @@ class SessionScope:
         """End the session now (the block will not end it again)."""
         self._ended = True
         return self.service.track_end(self._require_id(), status, **kwargs)
-
-
-def _new_session_id() -> str:
-    from .model import new_id
-
-    return new_id()
 
 
 def _cap(value: str, max_bytes: int) -> str:

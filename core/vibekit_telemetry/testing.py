@@ -104,6 +104,8 @@ class StorageContract:
         assert {e.event_type for e in service.query(text="parser")} == {"start"}
         assert len(service.query(text="answer chunk")) == 3
         assert service.query(text="nothing-like-this") == []
+        assert service.query(text="answ") == [], "words match whole, in every store"
+        assert len(service.query(text="ANSWER, chunk!")) == 3
 
     def test_get_sessions(self, service: TelemetryService) -> None:
         base = now_ms() - 10_000

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,6 +28,7 @@ from vibekit_telemetry import (
     TokenUsage,
     decode_cursor,
     hookimpl,
+    search_words,
     summarize_sessions,
 )
 
@@ -109,10 +109,10 @@ def _session_from_row(row: tuple[Any, ...]) -> Session:
 def fts_query(text: str) -> str:
     """A user's search words as an FTS5 query: every word must appear; FTS syntax is only text.
 
-    Words are the runs of letters and digits (what SQLite's unicode61 tokenizer
-    indexes), lower-cased so ``AND``/``OR``/``NOT``/``NEAR`` are never operators.
+    Words are :func:`vibekit_telemetry.search_words` (what SQLite's unicode61
+    tokenizer indexes), lower-cased so ``AND``/``OR``/``NOT``/``NEAR`` are never operators.
     """
-    words = [w.lower() for w in re.findall(r"[^\W_]+", text)]
+    words = search_words(text)
     if not words:
         raise StorageError(f"the text search {text!r} has no words to look for")
     return " ".join(words)
@@ -362,20 +362,10 @@ class SQLiteStorage:
     def _event_sql(self, f: QueryFilter) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
-        for column in ("category", "event_type", "session_id", "action", "label"):
-            value = getattr(f, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        _equal_and_range(f, ("category", "event_type", "session_id", "action", "label"), "timestamp", where, params)
         if f.session_ids:
             where.append(f"session_id IN ({', '.join('?' * len(f.session_ids))})")
             params.extend(f.session_ids)
-        if f.since is not None:
-            where.append("timestamp >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            where.append("timestamp <= ?")
-            params.append(f.until)
         for key, value in f.metadata.items():
             where.append("EXISTS (SELECT 1 FROM json_each(events.metadata) WHERE json_each.key = ? AND "
                          "json_each.value IS ?)")
@@ -422,19 +412,9 @@ class SQLiteStorage:
         """Matching sessions ordered by start time."""
         where: list[str] = []
         params: list[Any] = []
-        for column in ("status", "agent", "mode", "parent_id"):
-            value = getattr(filter, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        _equal_and_range(filter, ("status", "agent", "mode", "parent_id"), "started_at", where, params)
         if filter.root_only:
             where.append("parent_id IS NULL")
-        if filter.since is not None:
-            where.append("started_at >= ?")
-            params.append(filter.since)
-        if filter.until is not None:
-            where.append("started_at <= ?")
-            params.append(filter.until)
         direction = "DESC" if filter.order == "desc" else "ASC"
         sql = _SELECT_SESSION + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY started_at {direction}, id {direction} LIMIT ? OFFSET ?"
@@ -512,6 +492,21 @@ class SQLiteStorage:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+def _equal_and_range(f: Any, columns: tuple[str, ...], time_column: str, where: list[str], params: list[Any]) -> None:
+    """Add ``column = ?`` for each set filter field, and the ``since``/``until`` range on ``time_column``."""
+    for column in columns:
+        value = getattr(f, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if f.since is not None:
+        where.append(f"{time_column} >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append(f"{time_column} <= ?")
+        params.append(f.until)
 
 
 def _json_each_value(value: Any) -> Any:
