@@ -143,3 +143,9 @@ def test_a_broken_database_is_a_one_line_error(tmp_path):
 def test_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vibekit_telemetry", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "0.1.0" in result.stdout
+
+
+def test_validate_and_plugins_do_not_open_storage(tmp_path):
+    run(tmp_path, "config", "validate")
+    run(tmp_path, "plugins", "--json")
+    assert not (tmp_path / ".vibekit").exists()

@@ -385,3 +385,26 @@ def test_logging_levels(in_tmp, monkeypatch):
     monkeypatch.setenv("TELEMETRY_LOG_LEVEL", "INFO")
     with TelemetryService(storage=[{"type": "memory"}]):
         assert logger.level == logging.INFO
+
+
+def test_a_hook_that_reads_does_not_deadlock_the_flusher(in_tmp):
+    seen = []
+
+    class Reader:
+        name = "reader"
+
+        def __init__(self):
+            self.service = None
+
+        @hookimpl
+        def startup(self, service):
+            self.service = service
+
+        @hookimpl
+        def after_track(self, event):
+            seen.append(len(self.service.query(session_id=event.session_id)))
+
+    with TelemetryService(storage=[{"type": "memory"}], plugins=[Reader()]) as t:
+        t.track({"category": "c", "session_id": "s"})
+        t.flush()
+    assert seen == [1]

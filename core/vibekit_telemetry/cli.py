@@ -19,7 +19,8 @@ from .config import DEFAULT_CONFIG_TOML, load_config, redact_secrets
 from .errors import TelemetryError
 from .model import QueryFilter, encode_cursor
 from .output import EVENT_COLUMNS, FORMATS, SESSION_COLUMNS, render
-from .plugins import ENTRY_POINT_GROUP, command_plugins, installed_plugins
+from .assembly import assemble
+from .plugins import ENTRY_POINT_GROUP, PluginHost, command_plugins, installed_plugins
 from .times import to_ms
 
 
@@ -85,9 +86,9 @@ def plugins(state: _State, as_json: bool) -> None:
     hooks: dict[str, list[str]] = {}
     load_error = None
     try:
-        service = state.service()
-        loaded_names = service.plugin_names()
-        hooks = {name: service.host.hooks_of(name) for name in loaded_names}
+        host = _planned_host(state.config_path)
+        loaded_names = list(host.order)
+        hooks = {name: host.hooks_of(name) for name in loaded_names}
     except TelemetryError as exc:
         load_error = str(exc)
     rows = []
@@ -134,9 +135,9 @@ def config_show(state: _State) -> None:
 def config_validate(state: _State) -> None:
     """Check the configuration and that every plugin it names is installed and accepts its options."""
     loaded = load_config(state.config_path)
-    service = state.service()
+    host = _planned_host(state.config_path)
     click.echo(f"configuration OK ({', '.join(loaded.sources) or 'defaults only'}); "
-               f"plugins: {', '.join(service.plugin_names()) or 'none'}")
+               f"plugins: {', '.join(host.order) or 'none'}")
 
 
 @config.command("init")
@@ -149,6 +150,14 @@ def config_init(path: str, force: bool) -> None:
         raise click.ClickException(f"{target} exists; use --force to overwrite it")
     target.write_text(DEFAULT_CONFIG_TOML, encoding="utf-8")
     click.echo(f"wrote {target}")
+
+
+def _planned_host(config_path: str | None) -> PluginHost:
+    """The configured plugins registered (so hook names are checked) but not started: no storage is opened."""
+    host = PluginHost()
+    for planned in assemble(load_config(config_path)).plugins:
+        host.register(planned.name, planned.obj)
+    return host
 
 
 def _meta_pairs(values: tuple[str, ...]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class Pipeline:
         self._waiting = 0
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
+        self._writing: int | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="vibekit-telemetry-flusher", daemon=True)
         self._thread.start()
@@ -131,27 +132,36 @@ class Pipeline:
         When this returns, every event put before the call has been written (or
         reported dropped by ``write``).
         """
-        written = 0
+        if self._writing == threading.get_ident():
+            return 0  # called from inside ``write`` (a hook that reads): the batch in hand is being written
         with self._write_lock:
-            queue = self._queue
-            while queue:
-                batch = []
-                popleft = queue.popleft
-                try:
-                    for _ in range(min(self._max_batch, len(queue))):
-                        batch.append(popleft())
-                except IndexError:
-                    pass
-                if self._waiting:
-                    with self._room:
-                        self._room.notify_all()
-                if not batch:
-                    break
-                try:
-                    self._write(batch)
-                except Exception:  # the writer reports its own failures; never let the flusher die
-                    log.exception("writing a batch of %d events failed", len(batch))
-                written += len(batch)
+            self._writing = threading.get_ident()
+            try:
+                return self._drain_locked()
+            finally:
+                self._writing = None
+
+    def _drain_locked(self) -> int:
+        written = 0
+        queue = self._queue
+        popleft = queue.popleft
+        while queue:
+            batch = []
+            try:
+                for _ in range(min(self._max_batch, len(queue))):
+                    batch.append(popleft())
+            except IndexError:
+                pass
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
+            if not batch:
+                break
+            try:
+                self._write(batch)
+            except Exception:  # the writer reports its own failures; never let the flusher die
+                log.exception("writing a batch of %d events failed", len(batch))
+            written += len(batch)
         return written
 
     def close(self, timeout: float = 10.0) -> None:

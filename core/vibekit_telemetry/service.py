@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 import attrs
 
 from .batcher import Batcher
-from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, LoadedConfig, TelemetryConfig, load_config
+from .assembly import assemble
+from .config import LoadedConfig, TelemetryConfig, load_config
 from .errors import InvalidEventError, PluginError, ServiceClosedError, StorageError, TelemetryError
 from .model import (
     Anomaly,
@@ -41,7 +42,7 @@ from .model import (
     validate_event,
 )
 from .pipeline import Pipeline
-from .plugins import PluginHost, instantiate, plugin_name_of, resolve_entry_points
+from .plugins import PluginHost, plugin_name_of
 from .streams import EventStream
 from .times import now_ms, to_ms
 
@@ -161,54 +162,20 @@ class TelemetryService:
         logging.getLogger("vibekit_telemetry").setLevel(level.upper())
 
     def _assemble(self, plugin_objects: list[Any]) -> tuple[int, int]:
-        """Resolve, configure and register every plugin the configuration names, in its order."""
-        cfg = self.config
-        wanted: list[tuple[str, dict[str, Any], str, bool]] = []
-        batch_size, flush_interval = cfg.stream_batch_size, cfg.stream_flush_interval
-        for index, entry in enumerate(cfg.storage):
-            if not entry.enabled:
-                continue
-            opts = dict(entry.options)
-            for key in PIPELINE_STORAGE_KEYS:
-                if key in opts:
-                    value = opts.pop(key)
-                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                        raise TelemetryError(f"storage[{index}].options.{key}: expected a positive integer, got {value!r}")
-                    if key == "stream_batch_size":
-                        batch_size = min(batch_size, value) if "stream_batch_size" in self.loaded.raw else value
-                    else:
-                        flush_interval = min(flush_interval, value) if "stream_flush_interval" in self.loaded.raw else value
-            wanted.append((entry.type, opts, f"storage[{index}].options", True))
-        for path, plugin in SECTION_PLUGINS.items():
-            section: Any = cfg
-            for part in path:
-                section = getattr(section, part, None) if not isinstance(section, Mapping) else section.get(part)
-            if isinstance(section, Mapping) and section.get("enabled"):
-                opts = {k: v for k, v in section.items() if k != "enabled"}
-                wanted.append((plugin, opts, ".".join(path), False))
-        for index, spec in enumerate(cfg.plugins):
-            wanted.append((spec.name, dict(spec.options), f"plugins[{index}].options", False))
-        targets = resolve_entry_points([name for name, *_ in wanted])
-        source = " + ".join(self.loaded.sources) or "defaults"
-        for name, opts, where, is_storage in wanted:
-            obj = instantiate(name, targets[name], opts, where=source, path=where)
-            self._register(name, obj, source="entry point")
-            if is_storage:
-                self.storage_plugins.append(name)
+        """Register every configured plugin, then the plugin objects passed in, in that order."""
+        plan = assemble(self.loaded)
+        for planned in plan.plugins:
+            self._register(planned.name, planned.obj, source="entry point")
+            if planned.is_storage:
+                self.storage_plugins.append(planned.name)
         for obj in plugin_objects:
             name = plugin_name_of(obj)
             self._register(name, obj, source="object")
             if any(impl.plugin == name for impl in self.host.impls("store")):
                 self.storage_plugins.append(name)
-        unused = sorted(set(cfg.security) - {path[1] for path in SECTION_PLUGINS if path[0] == "security"})
-        if unused:
-            log.warning("security sections %s are not used by any plugin", ", ".join(unused))
-        if cfg.reliability:
-            log.warning("reliability settings (%s) are accepted but not applied yet: retries, circuit breaking and "
-                        "buffering arrive with the reliability work", ", ".join(sorted(cfg.reliability)))
         if not self.host.impls("store"):
             log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
-        return batch_size, flush_interval
+        return plan.batch_size, plan.flush_interval
 
     def _register(self, name: str, obj: Any, *, source: str) -> None:
         self.host.register(name, obj, source=source)

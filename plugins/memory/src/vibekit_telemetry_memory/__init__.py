@@ -116,14 +116,15 @@ class MemoryStorage:
 
     @hookimpl
     def clean(self, before: int) -> int:
-        """Forget events older than ``before`` and sessions that started before it."""
+        """Forget events older than ``before`` and sessions whose last event is older."""
         with self._lock:
             cut = bisect.bisect_left(self._keys, (before, ""))
             for event in self._events[:cut]:
                 self._ids.discard(event.id)
             del self._events[:cut]
             del self._keys[:cut]
-            self._sessions = {k: s for k, s in self._sessions.items() if (s.started_at or 0) >= before}
+            self._sessions = {k: s for k, s in self._sessions.items()
+                              if (s.started_at or 0) >= before or (s.last_event_at or 0) >= before}
             return cut
 
     @hookimpl
