@@ -121,3 +121,11 @@ def test_out_of_range_values_name_the_key(in_tmp):
     (in_tmp / "telemetry.toml").unlink()
     with pytest.raises(ConfigError, match="on_full: expected one of 'block', 'drop_newest', 'drop_oldest', got 'explode'"):
         load_config(overrides={"on_full": "explode"})
+
+
+def test_config_object_with_keyword_overrides(in_tmp):
+    from vibekit_telemetry import TelemetryConfig
+
+    base = TelemetryConfig(service_name="obj")
+    with TelemetryService(base, storage=[{"type": "memory"}], stream_batch_size=7) as t:
+        assert (t.config.service_name, t.config.storage[0].type, t.config.stream_batch_size) == ("obj", "memory", 7)

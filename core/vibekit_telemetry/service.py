@@ -28,7 +28,7 @@ import attrs
 
 from .batcher import Batcher
 from .assembly import assemble
-from .config import LoadedConfig, TelemetryConfig, load_config
+from .config import LoadedConfig, TelemetryConfig, deep_merge, load_config, normalise_keys, structure
 from .errors import InvalidEventError, PluginError, ServiceClosedError, StorageError, TelemetryError
 from .model import (
     Anomaly,
@@ -120,9 +120,11 @@ class TelemetryService:
         if plugin_objects:
             options["plugins"] = [p for p in options["plugins"] if isinstance(p, (str, Mapping))]
         if isinstance(config, TelemetryConfig):
+            raw = attrs.asdict(config)
             if options:
-                config = attrs.evolve(config, **options)
-            self.loaded = LoadedConfig(config=config, raw=attrs.asdict(config), path=None, sources=("object",))
+                raw = deep_merge(raw, normalise_keys(options))
+                config = structure(raw, TelemetryConfig, where="TelemetryConfig + keyword arguments")
+            self.loaded = LoadedConfig(config=config, raw=raw, path=None, sources=("object",))
         else:
             self.loaded = load_config(config, overrides=options)
         self.config: TelemetryConfig = self.loaded.config
@@ -141,7 +143,6 @@ class TelemetryService:
         self.host = PluginHost()
         self.storage_plugins: list[str] = []
         batch_size, flush_interval = self._assemble(plugin_objects)
-        self._before = self.host.impls("before_track")
         self._max_chars = self.config.max_field_bytes // 4
         self._pipeline = Pipeline(
             self._write_batch,
@@ -240,7 +241,7 @@ class TelemetryService:
             log.warning("event %s tracked after shutdown was dropped", event.id)
             return None
         event = self._prepare(event)
-        for impl in self._before:
+        for impl in self.host.impls("before_track"):
             try:
                 result = impl(event=event)
             except Exception as exc:
