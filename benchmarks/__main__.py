@@ -246,7 +246,7 @@ def run(quick: bool) -> dict[str, Any]:
         if peer:
             figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
             figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
-            figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer)])
+            figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer, strict=True)])
 
         print(f"SQLite ingest, {sizes['ingest_n']:,} events x {sizes['ingest_runs']} runs ...", flush=True)
         end = now_ms()
@@ -266,7 +266,7 @@ def run(quick: bool) -> dict[str, Any]:
         gc.collect()
         figures["ingest_events_per_s"] = stats(service_rates)
         figures["raw_executemany_events_per_s"] = stats(raw_rates)
-        figures["ingest_vs_raw_ratio"] = stats([s / r for s, r in zip(service_rates, raw_rates)])
+        figures["ingest_vs_raw_ratio"] = stats([s / r for s, r in zip(service_rates, raw_rates, strict=True)])
 
         print(f"reads on a {sizes['ingest_n']:,}-event database ...", flush=True)
         assert last_db is not None

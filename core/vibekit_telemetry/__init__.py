@@ -67,6 +67,7 @@ __all__ = [
     "TelemetryConfig",
     "TelemetryError",
     "TelemetryEvent",
+    "TelemetryService",
     "TokenUsage",
     "current_session_id",
     "decode_cursor",

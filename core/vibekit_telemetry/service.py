@@ -44,7 +44,7 @@ from .model import (
 from .pipeline import Pipeline
 from .plugins import PluginHost, plugin_name_of
 from .streams import EventStream
-from .times import now_ms, to_ms
+from .times import now_ms
 
 log = logging.getLogger("vibekit_telemetry.service")
 

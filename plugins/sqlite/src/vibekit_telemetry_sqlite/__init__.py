@@ -74,7 +74,7 @@ def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
-    fields = dict(zip(EVENT_COLUMNS, row))
+    fields = dict(zip(EVENT_COLUMNS, row, strict=True))
     metadata = fields["metadata"]
     fields["metadata"] = orjson.loads(metadata) if metadata and metadata != "{}" else {}
     truncated = fields["truncated"]
