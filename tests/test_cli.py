@@ -83,8 +83,10 @@ def test_query_formats(demo_dir):
 
 def test_tail_follows_events_written_by_another_process(tmp_path):
     run(tmp_path, "config", "init")
-    proc = subprocess.Popen([TELEMETRY, "tail", "--count", "3", "--timeout", "30", "--interval", "0.1"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # --since a moment ago, so the result does not depend on whether tail is up before the first write.
+    since = str(int(time.time() * 1000) - 1000)
+    proc = subprocess.Popen([TELEMETRY, "tail", "--since", since, "--count", "3", "--timeout", "30", "--interval", "0.1"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     with TelemetryService(config=str(tmp_path / "telemetry.toml"), data_dir=str(tmp_path / ".vibekit")) as t:
         for i in range(3):

@@ -188,3 +188,43 @@ def test_text_index_catches_up_while_idle(tmp_path):
         assert store.text_index_backlog() == 0
         telemetry.track_stream(sid, "another needle")
         assert len(telemetry.query(text="needle")) == 2
+
+
+def test_text_search_plans_agree(tmp_path, monkeypatch):
+    import vibekit_telemetry_sqlite
+
+    path = tmp_path / "t.db"
+    with _service(path) as telemetry:
+        base = now_ms() - 100_000
+        for i in range(60):
+            # timestamps out of insertion order, so ordering by time is not ordering by row
+            telemetry.track({"category": "c", "prompt": f"common word {i}", "timestamp": base + (i * 37) % 60})
+        telemetry.track({"category": "c", "prompt": "rare word"})
+        few = [e.id for e in telemetry.query(text="common", limit=25)]
+        rare_few = [e.id for e in telemetry.query(text="rare")]
+        monkeypatch.setattr(vibekit_telemetry_sqlite, "_FEW_MATCHES", 2)
+        many = [e.id for e in telemetry.query(text="common", limit=25)]
+        assert many == few and len(few) == 25
+        assert [e.id for e in telemetry.query(text="rare")] == rare_few and len(rare_few) == 1
+        times = [e.timestamp for e in telemetry.query(text="common word", limit=25)]
+        assert times == sorted(times, reverse=True)
+
+
+def test_a_new_migration_upgrades_an_existing_database_once(tmp_path):
+    path = tmp_path / "t.db"
+    with _service(path) as telemetry:
+        telemetry.track({"category": "kept"})
+
+    @migrations(name="m999_test_column")
+    def m999(db):
+        db["sessions"].add_column("test_note", str)
+
+    try:
+        for _ in range(2):
+            with _service(path) as telemetry:
+                assert [e.category for e in telemetry.query()] == ["kept"]
+                assert telemetry.get_health_status().components["sqlite"]["migrations"][-1] == "m999_test_column"
+        columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(sessions)")]
+        assert columns.count("test_note") == 1
+    finally:
+        migrations._migrations.pop()

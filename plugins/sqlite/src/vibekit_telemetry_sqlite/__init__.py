@@ -51,6 +51,8 @@ _UPSERT_SESSION = (
 _SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
 _IN_CHUNK = 500
+#: Above this many full-text matches, a text query walks events in time order instead of sorting the matches.
+_FEW_MATCHES = 2_000
 #: Rows added to the full-text index per idle step (a few tens of milliseconds of work).
 FTS_CHUNK = 5_000
 
@@ -372,8 +374,15 @@ class SQLiteStorage:
             params.append(str(key))
             params.append(_json_each_value(value))
         if f.text:
-            where.append("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-            params.append(fts_query(f.text))
+            match = fts_query(f.text)
+            # Few matches: look them up by rowid and sort them. Many: walk the events in time order and keep the
+            # matching ones (the unary + stops SQLite from choosing the first plan), which stops at the limit
+            # instead of sorting every match. SQLite cannot tell the two cases apart; the match count can.
+            many = self._reader().execute(
+                "SELECT count(*) > ? FROM (SELECT 1 FROM events_fts WHERE events_fts MATCH ? LIMIT ?)",
+                [_FEW_MATCHES, match, _FEW_MATCHES + 1]).fetchone()[0]
+            where.append(f"{'+' if many else ''}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            params.append(match)
         direction = "DESC" if f.order == "desc" else "ASC"
         if f.cursor:
             ts, event_id = decode_cursor(f.cursor)
