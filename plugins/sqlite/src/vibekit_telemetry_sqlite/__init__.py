@@ -76,12 +76,17 @@ def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
-    fields = dict(zip(EVENT_COLUMNS, row, strict=True))
-    metadata = fields["metadata"]
-    fields["metadata"] = orjson.loads(metadata) if metadata and metadata != "{}" else {}
-    truncated = fields["truncated"]
-    fields["truncated"] = tuple(orjson.loads(truncated)) if truncated else ()
-    return TelemetryEvent.restore(fields)
+    # Unpacking into a dict display is twice as fast as dict(zip(...)), and this runs once per row read.
+    (id_, session_id, event_type, category, action, label, value, timestamp, agent, mode, prompt, parent,
+     stream_data, status, error_type, error_message, error_stack, metadata, truncated) = row
+    return TelemetryEvent.restore({
+        "id": id_, "session_id": session_id, "event_type": event_type, "category": category, "action": action,
+        "label": label, "value": value, "timestamp": timestamp, "agent": agent, "mode": mode, "prompt": prompt,
+        "parent_session_id": parent, "stream_data": stream_data, "status": status, "error_type": error_type,
+        "error_message": error_message, "error_stack": error_stack,
+        "metadata": orjson.loads(metadata) if metadata and metadata != "{}" else {},
+        "truncated": tuple(orjson.loads(truncated)) if truncated else (),
+    })
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
