@@ -408,3 +408,24 @@ def test_a_hook_that_reads_does_not_deadlock_the_flusher(in_tmp):
         t.track({"category": "c", "session_id": "s"})
         t.flush()
     assert seen == [1]
+
+
+def test_batcher_retries_events_the_full_queue_refused(in_tmp):
+    t = TelemetryService(storage=[{"type": "memory"}], max_queue_size=10, on_full="drop_newest",
+                         stream_batch_size=1000, stream_flush_interval=600_000)
+    try:
+        with t.create_batcher(batch_size=30, flush_interval=600_000, max_retries=2) as batcher:
+            for i in range(30):
+                batcher.add({"category": "b", "value": i})
+        # Nothing drains the queue: 10 fit, 20 are refused on the first try and on both retries.
+        assert (batcher.accepted, batcher.dropped) == (10, 20)
+        assert t.get_health_status().counters["dropped_by_reason"]["queue_full"] == 60
+
+        t.on("drop", lambda payload: t.flush())  # now every refusal makes room, so a retry succeeds
+        with t.create_batcher(batch_size=30, flush_interval=600_000, max_retries=2) as batcher:
+            for i in range(30):
+                batcher.add({"category": "c", "value": i})
+        assert (batcher.accepted, batcher.dropped) == (30, 0)
+        assert sorted(e.value for e in t.query(category="c")) == list(range(30))
+    finally:
+        t.shutdown()
