@@ -36,7 +36,7 @@ def test_hook_is_documented(name, fn):
     if len(params) > 1 or (params and "Takes no arguments" not in section):
         for param in params:
             assert f"- `{param}`:" in section, f"argument {param} of {name} is not described"
-    assert "Contract:" in section or "Contract" in section, f"{name} has no contract"
+    assert "Contract:" in section, f"{name} has no contract"
     assert "```python" in section and "@hookimpl" in section, f"{name} has no example"
 
 

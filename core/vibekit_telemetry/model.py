@@ -84,30 +84,14 @@ class TelemetryEvent:
         kwargs = {key: val for key, val in data.items() if val is not None}
         if not kwargs.keys() <= _FIELD_NAMES:
             kwargs = _rename_aliases(kwargs)
-        for key, val in kwargs.items():
-            if type(val) is str:
-                if key in _TEXT_KEYS:
-                    continue
-                _reject(key, val)
-            check = _CHECKS[key]
-            if check is not None and not check(val):
-                _reject(key, val)
+        _check_fields(kwargs)
         timestamp = kwargs.get("timestamp")
         if timestamp is not None and type(timestamp) is not int:
             try:
                 kwargs["timestamp"] = to_ms(timestamp)
             except ValueError as exc:
                 raise InvalidEventError("timestamp", str(exc)) from None
-        event_type = kwargs.setdefault("event_type", "custom")
-        if event_type not in EVENT_TYPES:
-            _reject("event_type", event_type)
-        if not kwargs.get("category"):
-            raise InvalidEventError("category", f"required: a non-empty string, got {data.get('category')!r}")
-        if event_type in _SESSION_TYPES and "session_id" not in kwargs:
-            raise InvalidEventError("session_id", f"required for {event_type} events")
-        metadata = kwargs.get("metadata")
-        if metadata:
-            _check_json("metadata", metadata, 0)
+        kwargs.setdefault("event_type", "custom")
         if "truncated" in kwargs:
             kwargs["truncated"] = tuple(kwargs["truncated"])
         return cls(**kwargs)
@@ -193,27 +177,33 @@ def _rename_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def validate_event(event: TelemetryEvent) -> None:
     """Check an event's field types and values; raise :class:`InvalidEventError` naming the field."""
-    if event.event_type not in EVENT_TYPES:
-        raise InvalidEventError("event_type", f"must be one of {', '.join(sorted(EVENT_TYPES))}, got {event.event_type!r}")
-    if not isinstance(event.category, str) or not event.category:
-        raise InvalidEventError("category", f"must be a non-empty string, got {event.category!r}")
-    for name in _STRING_FIELDS:
-        val = getattr(event, name)
-        if val is not None and not isinstance(val, str):
-            _reject(name, val)
-    if not event.id:
-        raise InvalidEventError("id", "must not be empty")
+    _check_fields({key: val for key, val in event.__dict__.items() if val is not None})
     if type(event.timestamp) is not int:
         raise InvalidEventError("timestamp", f"must be integer epoch milliseconds, got {event.timestamp!r}")
-    if event.value is not None:
-        if isinstance(event.value, bool) or not isinstance(event.value, (int, float)) or not math.isfinite(event.value):
-            raise InvalidEventError("value", f"must be a finite number, got {event.value!r}")
-    if not isinstance(event.metadata, Mapping):
-        raise InvalidEventError("metadata", f"must be a JSON object (mapping), got {type(event.metadata).__name__}")
-    if event.metadata:
-        _check_json("metadata", event.metadata, 0)
-    if event.event_type in _SESSION_TYPES and not event.session_id:
-        raise InvalidEventError("session_id", f"required for {event.event_type} events")
+    if not event.id:
+        raise InvalidEventError("id", "must not be empty")
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    """The checks ``from_dict`` and ``validate_event`` share, over the fields that are set."""
+    for key, val in fields.items():
+        if type(val) is str:
+            if key in _TEXT_KEYS:
+                continue
+            _reject(key, val)
+        check = _CHECKS[key]
+        if check is not None and not check(val):
+            _reject(key, val)
+    event_type = fields.get("event_type", "custom")
+    if event_type not in EVENT_TYPES:
+        _reject("event_type", event_type)
+    if not fields.get("category"):
+        raise InvalidEventError("category", f"required: a non-empty string, got {fields.get('category')!r}")
+    if event_type in _SESSION_TYPES and not fields.get("session_id"):
+        raise InvalidEventError("session_id", f"required for {event_type} events")
+    metadata = fields.get("metadata")
+    if metadata:
+        _check_json("metadata", metadata, 0)
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})

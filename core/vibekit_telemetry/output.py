@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .model import Session, TelemetryEvent
 from .times import format_ms
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -17,16 +16,6 @@ _NO_WRAP = frozenset({"id", "session_id", "timestamp", "started_at", "event_type
 EVENT_COLUMNS = ("timestamp", "event_type", "category", "action", "session_id", "text", "value", "id")
 SESSION_COLUMNS = ("id", "agent", "mode", "status", "started_at", "duration_ms", "ttft_ms", "event_count",
                    "stream_count", "error_count", "tokens", "prompt")
-
-
-def event_record(event: TelemetryEvent) -> dict[str, Any]:
-    """An event as a flat dict for output (times as ISO strings in tables)."""
-    return event.to_dict()
-
-
-def session_record(session: Session) -> dict[str, Any]:
-    """A session as a dict for output."""
-    return session.to_dict()
 
 
 def _cell(column: str, record: dict[str, Any], width: int = 60) -> str:
