@@ -228,3 +228,32 @@ def test_a_new_migration_upgrades_an_existing_database_once(tmp_path):
         assert columns.count("test_note") == 1
     finally:
         migrations._migrations.pop()
+
+
+def test_opening_retries_an_immediate_lock_refusal(tmp_path, monkeypatch):
+    # SQLite answers "locked" without waiting where waiting could deadlock (two processes switching one new
+    # file to WAL at once); that refusal cannot be provoked on demand, so it is injected here.
+    from vibekit_telemetry_sqlite import migrations as module
+
+    real, calls = module.apply, []
+
+    def refuse_twice(conn):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(conn)
+
+    monkeypatch.setattr(module, "apply", refuse_twice)
+    store = SQLiteStorage.open(tmp_path / "t.db")
+    assert len(calls) == 3 and store.count() == 0
+    store.close()
+
+    def refuse_always(conn):
+        calls.append(1)
+        raise sqlite3.OperationalError("database is locked")
+
+    calls.clear()
+    monkeypatch.setattr(module, "apply", refuse_always)
+    with pytest.raises(StorageError, match="locked by another process"):
+        SQLiteStorage.open(tmp_path / "u.db", busy_timeout_ms=200)
+    assert len(calls) > 2

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -128,6 +130,18 @@ def fts_query(text: str) -> str:
 _CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly", 13: "full", 14: "cantopen"}
 
 
+def _kind(exc: sqlite3.Error) -> str | None:
+    """What went wrong, by SQLite's primary result code (or the message, for errors raised without one)."""
+    kind = _CODES.get((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF)
+    if kind is None and isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            kind = "corrupt"
+        elif "database is locked" in text:
+            kind = "locked"
+    return kind
+
+
 class SQLiteStorage:
     """The ``sqlite`` storage plugin."""
 
@@ -175,15 +189,29 @@ class SQLiteStorage:
         except OSError as exc:
             raise StorageError(f"cannot create the directory for the database {path}: {exc.strerror}") from None
         self._check_file(path)
-        try:
-            conn = self._connect()
-            self._check_foreign(conn)
-            conn.execute(f"PRAGMA journal_mode={self.config.journal_mode}")
-            from . import migrations  # sqlite-utils is only needed to create or upgrade the schema
+        # Two processes opening one new file at once can make SQLite answer "locked" at once, without waiting
+        # (it refuses to wait where waiting could deadlock, e.g. both switching the file to WAL), so the whole
+        # opening is retried with jitter until busy_timeout_ms has passed.
+        deadline = time.monotonic() + self.config.busy_timeout_ms / 1000
+        delay = 0.005
+        while True:
+            conn = None
+            try:
+                conn = self._connect()
+                self._check_foreign(conn)
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != self.config.journal_mode.lower():
+                    conn.execute(f"PRAGMA journal_mode={self.config.journal_mode}")
+                from . import migrations  # sqlite-utils is only needed to create or upgrade the schema
 
-            ran = migrations.apply(conn)
-        except sqlite3.DatabaseError as exc:
-            raise self._explain(exc) from None
+                ran = migrations.apply(conn)
+                break
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
+                if _kind(exc) != "locked" or time.monotonic() + delay > deadline:
+                    raise self._explain(exc) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
         if ran:
             log.info("database %s: applied %d migration(s)", path, ran)
         self._writer = conn
@@ -221,9 +249,7 @@ class SQLiteStorage:
 
     def _explain(self, exc: sqlite3.Error) -> StorageError:
         text = str(exc)
-        kind = _CODES.get((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF)
-        if kind is None and isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
-            kind = "corrupt"
+        kind = _kind(exc)
         if kind == "corrupt":
             return StorageError(f"the database {self.path} is corrupt ({text}); it was not modified: "
                                 "move it aside (or restore a backup) and start again")
