@@ -119,7 +119,7 @@ def test_out_of_range_values_name_the_key(in_tmp):
     with pytest.raises(ConfigError, match="stream_batch_size: out of range"):
         load_config()
     (in_tmp / "telemetry.toml").unlink()
-    with pytest.raises(ConfigError, match="on_full: expected one of 'block', 'drop_newest', 'drop_oldest', got 'explode'"):
+    with pytest.raises(ConfigError, match="on_full: expected one of 'spill', 'block', 'drop_newest', 'drop_oldest', got 'explode'"):
         load_config(overrides={"on_full": "explode"})
 
 

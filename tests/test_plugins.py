@@ -154,7 +154,16 @@ def test_failing_primary_store_counts_drops(in_tmp):
         def query(self, filter):
             return []
 
+    # By default a failing store's batches wait in the journal: buffered, not lost.
     with TelemetryService(storage=[], plugins=[DeadStore()]) as t:
+        for _ in range(5):
+            t.track({"category": "c"})
+        t.flush()
+        health = t.get_health_status()
+        assert health.counters["buffered"] == 5
+        assert health.counters["dropped"] == 0 and health.counters["stored"] == 0
+    # Without the journal they are lost, and counted with the reason.
+    with TelemetryService(storage=[], plugins=[DeadStore()], reliability={"buffer_on_error": False}) as t:
         for _ in range(5):
             t.track({"category": "c"})
         t.flush()

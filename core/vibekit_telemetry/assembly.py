@@ -12,9 +12,15 @@ from typing import Any
 
 import attrs
 
-from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, LoadedConfig
+from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, LoadedConfig, converter, deep_merge, structure
 from .errors import ConfigError
 from .plugins import instantiate, resolve_entry_points
+from .reliability import SINK_OPTION_KEYS, ReliabilityConfig
+
+
+def unstructure(value: Any) -> Any:
+    """A config object back to plain data (for merging overrides into it)."""
+    return converter.unstructure(value)
 
 log = logging.getLogger("vibekit_telemetry.assembly")
 
@@ -26,6 +32,7 @@ class PlannedPlugin:
     name: str
     obj: Any
     is_storage: bool
+    reliability: ReliabilityConfig | None = None
 
 
 @attrs.frozen
@@ -45,6 +52,7 @@ def assemble(loaded: LoadedConfig) -> Assembly:
     """
     cfg = loaded.config
     wanted: list[tuple[str, dict[str, Any], str, bool]] = []
+    sink_policies: dict[str, ReliabilityConfig] = {}
     batch_size, flush_interval = cfg.stream_batch_size, cfg.stream_flush_interval
     for index, entry in enumerate(cfg.storage):
         if not entry.enabled:
@@ -61,6 +69,12 @@ def assemble(loaded: LoadedConfig) -> Assembly:
                 batch_size = min(batch_size, value) if key in loaded.raw else value
             else:
                 flush_interval = min(flush_interval, value) if key in loaded.raw else value
+        own = {key: opts.pop(key) for key in SINK_OPTION_KEYS if key in opts}
+        if own:
+            # A storage entry may override the reliability settings for its own plugin, as in the seed.
+            merged = deep_merge(unstructure(cfg.reliability), own)
+            sink_policies[entry.type] = structure(merged, ReliabilityConfig, where=" + ".join(loaded.sources) or "defaults",
+                                                  path=f"storage[{index}].options")
         wanted.append((entry.type, opts, f"storage[{index}].options", True))
     for path, plugin in SECTION_PLUGINS.items():
         section: Any = cfg
@@ -73,13 +87,11 @@ def assemble(loaded: LoadedConfig) -> Assembly:
     targets = resolve_entry_points([name for name, *_ in wanted])
     source = " + ".join(loaded.sources) or "defaults"
     planned = [
-        PlannedPlugin(name, instantiate(name, targets[name], opts, where=source, path=where), is_storage)
+        PlannedPlugin(name, instantiate(name, targets[name], opts, where=source, path=where), is_storage,
+                      sink_policies.get(name) if is_storage else None)
         for name, opts, where, is_storage in wanted
     ]
     unused = sorted(set(cfg.security) - {path[1] for path in SECTION_PLUGINS if path[0] == "security"})
     if unused:
         log.warning("security sections %s are not used by any plugin", ", ".join(unused))
-    if cfg.reliability:
-        log.warning("reliability settings (%s) are accepted but not applied yet: retries, circuit breaking and "
-                    "buffering arrive with the reliability work", ", ".join(sorted(cfg.reliability)))
     return Assembly(plugins=planned, batch_size=batch_size, flush_interval=flush_interval)

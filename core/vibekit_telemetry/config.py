@@ -27,6 +27,7 @@ import cattrs
 from cattrs.v import format_exception
 
 from .errors import ConfigError
+from .reliability import ReliabilityConfig, SamplingConfig
 
 ENV_PREFIX = "TELEMETRY_"
 
@@ -71,8 +72,9 @@ class TelemetryConfig:
 
     Plugin sections (``security.*``, ``analytics``, ``api``, ``compliance``) are
     kept as plain tables here and structured by the plugin they enable.
-    ``reliability`` is accepted in the seed's shape; its retry, circuit-breaker
-    and journal settings take effect when the reliability work lands.
+    ``reliability`` holds retries, circuit breaking, the error journal, the
+    memory limit and the rate limit (see ``docs/reliability.md``); ``sampling``
+    keeps a fraction of sessions.
     """
 
     service_name: str = "unknown_service"
@@ -85,12 +87,13 @@ class TelemetryConfig:
     analytics: dict[str, Any] = attrs.field(factory=dict)
     api: dict[str, Any] = attrs.field(factory=dict)
     compliance: dict[str, Any] = attrs.field(factory=dict)
-    reliability: dict[str, Any] = attrs.field(factory=dict)
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    sampling: SamplingConfig | None = None
     stream_batch_size: int = 100
     stream_flush_interval: int = 1000
     max_batch_size: int = 5000
     max_queue_size: int = 100_000
-    on_full: Literal["block", "drop_newest", "drop_oldest"] = "block"
+    on_full: Literal["spill", "block", "drop_newest", "drop_oldest"] = "spill"
     enqueue_timeout_ms: int = 100
     max_field_bytes: int = 65_536
     capture_content: bool = True
@@ -421,7 +424,8 @@ stream_batch_size = 100          # a write starts when this many events wait...
 stream_flush_interval = 1000     # ...or after this many milliseconds
 max_batch_size = 5000            # under a backlog, up to this many events are written per transaction
 max_queue_size = 100000          # events waiting in memory at most
-on_full = "block"                # "block" (up to enqueue_timeout_ms, then drop), "drop_newest", "drop_oldest"
+on_full = "spill"                # "spill" (to a journal on disk), "block" (up to enqueue_timeout_ms, then drop),
+                                 # "drop_newest" or "drop_oldest"
 enqueue_timeout_ms = 100
 max_field_bytes = 65536          # longer text fields are cut and listed in the event's `truncated`
 capture_content = true           # false keeps prompts and streamed text out of storage
@@ -442,6 +446,27 @@ enabled = true
 # [[plugins]]
 # name = "hostname"
 # options = { include_git_commit = true }
+
+# What happens when a storage plugin fails (see docs/reliability.md):
+# [reliability]
+# buffer_on_error = true         # failed batches wait in an on-disk journal and are replayed in order
+# buffer_size = 100000           # events the journal holds at most (then they are counted as lost)
+# persist_buffer = false         # true: journal every batch before storing it (durable within one flush interval)
+# buffer_path = ".vibekit/buffer"
+# memory_limit = 536870912       # bytes of RSS; above it events spill to disk and "memory:high" fires
+# [reliability.retry]
+# enabled = true
+# max_attempts = 3
+# backoff = "exponential"        # or "linear"; with jitter, capped at max_delay_ms
+# [reliability.circuit_breaker]
+# enabled = true
+# threshold = 5                  # consecutive failures that open the circuit
+# timeout = 30000                # ms before a half-open probe
+# [reliability.rate_limit]
+# max_requests = 1000            # events per window; errors, session starts and ends are exempt
+# window_ms = 1000
+# [sampling]
+# rate = 0.1                     # keep 10% of sessions; failed, erroring and slow ones are always kept
 
 # Seed-style sections load their plugin when enabled:
 # [security.pii]

@@ -7,7 +7,7 @@ and isolation are under its control:
 * ``before_track`` is a chain run in configuration order, each plugin receiving
   the previous one's result;
 * ``store``, ``after_track``, ``idle``, ``clean``, ``optimize``, ``health``,
-  ``detect``, ``startup`` and ``shutdown`` are called one plugin at a time, and an
+  ``detect``, ``startup``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
 * ``query``, ``get_session``, ``get_sessions`` and ``export`` are answered by
   the first plugin in configuration order that returns something other than
@@ -50,6 +50,16 @@ def shutdown(service: TelemetryService) -> None:
     """Called once when the service shuts down, after the last batch was stored.
 
     Close files and connections here.
+    """
+
+
+@hookspec
+def after_fork(service: TelemetryService) -> None:
+    """Called in a child process right after ``os.fork()``, before the child tracks anything.
+
+    Replace what must not be shared with the parent: open connections, locks,
+    threads.  The kernel has already given the child an empty queue and a new
+    flusher thread.
     """
 
 

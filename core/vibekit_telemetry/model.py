@@ -301,6 +301,7 @@ class TokenUsage:
 
 
 _NO_TOKENS = TokenUsage()
+_TOKEN_FIELDS = frozenset(f.name for f in attrs.fields(TokenUsage))
 
 
 @attrs.frozen
@@ -414,6 +415,17 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
             if ended is None or ts >= ended:
                 ended = ts
                 status = e["status"] or "completed"
+            tally = e["metadata"].get("sampled_out") if e["metadata"] else None
+            if isinstance(tally, Mapping):
+                # events sampling dropped from this session, added back so the summary stays exact
+                event_count += int(tally.get("events", 0))
+                stream_count += int(tally.get("streams", 0))
+                tally_first = tally.get("first_stream_at")
+                if isinstance(tally_first, int) and (first_stream is None or tally_first < first_stream):
+                    first_stream = tally_first
+                if isinstance(tally.get("tokens"), Mapping):
+                    tokens = tokens + TokenUsage(**{k: int(v) for k, v in tally["tokens"].items()
+                                                    if k in _TOKEN_FIELDS})
         elif kind == "error":
             error_count += 1
             last_error = e["error_message"] or e["error_type"]

@@ -1,10 +1,14 @@
 """The ingest pipeline: a bounded in-memory queue drained by one background flusher thread.
 
-``put`` never does I/O; it appends to the queue and wakes the flusher when a
-batch is ready.  When the queue is full the configured policy decides:
-``block`` waits up to a bound for room and then drops, ``drop_newest`` refuses
-the new event, ``drop_oldest`` makes room by discarding the oldest one.  Every
-event that is not written is reported through ``on_drop`` with a reason.
+``put`` does no I/O while the queue has room; it appends to the queue and
+wakes the flusher when a batch is ready.  When the queue is full (or the
+process is over its memory limit) the configured policy decides: ``spill``
+appends the event to a journal on disk, which the flusher reads back in order
+once the queue is empty (events put while spilled ones wait also spill, so the
+order is kept); ``block`` waits up to a bound for room and then drops;
+``drop_newest`` refuses the new event; ``drop_oldest`` makes room by
+discarding the oldest one.  Every event that is not written is reported
+through ``on_drop`` with a reason.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from .journal import Journal, JournalFull
 
 log = logging.getLogger("vibekit_telemetry.pipeline")
 
-POLICIES = ("block", "drop_newest", "drop_oldest")
+POLICIES = ("spill", "block", "drop_newest", "drop_oldest")
+_SPILL_CHUNK = 512
 
 
 class Pipeline:
@@ -43,6 +51,10 @@ class Pipeline:
         enqueue_timeout: float = 0.1,
         on_drop: Callable[[str, int], None],
         on_idle: Callable[[], None] | None = None,
+        before_drain: Callable[[], None] | None = None,
+        spill_dir: Path | None = None,
+        spill_limits: tuple[int, int] = (1_000_000, 2**30),
+        adopt: bool = True,
     ) -> None:
         if on_full not in POLICIES:
             raise ValueError(f"on_full must be one of {', '.join(POLICIES)}, got {on_full!r}")
@@ -55,6 +67,25 @@ class Pipeline:
         self._enqueue_timeout = enqueue_timeout
         self._on_drop = on_drop
         self._on_idle = on_idle
+        self._before_drain = before_drain
+        self._spill_dir = spill_dir
+        self._spill_limits = spill_limits
+        self._spill_lock = threading.Lock()
+        self._spill_buffer: list[Any] = []
+        self._spill: Journal | None = None
+        self._orphan_spills: list[Journal] = []
+        #: set while spilled events wait: new events spill too, so they stay behind them
+        self._spilling = False
+        #: set by the owner when memory is over its limit: events spill instead of growing the queue
+        self.pressure = False
+        if on_full == "spill" and spill_dir is None:
+            raise ValueError("on_full='spill' needs a spill directory")
+        if spill_dir is not None and adopt:
+            try:
+                self._orphan_spills = Journal.adopt_orphans(spill_dir, max_events=spill_limits[0],
+                                                            max_bytes=spill_limits[1], fsync=False)
+            except OSError as exc:
+                log.error("cannot read old spill journals in %s: %s", spill_dir, exc)
         self._queue: deque[Any] = deque()
         self._room = threading.Condition()
         self._waiting = 0
@@ -77,19 +108,59 @@ class Pipeline:
 
     @property
     def depth(self) -> int:
-        """Events waiting to be written."""
+        """Events waiting in memory to be written."""
         return len(self._queue)
+
+    @property
+    def spilled(self) -> int:
+        """Events waiting on disk (spilled by a full queue) to be written."""
+        with self._spill_lock:
+            journals = [*self._orphan_spills, *([self._spill] if self._spill else [])]
+            return len(self._spill_buffer) + sum(j.pending_events for j in journals)
 
     def put(self, item: Any) -> bool:
         """Queue one event; ``False`` (and a reported drop) when the full-queue policy refused it."""
         queue = self._queue
-        if len(queue) >= self._max_queue and not self._make_room():
-            self._on_drop("queue_full", 1)
-            return False
+        if len(queue) >= self._max_queue or self._spilling or self.pressure:
+            if self._on_full == "spill":
+                return self._put_spill(item)
+            if len(queue) >= self._max_queue and not self._make_room():
+                self._on_drop("queue_full", 1)
+                return False
         queue.append(item)
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
         return True
+
+    def _put_spill(self, item: Any) -> bool:
+        with self._spill_lock:
+            if not self._spilling and len(self._queue) < self._max_queue and not self.pressure:
+                self._queue.append(item)  # the flusher caught up meanwhile
+                return True
+            self._spilling = True
+            self._spill_buffer.append(item)
+            if len(self._spill_buffer) >= _SPILL_CHUNK:
+                self._write_spill_locked()
+        self._wake.set()
+        return True
+
+    def _write_spill_locked(self) -> None:
+        """Move the spill buffer to the spill journal (caller holds the spill lock)."""
+        chunk, self._spill_buffer = self._spill_buffer, []
+        if not chunk:
+            return
+        try:
+            if self._spill is None:
+                assert self._spill_dir is not None
+                self._spill = Journal.create(self._spill_dir, max_events=self._spill_limits[0],
+                                             max_bytes=self._spill_limits[1], fsync=False)
+            self._spill.append(chunk)
+        except JournalFull as exc:
+            log.error("%s; %d events lost", exc, len(chunk))
+            self._on_drop("spill_full", len(chunk))
+        except OSError as exc:
+            log.error("cannot spill %d events to %s (%s); they are lost", len(chunk), self._spill_dir, exc)
+            self._on_drop("spill_error", len(chunk))
 
     def _make_room(self) -> bool:
         if self._on_full == "drop_newest":
@@ -142,6 +213,56 @@ class Pipeline:
                 self._writing = None
 
     def _drain_locked(self) -> int:
+        if self._before_drain is not None:
+            try:
+                self._before_drain()
+            except Exception:
+                log.exception("replaying journaled batches failed")
+        written = self._drain_orphans() if self._orphan_spills else 0
+        written += self._drain_queue()
+        if self._spilling:
+            written += self._drain_spill()
+        return written
+
+    def _drain_orphans(self) -> int:
+        """Write what earlier processes spilled and never wrote (older than anything queued here)."""
+        written = 0
+        while self._orphan_spills:
+            journal = self._orphan_spills[0]
+            written += self._drain_journal(journal)
+            with self._spill_lock:
+                self._orphan_spills.pop(0).close(remove_if_empty=True)
+        return written
+
+    def _drain_journal(self, journal: Journal) -> int:
+        written = 0
+        while (item := journal.peek()) is not None:
+            events, token = item
+            for start in range(0, len(events), self._max_batch):
+                self._write_safely(events[start:start + self._max_batch])
+            journal.ack(token)
+            written += len(events)
+        return written
+
+    def _drain_spill(self) -> int:
+        """Write spilled events, oldest first, until none is left (new events keep spilling meanwhile)."""
+        written = 0
+        while True:
+            with self._spill_lock:
+                self._write_spill_locked()
+                journal = self._spill
+                if journal is None or not journal.pending_events:
+                    self._spilling = False  # under the lock: no event can slip in ahead of the queue
+                    return written
+            written += self._drain_journal(journal)
+
+    def _write_safely(self, batch: list[Any]) -> None:
+        try:
+            self._write(batch)
+        except Exception:  # the writer reports its own failures; never let the flusher die
+            log.exception("writing a batch of %d events failed", len(batch))
+
+    def _drain_queue(self) -> int:
         written = 0
         queue = self._queue
         popleft = queue.popleft
@@ -157,10 +278,7 @@ class Pipeline:
                     self._room.notify_all()
             if not batch:
                 break
-            try:
-                self._write(batch)
-            except Exception:  # the writer reports its own failures; never let the flusher die
-                log.exception("writing a batch of %d events failed", len(batch))
+            self._write_safely(batch)
             written += len(batch)
         return written
 
@@ -171,3 +289,21 @@ class Pipeline:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self.drain()
+        with self._spill_lock:
+            self._write_spill_locked()
+            for journal in [*self._orphan_spills, *([self._spill] if self._spill else [])]:
+                journal.close(remove_if_empty=True)
+
+    def after_fork(self) -> Pipeline:
+        """A fresh pipeline for a forked child: same settings, empty queue, new flusher thread.
+
+        The events queued in the parent stay the parent's, so they are not written twice.
+        """
+        for journal in [*self._orphan_spills, *([self._spill] if self._spill else [])]:
+            journal.abandon()
+        return Pipeline(
+            self._write, batch_size=self._batch_size, max_batch=self._max_batch, flush_interval=self._interval,
+            max_queue=self._max_queue, on_full=self._on_full, enqueue_timeout=self._enqueue_timeout,
+            on_drop=self._on_drop, on_idle=self._on_idle, before_drain=self._before_drain,
+            spill_dir=self._spill_dir, spill_limits=self._spill_limits, adopt=False,
+        )

@@ -43,6 +43,8 @@ from .model import (
 )
 from .pipeline import Pipeline
 from .plugins import PluginHost, plugin_name_of
+from .reliability import GuardedSink, ReliabilityConfig
+from .sampling import Thinner
 from .streams import EventStream
 from .times import now_ms
 
@@ -135,6 +137,10 @@ class TelemetryService:
         self._counts: Counter[str] = Counter()
         self._accepted = 0
         self._drops: Counter[str] = Counter()
+        self._thinned: Counter[str] = Counter()
+        self._sink_policies: dict[str, ReliabilityConfig] = {}
+        self._memory_checked = 0.0
+        self._memory_high = False
         self._plugin_stats: dict[str, _PluginStats] = {}
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
@@ -144,6 +150,12 @@ class TelemetryService:
         self.storage_plugins: list[str] = []
         batch_size, flush_interval = self._assemble(plugin_objects)
         self._max_chars = self.config.max_field_bytes // 4
+        reliability = self.config.reliability
+        self._sinks = self._make_sinks()
+        sampling = self.config.sampling or reliability.sampling
+        self._thinner: Thinner | None = Thinner(sampling, reliability.rate_limit, self._record_thinned)
+        if not self._thinner.active:
+            self._thinner = None
         self._pipeline = Pipeline(
             self._write_batch,
             batch_size=batch_size,
@@ -154,6 +166,9 @@ class TelemetryService:
             enqueue_timeout=self.config.enqueue_timeout_ms / 1000,
             on_drop=self._record_drop,
             on_idle=self._idle,
+            before_drain=self._before_drain,
+            spill_dir=self.buffer_dir / "_spill",
+            spill_limits=(max(reliability.buffer_size, self.config.max_queue_size), reliability.buffer_max_bytes),
         )
         self._start_plugins()
         _live_services.add(self)
@@ -169,6 +184,8 @@ class TelemetryService:
             self._register(planned.name, planned.obj, source="entry point")
             if planned.is_storage:
                 self.storage_plugins.append(planned.name)
+                if planned.reliability is not None:
+                    self._sink_policies[planned.name] = planned.reliability
         for obj in plugin_objects:
             name = plugin_name_of(obj)
             self._register(name, obj, source="object")
@@ -177,6 +194,41 @@ class TelemetryService:
         if not self.host.impls("store"):
             log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
         return plan.batch_size, plan.flush_interval
+
+    @property
+    def buffer_dir(self) -> Path:
+        """Where journals of failed batches and spilled events live (``reliability.buffer_path``)."""
+        path = self.config.reliability.buffer_path
+        return Path(path) if path else self.data_dir / "buffer"
+
+    def _make_sinks(self) -> dict[str, GuardedSink]:
+        sinks = {}
+        for position, impl in enumerate(self.host.impls("store")):
+            policy = self._sink_policies.get(impl.plugin, self.config.reliability)
+            directory = Path(policy.buffer_path) / impl.plugin if policy.buffer_path else self.buffer_dir / impl.plugin
+
+            def report(kind: str, count: int, reason: str | None = None, *, primary: bool = position == 0,
+                       name: str = impl.plugin) -> None:
+                self._sink_report(name, primary, kind, count, reason)
+
+            sinks[impl.plugin] = GuardedSink(
+                impl.plugin, lambda events, impl=impl: impl(events=events), policy, directory,
+                report=report, emit=self._emit,
+            )
+        return sinks
+
+    def _sink_report(self, name: str, primary: bool, kind: str, count: int, reason: str | None) -> None:
+        stats = self._plugin_stats[name]
+        if kind == "stored":
+            stats.stored += count
+            if primary:
+                with self._lock:
+                    self._counts["stored"] += count
+        elif kind == "lost":
+            stats.last_error = self._sinks[name].stats.last_error
+            stats.last_error_at = now_ms()
+            if primary:
+                self._record_drop(reason or "storage_error", count)
 
     def _register(self, name: str, obj: Any, *, source: str) -> None:
         self.host.register(name, obj, source=source)
@@ -260,6 +312,11 @@ class TelemetryService:
             self._accepted += 1
         if event.event_type == "start" and event.session_id:
             self._remember_session(event.session_id, event.category)
+        if self._thinner is not None:
+            for admitted in self._thinner.admit(event):
+                if not self._pipeline.put(admitted) and admitted is event:
+                    return None
+            return event.id
         if not self._pipeline.put(event):
             return None
         return event.id
@@ -413,29 +470,16 @@ class TelemetryService:
         self._pipeline.drain()
 
     def _write_batch(self, batch: list[TelemetryEvent]) -> None:
-        impls = self.host.impls("store")
         count = len(batch)
-        if not impls:
+        if not self._sinks:
             self._record_drop("no_storage", count)
-        for position, impl in enumerate(impls):
-            stats = self._plugin_stats[impl.plugin]
+        for sink in self._sinks.values():
+            stats = self._plugin_stats[sink.name]
+            failures = sink.stats.failures
             started = time.perf_counter()
-            try:
-                impl(events=batch)
-            except Exception as exc:
-                stats.failures += 1
-                stats.last_error = f"{type(exc).__name__}: {exc}"
-                stats.last_error_at = now_ms()
-                log.error("storage plugin %s failed to store %d events: %s", impl.plugin, count, stats.last_error)
-                self._emit("error", StorageError(f"storage plugin {impl.plugin!r} failed to store {count} events: {exc}"))
-                if position == 0:
-                    self._record_drop("storage_error", count)
-                continue
-            stats.stored += count
+            sink.write(batch)
             stats.write_ms_total += (time.perf_counter() - started) * 1000
-            if position == 0:
-                with self._lock:
-                    self._counts["stored"] += count
+            self._note_sink_failures(sink, failures)
         for impl in self.host.impls("after_track"):
             for event in batch:
                 try:
@@ -447,8 +491,46 @@ class TelemetryService:
             stream.offer(batch)
         self._emit("flush", {"count": count})
 
+    def _note_sink_failures(self, sink: GuardedSink, before: int) -> None:
+        if sink.stats.failures == before:
+            return
+        stats = self._plugin_stats[sink.name]
+        stats.failures += sink.stats.failures - before
+        stats.last_error = sink.stats.last_error
+        stats.last_error_at = now_ms()
+        self._emit("error", StorageError(f"storage plugin {sink.name!r} failed: {sink.stats.last_error}"))
+
     def _idle(self) -> None:
         self.host.each("idle", self._plugin_failure)
+
+    def _before_drain(self) -> None:
+        """On the flusher, before each drain: replay journaled batches, watch memory."""
+        for sink in self._sinks.values():
+            if sink.backlog:
+                failures = sink.stats.failures
+                sink.replay()
+                self._note_sink_failures(sink, failures)
+        limit = self.config.reliability.memory_limit
+        if limit is not None and time.monotonic() - self._memory_checked >= self.config.reliability.gc_interval / 1000:
+            self._check_memory(limit)
+
+    def _check_memory(self, limit: int) -> None:
+        import psutil
+
+        self._memory_checked = time.monotonic()
+        rss = psutil.Process().memory_info().rss
+        if rss > limit and not self._memory_high:
+            self._memory_high = self._pipeline.pressure = True
+            log.warning("memory use %.1f MiB is over memory_limit %.1f MiB: new events spill to disk",
+                        rss / 2**20, limit / 2**20)
+            self._emit("memory:high", {"rss": rss, "limit": limit, "percentage": round(100 * rss / limit, 1)})
+        elif rss < 0.9 * limit and self._memory_high:
+            self._memory_high = self._pipeline.pressure = False
+            log.info("memory use is back under memory_limit")
+
+    def _record_thinned(self, reason: str, count: int) -> None:
+        with self._lock:
+            self._thinned[reason] += count
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -673,6 +755,13 @@ class TelemetryService:
             report.setdefault("healthy", True)
             report.setdefault("issues", [])
             report["hooks"] = self.host.hooks_of(name)
+            sink = self._sinks.get(name)
+            if sink is not None:
+                sink_report = sink.health()
+                report["issues"] = [*report["issues"], *sink_report.pop("issues")]
+                report.update(sink_report)
+                if sink.state != "closed":
+                    report["healthy"] = False
             if name in self.storage_plugins:
                 report["stored"] = stats.stored
                 report["avg_write_ms"] = round(stats.write_ms_total / max(1, stats.stored), 4)
@@ -691,7 +780,15 @@ class TelemetryService:
             drops = dict(self._drops)
         for key in ("accepted", "stored", "filtered", "rejected"):
             counters.setdefault(key, 0)
-        counters["retried"] = 0
+            thinned = dict(self._thinned)
+        primary = next(iter(self._sinks.values()), None)
+        counters["retried"] = sum(sink.stats.retried for sink in self._sinks.values())
+        counters["buffered"] = primary.backlog if primary is not None and not primary.policy.persist_buffer else 0
+        counters["spilled"] = self._pipeline.spilled
+        counters["queued"] = self._pipeline.depth
+        counters["held"] = self._thinner.held if self._thinner is not None else 0
+        counters["sampled_out"] = sum(thinned.values())
+        counters["sampled_out_by_reason"] = thinned
         counters["dropped"] = sum(drops.values())
         counters["dropped_by_reason"] = drops
         if drops:
@@ -717,6 +814,8 @@ class TelemetryService:
                 "batch_size": self._pipeline.batch_size,
                 "flush_interval_ms": int(self._pipeline.flush_interval * 1000),
                 "on_full": self.config.on_full,
+                "spilled": self._pipeline.spilled,
+                "memory_high": self._memory_high,
                 "live_streams": len(self._streams),
             },
             counters=counters,
@@ -732,7 +831,12 @@ class TelemetryService:
             if self._closed:
                 return
             self._closed = True
+        if self._thinner is not None:
+            for event in self._thinner.release_all():
+                self._pipeline.put(event)
         self._pipeline.close(timeout)
+        for sink in self._sinks.values():
+            sink.close()
         for stream in list(self._streams):
             stream.close()
         self.host.each("shutdown", self._plugin_failure, service=self)
@@ -740,6 +844,20 @@ class TelemetryService:
         self._emit("shutdown", None)
 
     close = shutdown
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, an empty queue and a new flusher; plugins reopen what they hold.
+
+        Events the parent had queued stay the parent's to write, so nothing is written twice.
+        """
+        self._lock = threading.Lock()
+        if self._thinner is not None:
+            self._thinner = Thinner(self._thinner.sampling, self._thinner.rate_limit, self._record_thinned)
+        self._streams = []
+        for sink in self._sinks.values():
+            sink.abandon()
+        self._pipeline = self._pipeline.after_fork()
+        self.host.each("after_fork", self._plugin_failure, service=self)
 
     def __enter__(self) -> TelemetryService:
         return self
@@ -846,6 +964,18 @@ def _cap_json(value: Any, max_bytes: int, cut: list[str], path: str = "metadata"
 
 
 _live_services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for service in list(_live_services):
+        try:
+            service._after_fork()
+        except Exception:
+            log.exception("resetting telemetry in a forked child failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

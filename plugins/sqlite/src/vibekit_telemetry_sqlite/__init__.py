@@ -129,6 +129,9 @@ def fts_query(text: str) -> str:
 
 _CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly", 13: "full", 14: "cantopen"}
 
+#: connections a forked child inherited from its parent: kept referenced so they are never closed in the child
+_inherited: list[sqlite3.Connection | None] = []
+
 
 def _kind(exc: sqlite3.Error) -> str | None:
     """What went wrong, by SQLite's primary result code (or the message, for errors raised without one)."""
@@ -152,6 +155,8 @@ class SQLiteStorage:
         """Options of ``storage = [{type = "sqlite", options = {...}}]``.
 
         ``path`` defaults to ``telemetry.db`` in the service's ``data_dir``.
+        ``max_page_count`` caps the file's size in pages (SQLite's pragma): a quota
+        past which writes fail as "disk full" and nothing stored is harmed.
         """
 
         path: str | None = None
@@ -159,6 +164,7 @@ class SQLiteStorage:
         journal_mode: Literal["wal", "delete", "truncate"] = "wal"
         synchronous: Literal["off", "normal", "full"] = "normal"
         cache_size_kb: int = 16_384
+        max_page_count: int | None = None
 
     def __init__(self, config: SQLiteStorage.Config | None = None) -> None:
         self.config = config or SQLiteStorage.Config()
@@ -272,6 +278,8 @@ class SQLiteStorage:
         conn.execute(f"PRAGMA synchronous={self.config.synchronous}")
         conn.execute(f"PRAGMA cache_size=-{int(self.config.cache_size_kb)}")
         conn.execute("PRAGMA temp_store=memory")
+        if self.config.max_page_count is not None:
+            conn.execute(f"PRAGMA max_page_count={int(self.config.max_page_count)}")
         if read_only:
             conn.execute("PRAGMA query_only=1")
         return conn
@@ -520,6 +528,19 @@ class SQLiteStorage:
     def shutdown(self, service: TelemetryService) -> None:
         """Close every connection."""
         self.close()
+
+    @hookimpl
+    def after_fork(self, service: TelemetryService) -> None:
+        """In a forked child: leave the parent's connections alone (closing them here could release the
+        parent's locks) and open new ones."""
+        _inherited.extend([self._writer, *self._readers])
+        self._writer = None
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers = []
+        self._readers_lock = threading.Lock()
+        if self.path is not None and not self._closed:
+            self._open(self.path)
 
     def close(self) -> None:
         """Close the writer and all reader connections."""
