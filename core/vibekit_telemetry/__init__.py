@@ -36,7 +36,14 @@ from .model import (
     summarize_sessions,
     validate_event,
 )
-from .service import BatchResult, HealthStatus, SessionScope, TelemetryService, current_session_id
+from .service import (
+    BatchResult,
+    HealthStatus,
+    SessionScope,
+    TelemetryService,
+    current_session_id,
+    install_signal_handlers,
+)
 from .streams import EventStream
 from .times import format_ms, now_ms, span_ms, to_ms
 
@@ -73,6 +80,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "format_ms",
+    "install_signal_handlers",
     "hookimpl",
     "load_config",
     "new_id",

@@ -21,6 +21,7 @@ from .model import QueryFilter, encode_cursor
 from .output import EVENT_COLUMNS, FORMATS, SESSION_COLUMNS, render
 from .assembly import assemble
 from .plugins import ENTRY_POINT_GROUP, PluginHost, command_plugins, installed_plugins
+from .service import install_signal_handlers
 from .times import to_ms
 
 
@@ -370,6 +371,7 @@ def _add_plugin_commands() -> None:
 
 def main() -> None:
     """Entry point of the ``telemetry`` script."""
+    install_signal_handlers()  # SIGTERM drains pending events like Ctrl-C does
     _add_plugin_commands()
     cli(prog_name="telemetry")
 

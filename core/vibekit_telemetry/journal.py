@@ -286,7 +286,19 @@ class Journal:
                     pass
 
     def abandon(self) -> None:
-        """Forget the journal without touching its files (in a forked child, whose parent still owns it)."""
+        """Forget the journal without touching its files (in a forked child, whose parent still owns it).
+
+        The open segment file is kept referenced, never closed here: closing it could flush a write the
+        parent had in progress a second time.  The lock descriptor is closed; the parent's copy keeps the lock.
+        """
         self._closed = True
-        self._tail = None
-        self._lock_fd = None
+        if self._tail is not None:
+            _inherited_files.append(self._tail)
+            self._tail = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+#: segment files a forked child inherited: referenced forever so they are never flushed or closed in the child
+_inherited_files: list[object] = []

@@ -263,6 +263,15 @@ class GuardedSink:
         try:
             if self._journal is None:
                 self._journal = self._new_journal()
+            room = policy.buffer_size - self.backlog
+            if room < len(batch):
+                # keep the oldest events that fit; the rest are counted as lost
+                log.error("sink %s: the journal holds %d events (buffer_size %d); %d events lost",
+                          self.name, self.backlog, policy.buffer_size, len(batch) - max(room, 0))
+                self._lose(len(batch) - max(room, 0), "buffer_full")
+                batch = batch[:max(room, 0)]
+                if not batch:
+                    return False
             self._journal.append(batch)
         except JournalFull as exc:
             log.error("sink %s: %s; %d events lost", self.name, exc, len(batch))

@@ -9,7 +9,8 @@ the held events are dropped and the session's end event carries a
 :func:`~vibekit_telemetry.model.summarize_sessions` adds back, so session
 counts, durations, time to first chunk and token totals stay exact.
 
-Start, end and error events and ``metrics`` events are never thinned.  The
+Start, end and error events (and events outside sessions that carry an error)
+and ``metrics`` events are never thinned.  The
 rate limit drops thinnable events past ``max_requests`` per ``window_ms``,
 with the same tally.  Every event dropped here is counted by reason
 (``sampled``, ``rate_limited``); none is silent.
@@ -119,7 +120,7 @@ class Thinner:
 
     def _admit(self, event: TelemetryEvent) -> list[TelemetryEvent]:
         kind, sid = event.event_type, event.session_id
-        always = kind in _ALWAYS or event.category == "metrics"
+        always = kind in _ALWAYS or event.category == "metrics" or event.error_type is not None
         sampling = self.sampling
         if not sid:
             if always:

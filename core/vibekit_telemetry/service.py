@@ -966,6 +966,25 @@ def _cap_json(value: Any, max_bytes: int, cut: list[str], path: str = "metadata"
 _live_services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()
 
 
+def install_signal_handlers(signals: tuple[int, ...] | None = None) -> None:
+    """Turn SIGTERM (or the given signals) into ``SystemExit(128 + signum)``.
+
+    Python's default SIGTERM ends the process without running ``finally``
+    blocks or ``atexit``; with this, ``with TelemetryService(...)`` blocks and
+    the exit hook drain what is pending first.  Signals that already have a
+    handler are left alone.  Call it from the main thread (the ``telemetry``
+    CLI and the API server do).
+    """
+    import signal
+
+    def exit_on_signal(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in signals if signals is not None else (signal.SIGTERM,):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, exit_on_signal)
+
+
 def _after_fork_in_child() -> None:
     for service in list(_live_services):
         try:
