@@ -321,7 +321,12 @@ def health(state: _State, detailed: bool, fmt: str) -> None:
         c = status.counters
         click.echo(f"events: accepted {c['accepted']}, stored {c['stored']}, dropped {c['dropped']}, "
                    f"filtered {c['filtered']}, rejected {c['rejected']}")
-        click.echo(f"queue: {status.pipeline['queue_depth']}/{status.pipeline['max_queue_size']}")
+        click.echo(f"queue: {status.pipeline['queue_depth']}/{status.pipeline['max_queue_size']}, "
+                   f"spilled to disk {status.pipeline['spilled']}")
+        for name, report in status.components.items():
+            if "circuit" in report:
+                click.echo(f"storage {name}: circuit {report['circuit']}, {report['buffered']} events in its journal, "
+                           f"{report['retried']} retries, {report['lost']} lost")
         click.echo(f"memory: {status.memory['used']} MB; storage: {status.storage['used']} bytes")
         if detailed:
             for name, report in status.components.items():

@@ -141,6 +141,7 @@ class TelemetryService:
         self._sink_policies: dict[str, ReliabilityConfig] = {}
         self._memory_checked = 0.0
         self._memory_high = False
+        self._started = False
         self._plugin_stats: dict[str, _PluginStats] = {}
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
@@ -171,6 +172,7 @@ class TelemetryService:
             spill_limits=(max(reliability.buffer_size, self.config.max_queue_size), reliability.buffer_max_bytes),
         )
         self._start_plugins()
+        self._started = True  # from now on the flusher may replay journals into the started plugins
         _live_services.add(self)
 
     def _configure_logging(self) -> None:
@@ -505,6 +507,8 @@ class TelemetryService:
 
     def _before_drain(self) -> None:
         """On the flusher, before each drain: replay journaled batches, watch memory."""
+        if not self._started:
+            return
         for sink in self._sinks.values():
             if sink.backlog:
                 failures = sink.stats.failures

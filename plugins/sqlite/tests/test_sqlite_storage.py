@@ -257,3 +257,17 @@ def test_opening_retries_an_immediate_lock_refusal(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match="locked by another process"):
         SQLiteStorage.open(tmp_path / "u.db", busy_timeout_ms=200)
     assert len(calls) > 2
+
+
+def test_a_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    if os.geteuid() == 0:  # root writes through permission bits; /proc/self is read-only even for root
+        directory = "/proc/self"
+    else:
+        directory = tmp_path / "ro"
+        directory.mkdir()
+        directory.chmod(0o555)
+    with pytest.raises(StorageError, match="the directory is not writable"):
+        TelemetryService(storage=[{"type": "sqlite", "options": {"path": f"{directory}/t.db"}}])
