@@ -164,10 +164,14 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, events: list[TelemetryEvent]) -> None:
-        """Write one batch at the tail; raise :class:`JournalFull` past the bounds, ``OSError`` on I/O errors."""
+    def append(self, events: list[TelemetryEvent]) -> int:
+        """Write one batch at the tail and return its token for :meth:`ack`.
+
+        Raises :class:`JournalFull` past the bounds, ``OSError`` on I/O errors (the batch is then not in
+        the journal).
+        """
         if not events:
-            return
+            raise ValueError("an empty batch")
         payload = _encode(events)
         record = _HEADER.pack(_MAGIC, len(events), len(payload), zlib.crc32(payload)) + payload
         with self._lock:
@@ -191,6 +195,7 @@ class Journal:
             self._pending.append((self._tail_segment, offset, offset + len(record), len(events)))
             self.pending_events += len(events)
             self.pending_bytes += len(record)
+            return offset + len(record)
 
     def _open_tail(self, size: int) -> object:
         if self._tail is not None and self._tail.tell() + size > self._segment_bytes and self._tail.tell():  # type: ignore[attr-defined]

@@ -122,7 +122,6 @@ class SinkStats:
     retried: int = 0
     failures: int = 0
     consecutive_failures: int = 0
-    buffered_total: int = 0
     replayed: int = 0
     lost: int = 0
     last_error: str | None = None
@@ -238,28 +237,33 @@ class GuardedSink:
 
     def write(self, batch: list[TelemetryEvent]) -> None:
         """Store a batch, or journal it when the plugin is failing; report what happened."""
-        policy = self.policy
-        if policy.persist_buffer:
-            # Write-ahead: durable in the journal first; the store then only has to catch up.
-            if not self._journal_or_lose(batch):
-                return
-            self.replay()
-            return
         if self.backlog:
             # Older batches wait in the journal: this one goes behind them, so replay keeps the order.
-            if self._journal_or_lose(batch):
+            if self._journal_or_lose(batch) is not None:
                 self.replay()
+            return
+        if self.policy.persist_buffer:
+            # Write-ahead: durable in the journal first, then stored and acknowledged.
+            kept = self._journal_or_lose(batch)
+            if kept is None:
+                return
+            batch, token = kept
+            if self._allowed() and self._attempt(batch, retries=True):
+                assert self._journal is not None
+                self._journal.ack(token)
+                self._report("stored", len(batch))
             return
         if self._allowed() and self._attempt(batch, retries=True):
             self._report("stored", len(batch))
             return
         self._journal_or_lose(batch)
 
-    def _journal_or_lose(self, batch: list[TelemetryEvent]) -> bool:
+    def _journal_or_lose(self, batch: list[TelemetryEvent]) -> tuple[list[TelemetryEvent], int] | None:
+        """Append ``batch`` (or the part of it that fits) to the journal; return what was kept and its token."""
         policy = self.policy
         if not (policy.buffer_on_error or policy.persist_buffer):
             self._lose(len(batch), "storage_error")
-            return False
+            return None
         try:
             if self._journal is None:
                 self._journal = self._new_journal()
@@ -271,20 +275,18 @@ class GuardedSink:
                 self._lose(len(batch) - max(room, 0), "buffer_full")
                 batch = batch[:max(room, 0)]
                 if not batch:
-                    return False
-            self._journal.append(batch)
+                    return None
+            token = self._journal.append(batch)
         except JournalFull as exc:
             log.error("sink %s: %s; %d events lost", self.name, exc, len(batch))
             self._lose(len(batch), "buffer_full")
-            return False
+            return None
         except OSError as exc:
             log.error("sink %s: cannot write the journal in %s (%s); %d events lost",
                       self.name, self.journal_dir, exc, len(batch))
             self._lose(len(batch), "buffer_error")
-            return False
-        if not policy.persist_buffer:
-            self.stats.buffered_total += len(batch)
-        return True
+            return None
+        return batch, token
 
     def _lose(self, count: int, reason: str) -> None:
         self.stats.lost += count
@@ -308,8 +310,7 @@ class GuardedSink:
             if not self._attempt(events, retries=False):
                 return False
             journal.ack(token)
-            if not (journal is self._journal and self.policy.persist_buffer):
-                self.stats.replayed += len(events)
+            self.stats.replayed += len(events)
             self._report("stored", len(events))
 
     def close(self) -> None:
@@ -346,7 +347,7 @@ class GuardedSink:
         issues = []
         if self.state != "closed":
             issues.append(f"circuit {self.state.replace('_', '-')}: {self.stats.last_error}")
-        if self.backlog and not self.policy.persist_buffer:
+        if self.backlog:
             issues.append(f"{self.backlog} events wait in the journal for the plugin to recover")
         report["issues"] = issues
         return report

@@ -787,7 +787,7 @@ class TelemetryService:
             thinned = dict(self._thinned)
         primary = next(iter(self._sinks.values()), None)
         counters["retried"] = sum(sink.stats.retried for sink in self._sinks.values())
-        counters["buffered"] = primary.backlog if primary is not None and not primary.policy.persist_buffer else 0
+        counters["buffered"] = primary.backlog if primary is not None else 0
         counters["spilled"] = self._pipeline.spilled
         counters["queued"] = self._pipeline.depth
         counters["held"] = self._thinner.held if self._thinner is not None else 0
