@@ -226,6 +226,32 @@ def read_paths(path: Path, repeat: int) -> dict[str, Any]:
     return out
 
 
+def analytics_paths(path: Path, repeat: int) -> dict[str, Any] | None:
+    """get_metrics() for the last 24 h from the analytics rollups, next to a full-scan SQL aggregate."""
+    try:
+        import vibekit_telemetry_analytics  # noqa: F401
+    except ImportError:
+        return None
+    rollups = path.parent / "analytics.db"
+    rollups.unlink(missing_ok=True)
+    started = time.perf_counter()
+    service = _service(path, analytics={"enabled": True, "path": str(rollups)})  # the first start counts the db in
+    rebuild_s = time.perf_counter() - started
+    counted = service.get_metrics("48h").events.total
+    conn = sqlite3.connect(path)
+    day_ago = now_ms() - 86_400_000
+    scan_sql = ("SELECT category, event_type, count(*), sum(CASE WHEN event_type = 'error' THEN 1 ELSE 0 END) "
+                "FROM events WHERE timestamp >= ? GROUP BY category, event_type")
+    durations_sql = ("SELECT ended_at - started_at FROM sessions WHERE ended_at >= ? AND has_start "
+                     "ORDER BY ended_at - started_at")
+    ours, raw = paired_us(lambda: service.get_metrics("24h"),
+                          lambda: (conn.execute(scan_sql, [day_ago]).fetchall(),
+                                   conn.execute(durations_sql, [day_ago]).fetchall()), repeat)
+    conn.close()
+    service.shutdown()
+    return {"get_metrics": ours, "full_scan": raw, "rebuild_s": rebuild_s, "rebuild_events_per_s": counted / rebuild_s}
+
+
 def run(quick: bool) -> dict[str, Any]:
     """All measurements; returns the results tree written to JSON."""
     sizes = {"latency_n": 20_000 if quick else 100_000, "ingest_n": 100_000 if quick else 1_000_000,
@@ -300,7 +326,18 @@ def run(quick: bool) -> dict[str, Any]:
                                         "p99": value["p99"]}
         for name in ("get_session", "session_events", "latest_100"):
             figures[f"{name}_vs_raw_ratio"] = {"median": reads[name]["p50"] / reads[f"{name}_raw"]["p50"]}
-    for name in ("get_metrics_24h_ms", "export_jsonl_s", "export_parquet_s", "export_csv_s", "export_peak_rss_mb",
+
+        print(f"analytics on the {sizes['ingest_n']:,}-event database ...", flush=True)
+        analytics = analytics_paths(last_db, max(20, sizes["read_repeat"] // 20))
+        if analytics is not None:
+            figures["get_metrics_24h_ms"] = {"median": analytics["get_metrics"]["p50"] / 1000,
+                                             "min": analytics["get_metrics"]["p50"] / 1000,
+                                             "max": analytics["get_metrics"]["p99"] / 1000, "runs": 1}
+            figures["metrics_full_scan_ms"] = {"median": analytics["full_scan"]["p50"] / 1000, "min": analytics["full_scan"]["p50"] / 1000,
+                                               "max": analytics["full_scan"]["p99"] / 1000, "runs": 1}
+            figures["metrics_speedup_over_scan"] = {"median": analytics["full_scan"]["p50"] / analytics["get_metrics"]["p50"]}
+            figures["analytics_rebuild_events_per_s"] = {"median": analytics["rebuild_events_per_s"]}
+    for name in ("export_jsonl_s", "export_parquet_s", "export_csv_s", "export_peak_rss_mb",
                  "http_ingest_batched_events_per_s", "pii_scan_us", "track_pii_p50_us"):
         figures[name] = None
     return results
@@ -331,7 +368,10 @@ GOALS = [
     ("  latest 100 / raw SQL", "latest_100_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
     ("full-text index catch-up after the bulk load", "fts_catch_up_rows_per_s", "rows/s", "", None),
     ("text search, 100 newest matches p50", "text_query_p50_us", "µs", "", None),
-    ("get_metrics() last 24 h on 1M events", "get_metrics_24h_ms", "ms", "under 50 ms", None),
+    ("get_metrics() last 24 h on 1M events (from rollups)", "get_metrics_24h_ms", "ms", "under 50 ms", lambda v: v < 50),
+    ("  full-scan SQL aggregate over the same window", "metrics_full_scan_ms", "ms", "", None),
+    ("  get_metrics speed-up over the scan", "metrics_speedup_over_scan", "x", "", None),
+    ("analytics: counting an existing database into the rollups", "analytics_rebuild_events_per_s", "events/s", "", None),
     ("export 1M events to JSONL", "export_jsonl_s", "s", "under 5 s", None),
     ("export 1M events to CSV", "export_csv_s", "s", "under 8 s", None),
     ("export 1M events to Parquet", "export_parquet_s", "s", "under 5 s", None),

@@ -45,7 +45,7 @@ from .service import (
     install_signal_handlers,
 )
 from .streams import EventStream
-from .times import format_ms, now_ms, span_ms, to_ms
+from .times import format_ms, now_ms, span_ms, time_range, to_ms
 
 __version__ = "0.1.0"
 
@@ -87,6 +87,7 @@ __all__ = [
     "search_words",
     "now_ms",
     "span_ms",
+    "time_range",
     "summarize_sessions",
     "to_ms",
     "validate_event",

@@ -6,10 +6,11 @@ and isolation are under its control:
 
 * ``before_track`` is a chain run in configuration order, each plugin receiving
   the previous one's result;
-* ``store``, ``after_track``, ``idle``, ``clean``, ``optimize``, ``health``,
+* ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``,
   ``detect``, ``startup``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
-* ``query``, ``get_session``, ``get_sessions`` and ``export`` are answered by
+* ``query``, ``get_session``, ``get_sessions``, ``export``, ``get_metrics``,
+  ``get_insights``, ``define_metric`` and ``metric_series`` are answered by
   the first plugin in configuration order that returns something other than
   ``None``.
 
@@ -80,6 +81,16 @@ def after_track(event: TelemetryEvent) -> None:
     """Be told about an event once its batch has been handed to every storage plugin.
 
     Runs on the background flusher thread; exceptions are logged and counted.
+    """
+
+
+@hookspec
+def after_store(events: list[TelemetryEvent]) -> None:
+    """Be told about a whole batch once it has been handed to every storage plugin (cheaper than ``after_track``).
+
+    Runs on the background flusher thread, once per batch, in the order events
+    were tracked; exceptions are logged and counted.  Analytics keeps its
+    rollups current from here.
     """
 
 
@@ -161,6 +172,57 @@ def detect(metric: str, points: list[tuple[int, float]], sensitivity: str) -> li
     ``points`` are ``(epoch_ms, value)`` in time order; ``sensitivity`` is
     ``low``, ``medium`` or ``high``.  Return the findings (possibly empty).
     A detector must judge each point only from the points before it.
+    """
+
+
+@hookspec(firstresult=True)
+def get_metrics(start: int, end: int) -> Any | None:
+    """Return the metrics of events between ``start`` and ``end`` (epoch ms), or ``None`` when not an analytics plugin.
+
+    Answered by the first plugin that returns something.
+    """
+
+
+@hookspec(firstresult=True)
+def get_insights(start: int, end: int, categories: list[str] | None) -> Any | None:
+    """Return findings about the window ``start``..``end`` (optionally only these categories)."""
+
+
+@hookspec(firstresult=True)
+def define_metric(name: str, type: str, unit: str | None, description: str | None) -> Any | None:
+    """Register a custom metric fed by events with ``category="metrics"`` and ``action=name``; return its definition."""
+
+
+@hookspec(firstresult=True)
+def metric_series(metric: str, start: int, end: int, step: int) -> list[tuple[int, float]] | None:
+    """Return ``metric`` between ``start`` and ``end`` as ``(bucket start ms, value)`` points every ``step`` ms.
+
+    Metrics: ``throughput`` (events), ``response_time`` (ms), ``error_rate`` (%),
+    ``ttft`` (ms), ``tokens`` and any custom metric.  ``None`` when the metric is unknown here.
+    """
+
+
+@hookspec(firstresult=True)
+def cache_lookup(hook: str, key: tuple[str, str], arguments: dict[str, Any]) -> Any | None:
+    """Return a cached answer to the read ``hook`` called with ``arguments``, or ``None`` on a miss.
+
+    Reads (``query``, ``get_session``, ``get_sessions``, ``get_metrics``,
+    ``get_insights``, ``metric_series``) ask this first, after flushing, so a
+    cache that drops what ``after_store`` and ``clean`` change never answers stale.
+    """
+
+
+@hookspec
+def cache_store(hook: str, key: tuple[str, str], arguments: dict[str, Any], value: Any) -> None:
+    """Be handed the answer of a read that missed the cache, to keep under ``key``."""
+
+
+@hookspec
+def cache_invalidate(hooks: list[str] | None) -> None:
+    """Drop cached answers of these read hooks (all of them when ``None``).
+
+    The kernel calls it after changes that are not event batches: ``clean``
+    (everything) and ``define_metric`` (the analytics reads).
     """
 
 

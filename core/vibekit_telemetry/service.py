@@ -46,7 +46,8 @@ from .plugins import PluginHost, plugin_name_of
 from .reliability import GuardedSink, ReliabilityConfig
 from .sampling import Thinner
 from .streams import EventStream
-from .times import now_ms
+from .times import now_ms, span_ms
+from .times import time_range as _time_range
 
 log = logging.getLogger("vibekit_telemetry.service")
 
@@ -482,6 +483,11 @@ class TelemetryService:
             sink.write(batch)
             stats.write_ms_total += (time.perf_counter() - started) * 1000
             self._note_sink_failures(sink, failures)
+        for impl in self.host.impls("after_store"):
+            try:
+                impl(events=batch)
+            except Exception as exc:
+                self._plugin_failure(impl.plugin, exc)
         for impl in self.host.impls("after_track"):
             for event in batch:
                 try:
@@ -589,8 +595,37 @@ class TelemetryService:
         self.flush()
         if not self.host.impls(hook):
             raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
+        cached, key = self._cache_lookup(hook, kwargs)
+        if key is not None and cached is not None:
+            return cached
         _, result = self.host.first(hook, **kwargs)
+        self._cache_store(hook, key, kwargs, result)
         return result
+
+    def _cache_lookup(self, hook: str, kwargs: dict[str, Any]) -> tuple[Any, tuple[str, str] | None]:
+        """Ask the read-cache plugins (``cache_lookup``); the key is ``None`` when none is installed."""
+        impls = self.host.impls("cache_lookup")
+        if not impls:
+            return None, None
+        key = (hook, repr(sorted(kwargs.items())))
+        for impl in impls:
+            try:
+                hit = impl(hook=hook, key=key, arguments=kwargs)
+            except Exception as exc:
+                self._plugin_failure(impl.plugin, exc)
+                continue
+            if hit is not None:
+                return hit, key
+        return None, key
+
+    def _cache_store(self, hook: str, key: tuple[str, str] | None, kwargs: dict[str, Any], value: Any) -> None:
+        if key is None or value is None:
+            return
+        for impl in self.host.impls("cache_store"):
+            try:
+                impl(hook=hook, key=key, arguments=kwargs, value=value)
+            except Exception as exc:
+                self._plugin_failure(impl.plugin, exc)
 
     def query(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[TelemetryEvent]:
         """Events matching a filter (see :class:`QueryFilter`), newest first unless ``order="asc"``.
@@ -669,6 +704,7 @@ class TelemetryService:
         before = now_ms() - int(retention_days * 86_400_000)
         errors: list[str] = []
         results = self.host.each("clean", lambda name, exc: errors.append(f"{name}: {exc}"), before=before)
+        self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
         if errors:
             raise StorageError("clean failed in " + "; ".join(errors))
         return max((r for _, r in results if r is not None), default=0)
@@ -723,6 +759,65 @@ class TelemetryService:
             found.extend(result or ())
         for anomaly in found:
             self._emit("anomaly", anomaly)
+        return found
+
+    def _analytics(self, hook: str, **kwargs: Any) -> Any:
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        self.flush()
+        cached, key = self._cache_lookup(hook, kwargs) if hook != "define_metric" else (None, None)
+        if key is not None and cached is not None:
+            return cached
+        for impl in self.host.impls(hook):
+            result = impl(**kwargs)
+            if result is not None:
+                self._cache_store(hook, key, kwargs, result)
+                return result
+        raise PluginError(f"no installed plugin answers {hook}: install and enable analytics "
+                          "(pip install 'vibekit-telemetry[analytics]', then analytics = {enabled = true})")
+
+    def get_metrics(self, time_range: Any = None) -> Any:
+        """Live metrics of a window (default the last 24 hours): events, sessions, errors, latency, tokens, cost.
+
+        ``time_range`` is a span (``"1h"``), ``(start, end)`` or ``{"start", "end"}``.
+        Answered by the analytics plugin from rollups, so its cost does not grow with the data.
+        """
+        start, end = _time_range(time_range)
+        return self._analytics("get_metrics", start=start, end=end)
+
+    def get_insights(self, time_range: Any = None, categories: list[str] | None = None) -> Any:
+        """Findings about a window: busiest and slowest agents and models, error hot spots, changes."""
+        start, end = _time_range(time_range)
+        return self._analytics("get_insights", start=start, end=end, categories=list(categories) if categories else None)
+
+    def define_metric(self, name: str, type: str = "counter", unit: str | None = None,
+                      description: str | None = None) -> Any:
+        """Declare a custom metric, fed by ``track(category="metrics", action=name, value=...)``."""
+        if type not in ("counter", "gauge", "histogram"):
+            raise ValueError(f"type must be counter, gauge or histogram, got {type!r}")
+        if not name or not isinstance(name, str):
+            raise ValueError("a metric needs a name")
+        definition = self._analytics("define_metric", name=name, type=type, unit=unit, description=description)
+        self.host.each("cache_invalidate", self._plugin_failure, hooks=["get_metrics", "get_insights", "metric_series"])
+        return definition
+
+    def metric_series(self, metric: str, time_range: Any = None, step: Any = "1m") -> list[tuple[int, float]]:
+        """``metric`` over a window as ``(bucket start, value)`` points every ``step`` (default one minute)."""
+        start, end = _time_range(time_range)
+        step_ms = span_ms(step)
+        if step_ms < 60_000 or step_ms % 60_000:
+            raise ValueError(f"step must be a whole number of minutes, got {step!r}")
+        start -= start % step_ms
+        return self._analytics("metric_series", metric=metric, start=start, end=end, step=step_ms)
+
+    def detect_anomalies(self, metrics: list[str] | tuple[str, ...] = ("response_time", "error_rate", "throughput"),
+                         time_range: Any = None, sensitivity: str = "medium", step: Any = "1m") -> list[Anomaly]:
+        """Run the installed detectors over stored metric history (default the last 24 h, per minute)."""
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        found: list[Anomaly] = []
+        for metric in metrics:
+            found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity))
         return found
 
     def create_batcher(self, batch_size: int = 100, flush_interval: int = 1000, max_retries: int = 3) -> Batcher:

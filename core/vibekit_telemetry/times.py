@@ -87,3 +87,31 @@ def format_ms(ms: int | None) -> str:
     if ms is None:
         return ""
     return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def time_range(value: object = None, *, default: str = "24h", now: int | None = None) -> tuple[int, int]:
+    """A ``(start, end)`` window in epoch ms from what a user may pass as ``time_range``.
+
+    ``None`` means the last ``default``; a span such as ``"1h"`` means the last
+    hour; a pair ``(start, end)`` or a mapping ``{"start": ..., "end": ...}``
+    takes any form :func:`to_ms` accepts (``end`` defaults to now).  Raises
+    ``ValueError`` when the window is empty or reversed.
+    """
+    current = now_ms() if now is None else now
+    if value is None:
+        value = default
+    if isinstance(value, str) and _RELATIVE.match(value):
+        return current - span_ms(value), current
+    if isinstance(value, _dt.timedelta):
+        return current - span_ms(value), current
+    if isinstance(value, dict):
+        start, end = value.get("start"), value.get("end", "now")
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        start, end = value
+    else:
+        raise ValueError(f"expected a time range: a span like '24h', (start, end) or {{'start', 'end'}}, got {value!r}")
+    start_ms = to_ms(start, now=current)
+    end_ms = to_ms(end if end is not None else "now", now=current)
+    if end_ms <= start_ms:
+        raise ValueError(f"the time range ends ({format_ms(end_ms)}) before it starts ({format_ms(start_ms)})")
+    return start_ms, end_ms

@@ -1,0 +1,496 @@
+"""The ``analytics`` plugin: live metrics from rollups, insights, custom metrics and anomaly detection.
+
+Enable it with ``[analytics] enabled = true`` (or ``plugins = ["analytics"]``).
+Every stored batch updates per-minute and per-hour aggregates by agent
+(category) and by model (``after_store``); ``telemetry.get_metrics()`` merges at
+most a few hundred of them, so it answers in milliseconds however many events
+are stored.  Rollups live in ``<data_dir>/analytics.db`` and survive restarts;
+``telemetry.clean()`` drops what it deletes from them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from vibekit_telemetry import Anomaly, hookimpl, now_ms, span_ms
+
+from . import results
+from .detectors import THRESHOLDS, LikelihoodDetector
+from .persist import RollupFile
+from .prices import PRICE_TABLE_VERSION, PriceTable
+from .rollup import ALL, HOUR, MINUTE, Agg, Rollups
+
+if TYPE_CHECKING:
+    import click
+
+    from vibekit_telemetry import TelemetryService
+
+__all__ = ["AnalyticsPlugin", "LikelihoodDetector", "PriceTable"]
+
+log = logging.getLogger("vibekit_telemetry.analytics")
+
+_HEADLINES = ("events", "error_rate", "p95_latency", "avg_ttft", "cost")
+
+
+@attrs.frozen
+class AnomalyConfig:
+    """``analytics.anomaly``: detectors running continuously on the live metrics."""
+
+    enabled: bool = False
+    sensitivity: Literal["low", "medium", "high"] = "medium"
+    metrics: tuple[str, ...] = ("response_time", "error_rate", "throughput")
+    interval: int = 60_000
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``analytics.metrics`` (the seed's shape): ``persistence`` keeps rollups in a file."""
+
+    enabled: bool = True
+    interval: int = 60_000
+    persistence: bool = True
+
+
+class AnalyticsPlugin:
+    """Rollups, metrics, insights, custom metrics and the default anomaly detector."""
+
+    name = "analytics"
+
+    @attrs.frozen
+    class Config:
+        """Options of the ``[analytics]`` section."""
+
+        path: str | None = None
+        minute_retention: str = "2d"
+        hour_retention: str = "90d"
+        active_timeout: str = "30m"
+        stale_after: str = "30m"
+        prices: dict[str, dict[str, float]] = attrs.field(factory=dict)
+        bill_failed: bool = False
+        max_open_sessions: int = 100_000
+        metrics: MetricsConfig = MetricsConfig()
+        anomaly: AnomalyConfig = AnomalyConfig()
+        alerts: dict[str, Any] = attrs.field(factory=dict)
+
+    def __init__(self, config: AnalyticsPlugin.Config | None = None) -> None:
+        self.config = config or AnalyticsPlugin.Config()
+        self.prices = PriceTable(self.config.prices, bill_failed=self.config.bill_failed)
+        self.rollups = Rollups(self.config.max_open_sessions)
+        self.definitions: dict[str, dict[str, Any]] = {}
+        self.service: TelemetryService | None = None
+        self.file: RollupFile | None = None
+        self._lock = threading.RLock()
+        self._minute_keep = span_ms(self.config.minute_retention)
+        self._hour_keep = span_ms(self.config.hour_retention)
+        self._last_trim = 0.0
+        self._last_watch = 0.0
+        self._watchers: dict[str, LikelihoodDetector] = {}
+        self._watched_until: int | None = None
+        self._recounted: set[str] = set()
+        self.alerts: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @hookimpl
+    def startup(self, service: TelemetryService) -> None:
+        """Open the rollup file and load what it keeps."""
+        self.service = service
+        if self.config.metrics.persistence and self.config.path != ":memory:":
+            path = Path(self.config.path) if self.config.path else service.data_dir / "analytics.db"
+            self.file = RollupFile(path)
+            now = now_ms()
+            self.definitions = self.file.load(self.rollups, minutes_from=now - self._minute_keep,
+                                              hours_from=now - self._hour_keep)
+            if self.file.get_meta("built_at") is None:
+                # a new rollup file over a database that may already hold events: count them in once
+                self.rebuild()
+        if self.config.alerts.get("enabled", bool(self.config.alerts.get("channels"))):
+            from .alerts import AlertManager
+
+            self.alerts = AlertManager.from_config(self.config.alerts)
+            service.on("anomaly", self.alerts.send)
+
+    @hookimpl
+    def shutdown(self, service: TelemetryService) -> None:
+        """Write the changed rollups and close the file."""
+        with self._lock:
+            self._save()
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+        if self.alerts is not None:
+            self.alerts.close()
+
+    def _save(self) -> None:
+        if self.file is None or not (self.rollups.dirty or self.rollups.open_dirty):
+            return
+        dirty, self.rollups.dirty = self.rollups.dirty, set()
+        try:
+            self.file.save(self.rollups, dirty, sessions=self.rollups.open_dirty)
+            self.rollups.open_dirty = False
+        except Exception:
+            self.rollups.dirty |= dirty
+            raise
+
+    # -- ingest side ---------------------------------------------------------------------------
+
+    @hookimpl
+    def after_store(self, events: list[Any]) -> None:
+        """Fold a stored batch into the rollups."""
+        with self._lock:
+            if self._recounted:
+                # events a recount already read from storage while this batch waited: count them once
+                events = [event for event in events if event.id not in self._recounted]
+            self.rollups.add(events, self._lookup_session)
+
+    def _lookup_session(self, session_id: str) -> Any:
+        if self.service is None:
+            return None
+        for impl in self.service.host.impls("get_session"):
+            found = impl(session_id=session_id)
+            if found is not None:
+                return found
+        return None
+
+    @hookimpl
+    def idle(self) -> None:
+        """Persist changed buckets, trim old ones, and run the live detectors."""
+        with self._lock:
+            self._recounted.clear()  # idle runs with nothing queued: no batch read by a recount is still pending
+            self._save()
+            if time.monotonic() - self._last_trim > 60:
+                self._trim()
+        if self.config.anomaly.enabled and time.monotonic() - self._last_watch >= self.config.anomaly.interval / 1000:
+            self._watch()
+
+    def _trim(self) -> None:
+        self._last_trim = time.monotonic()
+        now = now_ms()
+        self.rollups.drop_before("m", now - self._minute_keep)
+        self.rollups.drop_before("h", now - self._hour_keep)
+        if self.file is not None:
+            self.file.delete_before("m", now - self._minute_keep)
+            self.file.delete_before("h", now - self._hour_keep)
+
+    @hookimpl
+    def clean(self, before: int) -> int | None:
+        """Forget what retention cleaning deleted: drop older buckets, recount the bucket that straddles ``before``."""
+        with self._lock:
+            for level, width in (("m", MINUTE), ("h", HOUR)):
+                cutoff = before - before % width
+                self.rollups.drop_before(level, cutoff)
+                if self.file is not None:
+                    self.file.delete_before(level, cutoff)
+            self._recount(before - before % HOUR, before - before % HOUR + HOUR)
+            self._save()
+        return None
+
+    def rebuild(self, since: int | None = None) -> int:
+        """Recount the rollups from what storage holds (over ``hour_retention``, or from ``since``).
+
+        Runs at the first start over an existing database and by ``telemetry analytics rebuild``;
+        meant for when nothing is being tracked (a batch stored while it runs may be counted twice).
+        Returns how many events were counted.
+        """
+        now = now_ms()
+        start = now - self._hour_keep if since is None else since
+        with self._lock:
+            self.rollups.open.clear()
+            self.rollups.open_dirty = True
+            counted = self._recount(start - start % HOUR, now + HOUR - now % HOUR, sessions=True, remember=False)
+            if self.file is not None:
+                self.file.set_meta("built_at", str(now))
+            self._save()
+        return counted
+
+    def _recount(self, start: int, end: int, *, sessions: bool = False, remember: bool = True) -> int:
+        """Rebuild the buckets of ``[start, end)`` from what storage holds now; return the events counted."""
+        assert self.service is not None
+        for level, width in (("m", MINUTE), ("h", HOUR)):
+            for bucket in list(self.rollups.levels[level]):
+                if start <= bucket < end:
+                    del self.rollups.levels[level][bucket]
+            for bucket in range(start - start % width, end, width):
+                self.rollups.dirty.add((level, bucket))
+        impls = self.service.host.impls("query")
+        if not impls:
+            return 0
+        from vibekit_telemetry import QueryFilter, encode_cursor
+
+        fresh = Rollups(self.config.max_open_sessions)
+        counted = 0
+        flt = QueryFilter(since=start, until=end - 1, order="asc", limit=5000)
+        while True:
+            batch = next((r for r in (impl(filter=flt) for impl in impls) if r is not None), [])
+            fresh.add(batch, self._lookup_session)
+            counted += len(batch)
+            if remember:
+                self._recounted.update(event.id for event in batch)
+            if len(batch) < 5000:
+                break
+            flt = attrs.evolve(flt, cursor=encode_cursor(batch[-1]))
+        for level in ("m", "h"):
+            for bucket, by_dim in fresh.levels[level].items():
+                self.rollups.levels[level][bucket] = by_dim
+                self.rollups.dirty.add((level, bucket))
+        if sessions:
+            self.rollups.open.update(fresh.open)
+        return counted
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _window(self, start: int, end: int) -> dict[Any, Agg]:
+        with self._lock:
+            return self.rollups.window(start, end, minutes_from=now_ms() - self._minute_keep)
+
+    def _active(self, end: int, categories: set[str] | None = None) -> dict[tuple[str, str], int]:
+        timeout = span_ms(self.config.active_timeout)
+        counts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for state in self.rollups.open.values():
+                if end - timeout <= state.last_at <= end:
+                    for dim in (ALL, ("category", state.category), ("model", state.model or "")):
+                        counts[dim] = counts.get(dim, 0) + 1
+        return counts
+
+    @hookimpl
+    def get_metrics(self, start: int, end: int) -> results.Metrics:
+        """Metrics of ``[start, end)`` from the rollups, widened to whole minutes (the rollups' resolution)."""
+        start, end = start - start % MINUTE, end + (-end % MINUTE)
+        window = self._window(start, end)
+        active = self._active(end)
+        total = window.get(ALL) or Agg()
+        by_model = {dim[1]: agg for dim, agg in window.items() if dim[0] == "model"}
+        costs = results.model_costs(by_model, self.prices)
+        known = [c for c in costs.values() if c is not None]
+        cost = round(sum(known), 6) if known else None
+
+        def breakdown(agg: Agg, dim: tuple[str, str], cost_value: float | None) -> results.Breakdown:
+            return results.Breakdown(
+                events=agg.events, sessions=results.sessions(agg, active.get(dim, 0)), errors=results.errors(agg),
+                performance=results.performance(agg), tokens=results.tokens(agg, cost_value))
+
+        by_category = {}
+        for dim, agg in window.items():
+            if dim[0] == "category":
+                category_cost = self._category_cost(agg, by_model)
+                by_category[dim[1]] = breakdown(agg, dim, category_cost)
+        minutes = max((end - start) / MINUTE, 1 / 60)
+        names = set(self.definitions) | set(total.custom)
+        custom = {name: results.custom_metric(name, total.custom.get(name), self.definitions.get(name)) for name in sorted(names)}
+        return results.Metrics(
+            start=start, end=end,
+            events=results.EventMetrics(total=total.events, per_minute=round(total.events / minutes, 3),
+                                        by_type=dict(total.types)),
+            sessions=results.sessions(total, active.get(ALL, 0)),
+            errors=results.errors(total),
+            performance=results.performance(total),
+            tokens=results.tokens(total, cost),
+            cost=cost,
+            by_category=dict(sorted(by_category.items())),
+            by_model={model: breakdown(agg, ("model", model), costs[model]) for model, agg in sorted(by_model.items())},
+            custom=custom,
+            price_table_version=PRICE_TABLE_VERSION,
+        )
+
+    def _category_cost(self, agg: Agg, by_model: dict[str, Agg]) -> float | None:
+        """A category's cost, pricing its tokens at the price of the models its events named (approximate:
+        a category's tokens are split over models in proportion to the models' share of all tokens)."""
+        if not any(agg.tokens) or not by_model:
+            return None
+        total_tokens = sum(sum(m.tokens[:2]) for m in by_model.values())
+        if not total_tokens:
+            return None
+        dollars = 0.0
+        priced = False
+        for model, magg in by_model.items():
+            share = sum(magg.tokens[:2]) / total_tokens
+            value = self.prices.cost(model, [int(t * share) for t in agg.tokens], [int(t * share) for t in agg.failed_tokens])
+            if value is not None:
+                dollars += value
+                priced = True
+        return dollars if priced else None
+
+    @hookimpl
+    def get_insights(self, start: int, end: int, categories: list[str] | None) -> results.Insights:
+        """Findings about ``[start, end)``: leaders, laggards, error hot spots, unfinished sessions, changes."""
+        current = self.get_metrics(start, end)
+        previous = self.get_metrics(start - (end - start), start)
+        wanted = set(categories) if categories else None
+        cats = {k: v for k, v in current.by_category.items() if wanted is None or k in wanted}
+        models = current.by_model
+
+        def ranked(items: dict[str, results.Breakdown], kind: str, key: Any, label: str, minimum: int = 0) -> list[results.Finding]:
+            rows = [(name, b) for name, b in items.items() if key(b) is not None and b.sessions.ended >= minimum]
+            rows.sort(key=lambda item: -key(item[1]))
+            return [results.Finding(kind=kind, subject=name, value=key(b), message=label.format(name=name, value=key(b)))
+                    for name, b in rows[:5]]
+
+        busiest_agents = ranked(cats, "busiest_agent", lambda b: b.events, "{name}: {value} events")
+        busiest_models = ranked(models, "busiest_model", lambda b: b.sessions.ended + b.sessions.started,
+                                "{name}: {value} session starts and ends")
+        slowest_agents = ranked(cats, "slowest_agent", lambda b: b.performance.p95_latency, "{name}: p95 latency {value} ms", 1)
+        slowest_models = ranked(models, "slowest_model", lambda b: b.performance.p95_latency, "{name}: p95 latency {value} ms", 1)
+        hot = []
+        for name, b in sorted(cats.items(), key=lambda item: -(item[1].errors.total + item[1].sessions.failed)):
+            if b.errors.total + b.sessions.failed == 0:
+                break
+            hot.append(results.Finding(
+                kind="error_hot_spot", subject=name, value=b.errors.rate,
+                message=f"{name}: {b.errors.total} errors ({b.errors.rate}% of events), {b.sessions.failed} failed sessions",
+                details={"top_messages": b.errors.top_messages}))
+        stale = span_ms(self.config.stale_after)
+        unfinished = []
+        with self._lock:
+            open_sessions = sorted(self.rollups.open.items(), key=lambda item: item[1].last_at)
+        for sid, state in open_sessions:
+            if state.last_at < end - stale and state.last_at >= start and (wanted is None or state.category in wanted):
+                unfinished.append(results.Finding(
+                    kind="unfinished_session", subject=sid, value=float(end - state.last_at),
+                    message=f"session {sid} ({state.category}) has had no event for {(end - state.last_at) // 60000} min",
+                    details={"agent": state.category, "started_at": state.started_at, "last_event_at": state.last_at}))
+        changes = {name: _change(_headline(previous, name), _headline(current, name)) for name in _HEADLINES}
+        summary = [f"{current.events.total} events, {current.sessions.started} sessions started, "
+                   f"error rate {current.errors.rate}%"]
+        for name, change in changes.items():
+            if change["change_pct"] is not None and abs(change["change_pct"]) >= 20:
+                summary.append(f"{name} {'up' if change['change_pct'] > 0 else 'down'} {abs(change['change_pct']):.0f}% "
+                               f"against the previous window")
+        if unfinished:
+            summary.append(f"{len(unfinished)} sessions never ended")
+        return results.Insights(
+            start=start, end=end, busiest_agents=busiest_agents, busiest_models=busiest_models,
+            slowest_agents=slowest_agents, slowest_models=slowest_models, error_hot_spots=hot[:5],
+            unfinished_sessions=unfinished[:20], changes=changes, summary=summary)
+
+    @hookimpl
+    def define_metric(self, name: str, type: str, unit: str | None, description: str | None) -> dict[str, Any]:
+        """Remember a custom metric's type, unit and description."""
+        definition = {"type": type, "unit": unit, "description": description}
+        with self._lock:
+            self.definitions[name] = definition
+            if self.file is not None:
+                self.file.save_definition(name, type, unit, description)
+        return {"name": name, **definition}
+
+    @hookimpl
+    def metric_series(self, metric: str, start: int, end: int, step: int) -> list[tuple[int, float]] | None:
+        """A metric per ``step``: throughput, response_time, error_rate, ttft, tokens, cost or a custom metric."""
+        with self._lock:
+            points = self.rollups.series(ALL, start, end, step)
+        return _series(metric, points, self.definitions)
+
+    # -- anomaly detection ---------------------------------------------------------------------
+
+    @hookimpl
+    def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str) -> list[Anomaly]:
+        """The likelihood detector over a series, judging each point from the ones before it."""
+        detector = LikelihoodDetector()
+        threshold = THRESHOLDS[sensitivity]
+        found: list[Anomaly] = []
+        quiet_until = -1
+        for index, (ts, value) in enumerate(points):
+            low, high = detector.expected()
+            score = detector.update(value)
+            if index > quiet_until and score >= threshold:
+                found.append(_anomaly(metric, ts, value, low, high, score, threshold))
+                quiet_until = index + 30
+        return found
+
+    def _watch(self) -> None:
+        """Feed the live detectors the minutes completed since the last look; emit what they find."""
+        assert self.service is not None
+        self._last_watch = time.monotonic()
+        now = now_ms()
+        end = now - now % MINUTE
+        start = self._watched_until if self._watched_until is not None else end - 60 * MINUTE
+        if start >= end:
+            return
+        threshold = THRESHOLDS[self.config.anomaly.sensitivity]
+        for metric in self.config.anomaly.metrics:
+            with self._lock:
+                points = _series(metric, self.rollups.series(ALL, start, end, MINUTE), self.definitions) or []
+            detector = self._watchers.setdefault(metric, LikelihoodDetector(warmup=30))
+            for ts, value in points:
+                low, high = detector.expected()
+                score = detector.update(value)
+                if score >= threshold and self._watched_until is not None:
+                    self.service.emit("anomaly", _anomaly(metric, ts, value, low, high, score, threshold))
+        self._watched_until = end
+
+    @hookimpl
+    def health(self) -> dict[str, Any]:
+        """Rollup sizes and the sessions still open."""
+        with self._lock:
+            return {
+                "healthy": True, "issues": [],
+                "minute_buckets": len(self.rollups.levels["m"]), "hour_buckets": len(self.rollups.levels["h"]),
+                "open_sessions": len(self.rollups.open), "abandoned_sessions": self.rollups.abandoned,
+                "path": str(self.file.path) if self.file is not None else None,
+                "alerts": self.alerts.stats() if self.alerts is not None else None,
+            }
+
+    @staticmethod
+    @hookimpl
+    def register_commands(cli: click.Group) -> None:
+        """``telemetry metrics`` and ``telemetry analytics ...``."""
+        from .cli import register
+
+        register(cli)
+
+
+def _headline(metrics: results.Metrics, name: str) -> float | None:
+    return {
+        "events": float(metrics.events.total), "error_rate": metrics.errors.rate,
+        "p95_latency": metrics.performance.p95_latency, "avg_ttft": metrics.performance.avg_ttft,
+        "cost": metrics.cost,
+    }[name]
+
+
+def _change(before: float | None, after: float | None) -> dict[str, float | None]:
+    pct = None
+    if before is not None and after is not None and before:
+        pct = round(100 * (after - before) / before, 2)
+    return {"previous": before, "current": after, "change_pct": pct}
+
+
+def _series(metric: str, points: list[tuple[int, Agg | None]], definitions: dict[str, Any]) -> list[tuple[int, float]] | None:
+    if metric == "throughput":
+        return [(t, float(a.events if a else 0)) for t, a in points]
+    if metric == "response_time":
+        return [(t, a.dur_sum / a.dur_n) for t, a in points if a and a.dur_n]
+    if metric == "ttft":
+        return [(t, a.ttft_sum / a.ttft_n) for t, a in points if a and a.ttft_n]
+    if metric == "error_rate":
+        return [(t, 100 * a.errors / a.events) for t, a in points if a and a.events]
+    if metric == "tokens":
+        return [(t, float(a.tokens[0] + a.tokens[1]) if a else 0.0) for t, a in points]
+    kind = definitions.get(metric, {}).get("type")
+    seen = any(a is not None and metric in a.custom for _, a in points)
+    if kind is None and not seen:
+        return None
+    out = []
+    for t, a in points:
+        slot = a.custom.get(metric) if a else None
+        if slot is None:
+            if kind in (None, "counter"):
+                out.append((t, 0.0))
+            continue
+        out.append((t, slot[1] if kind in (None, "counter") else slot[4] if kind == "gauge" else slot[1] / slot[0]))
+    return out
+
+
+def _anomaly(metric: str, ts: int, value: float, low: float, high: float, score: float, threshold: float) -> Anomaly:
+    severity = "high" if score >= 0.999 else "medium" if score >= 0.99 else "low"
+    direction = "above" if value > high else "below" if value < low else "outside the recent pattern of"
+    return Anomaly(metric=metric, timestamp=ts, value=value, expected_low=round(low, 6), expected_high=round(high, 6),
+                   score=round(score, 6), severity=severity, detector="likelihood",
+                   description=f"{metric} = {value:.4g} is {direction} the expected range "
+                               f"{low:.4g}..{high:.4g} (score {score:.4f}, threshold {threshold})")
+

@@ -1,0 +1,356 @@
+"""The analytics plugin against brute force over the stored events, on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from vibekit_telemetry import Anomaly, TelemetryService, now_ms
+from vibekit_telemetry_analytics.detectors import LikelihoodDetector, scores
+from vibekit_telemetry_analytics.prices import Price, PriceTable
+
+NAB = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "nab"
+MODELS = ["claude-3-5-sonnet-20241022", "gpt-4o-mini", "my-local-model"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _service(**options):
+    options.setdefault("analytics", {"enabled": True})
+    return TelemetryService(**options)
+
+
+def _workload(t, n_sessions=300, seed=7, span_ms=3 * 3_600_000):
+    """Sessions over the last few hours: random durations, chunks, tokens, failures, errors, open sessions."""
+    rng = random.Random(seed)
+    end = now_ms() - 60_000
+    for i in range(n_sessions):
+        start = end - rng.randrange(span_ms)
+        agent = rng.choice(["claude", "codex", "gemini"])
+        model = rng.choice(MODELS)
+        sid = t.track_start(agent, "code", f"prompt {i}", metadata={"model": model}, timestamp=start)
+        offset = rng.randrange(50, 2000)
+        for c in range(rng.randrange(0, 6)):
+            t.track_stream(sid, f"chunk {c}", timestamp=start + offset + c * 10)
+        if rng.random() < 0.1:
+            t.track_error(sid, RuntimeError(rng.choice(["timeout", "rate limited"])), timestamp=start + offset + 80)
+        if rng.random() < 0.05:
+            continue  # never ends
+        status = "failed" if rng.random() < 0.15 else "completed"
+        t.track_end(sid, status, timestamp=start + offset + rng.randrange(100, 30_000),
+                    metadata={"input_tokens": rng.randrange(100, 5000), "output_tokens": rng.randrange(10, 800),
+                              "cache_read_tokens": rng.randrange(0, 50)})
+    for i in range(40):
+        t.track({"category": "clicks", "action": "button", "value": i, "timestamp": end - rng.randrange(span_ms)})
+
+
+def _brute(t, start, end):
+    """The same figures computed the slow way: every stored event and session in the window."""
+    events = [e for e in t.query(since=start, until=end - 1, limit=1_000_000)]
+    ends = [e for e in events if e.event_type == "end"]
+    durations, ttfts, failed = [], [], 0
+    for e in ends:
+        session = t.get_session(e.session_id)
+        if e.status == "failed":
+            failed += 1
+        if session.has_start:
+            durations.append(e.timestamp - session.started_at)
+            if session.first_stream_at is not None:
+                ttfts.append(session.first_stream_at - session.started_at)
+    return {
+        "events": len(events), "errors": sum(e.event_type == "error" for e in events),
+        "started": sum(e.event_type == "start" for e in events), "ended": len(ends), "failed": failed,
+        "durations": sorted(durations), "ttfts": sorted(ttfts),
+        "input": sum(e.metadata.get("input_tokens", 0) for e in ends),
+    }
+
+
+def _quantile(values, q):
+    return values[max(0, math.ceil(q * len(values)) - 1)]
+
+
+def _assert_matches(metrics, brute):
+    assert metrics.events.total == brute["events"]
+    assert metrics.errors.total == brute["errors"]
+    assert metrics.sessions.started == brute["started"]
+    assert metrics.sessions.ended == brute["ended"] and metrics.sessions.failed == brute["failed"]
+    assert metrics.tokens.input == brute["input"]
+    durations = brute["durations"]
+    assert metrics.performance.avg_latency == pytest.approx(sum(durations) / len(durations), rel=1e-6)
+    for q, got in ((0.5, metrics.performance.p50_latency), (0.95, metrics.performance.p95_latency),
+                   (0.99, metrics.performance.p99_latency)):
+        assert got == pytest.approx(_quantile(durations, q), rel=0.025)  # 2% histogram bins
+    assert metrics.performance.avg_ttft == pytest.approx(sum(brute["ttfts"]) / len(brute["ttfts"]), rel=1e-6)
+
+
+def test_metrics_match_brute_force_across_restart_clean_and_rebuild(in_tmp):
+    now = now_ms()
+    window = (now - now % 60_000 - 4 * 3_600_000, now - now % 60_000 + 60_000)
+    with _service() as t:
+        _workload(t)
+        metrics = t.get_metrics(window)
+        _assert_matches(metrics, _brute(t, *window))
+        assert metrics.sessions.failed > 0 and metrics.errors.total > 0
+        assert set(metrics.by_model) == set(MODELS)
+        assert metrics.events.per_minute == pytest.approx(metrics.events.total / 241, rel=1e-3)
+        assert sum(b.events for b in metrics.by_category.values()) == metrics.events.total
+    # restart: the rollup file brings back the same figures
+    with _service() as t:
+        assert t.get_metrics(window) == metrics
+        # retention cleaning: what was deleted leaves the rollups too, the straddling hour is recounted
+        t.clean(retention_days=(90 * 60_000) / 86_400_000)
+        cleaned = t.get_metrics(window)
+        _assert_matches(cleaned, _brute(t, *window))
+        assert cleaned.events.total < metrics.events.total
+    # a new rollup file over the existing database counts it in at the first start
+    (in_tmp / ".vibekit" / "analytics.db").unlink()
+    with _service() as t:
+        assert t.get_metrics(window).events.total == cleaned.events.total
+
+
+def test_windows_inside_an_hour_and_across_hours_agree_with_brute_force(in_tmp):
+    with _service() as t:
+        _workload(t, n_sessions=200, seed=3)
+        now = now_ms()
+        for window in ((now - 17 * 60_000, now), (now - 2 * 3_600_000 - 7 * 60_000, now - 23 * 60_000)):
+            metrics = t.get_metrics(window)
+            assert (metrics.start, metrics.end) == (window[0] - window[0] % 60_000, window[1] + (-window[1] % 60_000))
+            brute = _brute(t, metrics.start, metrics.end)  # windows are resolved to whole minutes
+            assert metrics.events.total == brute["events"]
+            assert metrics.sessions.ended == brute["ended"]
+
+
+def test_tokens_and_cost_per_model_price_cached_and_failed_calls_right(in_tmp):
+    with _service(analytics={"enabled": True, "prices": {"my-local-model": {"input": 1.0, "output": 2.0}}}) as t:
+        for status in ("completed", "failed"):
+            sid = t.track_start("a", "chat", "p", metadata={"model": "claude-3-5-sonnet-20241022"})
+            t.track_end(sid, status, metadata={"input_tokens": 1_000_000, "output_tokens": 100_000,
+                                               "cache_read_tokens": 400_000, "cache_creation_tokens": 100_000})
+        sid = t.track_start("b", "chat", "p", metadata={"model": "my-local-model"})
+        t.track_end(sid, metadata={"gen_ai.usage.input_tokens": 2_000_000, "gen_ai.usage.output_tokens": 500_000})
+        sid = t.track_start("c", "chat", "p", metadata={"model": "unpriced-model"})
+        t.track_end(sid, metadata={"input_tokens": 10})
+        metrics = t.get_metrics("1h")
+    sonnet = metrics.by_model["claude-3-5-sonnet-20241022"].tokens
+    # 500k uncached x $3 + 400k cache reads x $0.30 + 100k cache writes x $3.75 + 100k output x $15; failed call free
+    assert sonnet.cost == pytest.approx(1.5 + 0.12 + 0.375 + 1.5)
+    assert sonnet.input == 2_000_000 and sonnet.total == 2_200_000
+    assert metrics.by_model["my-local-model"].tokens.cost == pytest.approx(2.0 + 1.0)
+    assert metrics.by_model["unpriced-model"].tokens.cost is None
+    assert metrics.cost == pytest.approx(3.495 + 3.0)
+
+
+def test_price_table_lookup_and_subsets():
+    table = PriceTable({"acme-1": {"input": 1.0, "output": 1.0}})
+    assert table.lookup("anthropic/claude-3-5-sonnet-20241022") == table.lookup("claude-3-5-sonnet")
+    assert table.lookup("gpt-4o-mini-2024-07-18").input == 0.15  # the longest prefix wins over gpt-4o
+    assert table.lookup("ACME-1").input == 1.0 and table.lookup("nothing-like-it") is None
+    price = Price(input=10, output=20, cache_read=1, cache_write=12, reasoning=30)
+    # 1M input of which 300k cache reads and 100k writes; 1M output of which 200k reasoning
+    assert price.cost([1_000_000, 1_000_000, 300_000, 100_000, 200_000]) == pytest.approx(6 + 0.3 + 1.2 + 16 + 6)
+    assert PriceTable(bill_failed=True).cost("gpt-4o", [1_000_000, 0, 0, 0, 0], [1_000_000, 0, 0, 0, 0]) == 2.5
+    assert PriceTable().cost("gpt-4o", [1_000_000, 0, 0, 0, 0], [1_000_000, 0, 0, 0, 0]) == 0
+
+
+def test_custom_metrics_counter_gauge_histogram(in_tmp):
+    with _service() as t:
+        t.define_metric("jobs_done", "counter", "jobs", "finished jobs")
+        t.define_metric("queue_depth", type="gauge", unit="jobs")
+        t.define_metric("request_ms", type="histogram", unit="ms")
+        base = now_ms() - 5000
+        for i, value in enumerate([1, 2, 3, 4]):
+            t.track({"category": "metrics", "action": "jobs_done", "value": value, "timestamp": base + i})
+            t.track({"category": "metrics", "action": "queue_depth", "value": 10 - value, "timestamp": base + i})
+        for i in range(1, 101):
+            t.track({"category": "metrics", "action": "request_ms", "value": i, "timestamp": base + i})
+        custom = t.get_metrics("1h").custom
+        series = t.metric_series("jobs_done", "10m")
+    assert (custom["jobs_done"].value, custom["jobs_done"].unit) == (10, "jobs")
+    assert (custom["queue_depth"].value, custom["queue_depth"].min, custom["queue_depth"].max) == (6, 6, 9)
+    assert custom["request_ms"].avg == pytest.approx(50.5)
+    assert custom["request_ms"].p95 == pytest.approx(95, rel=0.03)
+    assert sum(v for _, v in series) == 10
+    with _service() as t:  # definitions survive a restart
+        assert t.get_metrics("1h").custom["queue_depth"].type == "gauge"
+        with pytest.raises(ValueError, match="counter, gauge or histogram"):
+            t.define_metric("x", "summary")
+
+
+def test_insights_name_hot_spots_unfinished_sessions_and_changes(in_tmp):
+    with _service() as t:
+        now = now_ms()
+        for i in range(10):  # previous hour: quiet and healthy
+            sid = t.track_start("codex", "code", "p", timestamp=now - 90 * 60_000 + i)
+            t.track_end(sid, timestamp=now - 90 * 60_000 + 1000 + i)
+        for i in range(30):  # this hour: busier, slower, failing
+            sid = t.track_start("claude", "code", "p", metadata={"model": "gpt-4o"}, timestamp=now - 50 * 60_000 + i)
+            t.track_error(sid, "upstream timeout", timestamp=now - 50 * 60_000 + 500 + i)
+            t.track_end(sid, "failed", timestamp=now - 50 * 60_000 + 9000 + i)
+        stuck = t.track_start("gemini", "chat", "p", timestamp=now - 45 * 60_000)
+        insights = t.get_insights("1h")
+        only_codex = t.get_insights("1h", categories=["codex"])
+    assert insights.busiest_agents[0].subject == "claude"
+    assert insights.error_hot_spots[0].subject == "claude"
+    assert insights.error_hot_spots[0].details["top_messages"][0] == ("upstream timeout", 30)
+    assert [f.subject for f in insights.unfinished_sessions] == [stuck]
+    assert insights.changes["events"]["previous"] == 20 and insights.changes["events"]["current"] == 91
+    assert any("never ended" in line for line in insights.summary)
+    assert only_codex.error_hot_spots == [] and only_codex.unfinished_sessions == []
+
+
+def test_detector_never_looks_ahead_and_finds_a_spike():
+    rng = random.Random(1)
+    values = [10 + rng.gauss(0, 1) for _ in range(600)]
+    changed = values[:400] + [v * 3 for v in values[400:]]
+    assert scores(values)[:400] == scores(changed)[:400]
+    spiked = values[:500] + [40.0] + values[501:]
+    detector = LikelihoodDetector()
+    flagged = [i for i, v in enumerate(spiked) if detector.update(v) >= 0.95]
+    assert 500 in flagged and all(i >= 500 for i in flagged)
+
+
+def test_detect_anomalies_over_stored_history_and_on_anomaly(in_tmp):
+    with _service() as t:
+        now = now_ms() - now_ms() % 60_000
+        rng = random.Random(5)
+        for minute in range(120, 0, -1):
+            count = 60 if minute == 10 else rng.randrange(4, 7)
+            for i in range(count):
+                t.track({"category": "c", "timestamp": now - minute * 60_000 + i})
+        seen = []
+        t.on("anomaly", seen.append)
+        found = t.detect_anomalies(["throughput"], (now - 120 * 60_000, now), sensitivity="medium")
+    assert [a.timestamp for a in found] == [now - 10 * 60_000]
+    assert found[0].value == 60 and found[0].expected_high < 60 and "throughput" in found[0].description
+    assert seen == found
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.path, body, self.headers.get("X-Token")))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alerts_reach_a_real_webhook_deduplicated_and_a_failing_channel_breaks_nothing(in_tmp):
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    _Hook.received = []
+    alerts = {"enabled": True, "dedupe_window": "10m", "channels": [
+        {"type": "webhook", "url": f"{url}/hook", "headers": {"X-Token": "t0k"}},
+        {"type": "slack", "url": f"{url}/slack"},
+        {"type": "webhook", "url": "http://127.0.0.1:9/unreachable", "max_attempts": 2, "timeout_ms": 200},
+    ]}
+    try:
+        with _service(analytics={"enabled": True, "alerts": alerts}) as t:
+            plugin = t.host.meta["analytics"]["object"]
+            ts = now_ms()
+            for offset in (0, 60_000):  # the second is a repeat within the dedupe window
+                t.emit("anomaly", Anomaly(metric="error_rate", timestamp=ts + offset, value=40.0, expected_low=0,
+                                          expected_high=5, score=0.999, severity="high", description="error rate 40%"))
+            t.track({"category": "still-tracking"})
+            plugin.alerts.flush()
+            stats = plugin.alerts.stats()
+            assert len(t.query(category="still-tracking")) == 1
+            assert t.get_health_status().components["analytics"]["alerts"] == stats
+    finally:
+        server.shutdown()
+    paths = sorted(path for path, _, _ in _Hook.received)
+    assert paths == ["/hook", "/slack"]
+    hook = next(body for path, body, _ in _Hook.received if path == "/hook")
+    assert hook["metric"] == "error_rate" and hook["severity"] == "high" and hook["expected"] == [0, 5]
+    assert next(token for path, _, token in _Hook.received if path == "/hook") == "t0k"
+    assert "error_rate" in next(body for path, body, _ in _Hook.received if path == "/slack")["text"]
+    assert stats == {"sent": 2, "failed": 1, "deduplicated": 1, "dropped": 0}
+
+
+def _telemetry(*args, cwd=None):
+    """The real ``telemetry`` command (plugin commands come from entry points, as for a user)."""
+    return subprocess.run([sys.executable, "-m", "vibekit_telemetry", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_metrics_and_analytics_commands(in_tmp):
+    with TelemetryService() as t:  # recorded without analytics: the commands count the database in
+        _workload(t, n_sessions=60, seed=11)
+    result = _telemetry("metrics", "--since", "6h", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["sessions"]["started"] == 60 and data["performance"]["p95_latency"] > 0
+    for args, expected in ((["analytics", "performance", "--since", "6h"], "p95"),
+                           (["analytics", "insights", "--since", "6h"], "busiest agents"),
+                           (["analytics", "anomalies", "--since", "6h", "--sensitivity", "high"], ""),
+                           (["analytics", "dashboard", "--once"], "events per minute"),
+                           (["metrics"], "latency ms")):
+        result = _telemetry(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert expected in result.stdout
+
+
+def test_nab_scorer_on_a_hand_made_series(tmp_path):
+    from vibekit_telemetry_analytics import nab
+
+    import datetime as dt
+
+    times = [dt.datetime(2020, 1, 1) + dt.timedelta(minutes=i) for i in range(1000)]
+    windows = [(times[600], times[699])]
+    # a detection at the window's left edge is worth the full A_TP; a miss costs A_FN
+    assert nab.score_series(times, [600], windows)[0] == pytest.approx(1.0)
+    assert nab.score_series(times, [], windows)[0] == -1.0
+    # detections in probation (first 15%) do not count; one false positive before any window costs A_FP
+    assert nab.score_series(times, [10, 300, 600], windows)[0] == pytest.approx(1.0 - 0.11)
+    raw, hits, fp = nab.score_series(times, [650, 800, 801, 900], windows)
+    assert hits == 1 and fp == 2 and raw < 1.0
+
+
+@pytest.mark.skipif(not (NAB / "labels" / "combined_windows.json").exists(),
+                    reason="the NAB corpus is not at ../shared/data/nab (see ../shared/data/README.md)")
+def test_nab_evaluator_meets_the_floor():
+    result = _telemetry("analytics", "evaluate", "--nab", str(NAB))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("NAB standard score: ")
+    assert float(lines[-1].split(": ")[1]) >= 40
+    noise = next(line for line in lines if line.startswith("artificialNoAnomaly"))
+    assert float(noise.split(", ")[-1].split()[0]) <= 2.0
+
+
+def test_continuous_detection_fires_on_anomaly_for_new_minutes(in_tmp, monkeypatch):
+    import vibekit_telemetry_analytics as module
+
+    real_now = now_ms()
+    base = real_now - real_now % 60_000 - 200 * 60_000
+    rng = random.Random(9)
+    with _service(analytics={"enabled": True, "anomaly": {"enabled": True, "metrics": ["throughput"],
+                                                         "interval": 3_600_000}}) as t:
+        for minute in range(121):
+            for i in range(60 if minute == 110 else rng.randrange(4, 7)):
+                t.track({"category": "c", "timestamp": base + minute * 60_000 + i})
+        t.flush()
+        seen = []
+        t.on("anomaly", seen.append)
+        plugin = t.host.meta["analytics"]["object"]
+        monkeypatch.setattr(module, "now_ms", lambda: base + 100 * 60_000 + 5)  # the clock is the one thing faked
+        plugin._watch()  # primes the detector on the last hour, reports nothing old
+        assert seen == []
+        monkeypatch.setattr(module, "now_ms", lambda: base + 121 * 60_000 + 5)
+        plugin._watch()
+    assert [(a.metric, a.timestamp, a.value) for a in seen] == [("throughput", base + 110 * 60_000, 60.0)]
