@@ -107,9 +107,13 @@ class AnalyticsPlugin:
             now = now_ms()
             self.definitions = self.file.load(self.rollups, minutes_from=now - self._minute_keep,
                                               hours_from=now - self._hour_keep)
-            if self.file.get_meta("built_at") is None:
-                # a new rollup file over a database that may already hold events: count them in once
+            if self.file.get_meta("built_at") is None or self.file.get_meta("closed_cleanly") != "1":
+                # a new rollup file over a database that may already hold events, or one a crash left behind
+                # storage: count the stored events in again
+                if self.file.get_meta("built_at") is not None:
+                    log.warning("the rollups in %s were not closed cleanly: recounting them from storage", path)
                 self.rebuild()
+            self.file.set_meta("closed_cleanly", "0")
         if self.config.alerts.get("enabled", bool(self.config.alerts.get("channels"))):
             from .alerts import AlertManager
 
@@ -122,6 +126,7 @@ class AnalyticsPlugin:
         with self._lock:
             self._save()
             if self.file is not None:
+                self.file.set_meta("closed_cleanly", "1")
                 self.file.close()
                 self.file = None
         if self.alerts is not None:

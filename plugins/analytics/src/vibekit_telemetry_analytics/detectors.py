@@ -5,9 +5,10 @@ moving averages at two speeds, measures how surprising the value is against
 the recent spread of prediction errors, and turns that surprise into an
 *anomaly likelihood*: how unusual the short-term average of surprises is,
 compared with its own long-term distribution (the idea behind Numenta's
-anomaly likelihood).  A score at or above the sensitivity's threshold is an
-anomaly; after one, the detector stays quiet for ``cooldown`` points so one
-incident is reported once.
+anomaly likelihood).  A value beyond the range seen so far by more than
+``spatial`` times its width scores 1 at once (a new extreme is news by itself).
+A score at or above the sensitivity's threshold is an anomaly; after one, the
+detector stays quiet for ``cooldown`` points so one incident is reported once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class LikelihoodDetector:
     """Score one series point by point; ``update(value)`` returns a score in [0, 1]."""
 
     def __init__(self, *, fast: float = 0.2, slow: float = 0.01, short: int = 10, long: int = 1500,
-                 warmup: int = 50) -> None:
+                 warmup: int = 50, spatial: float | None = 0.1) -> None:
+        self.spatial = spatial
         self.fast_alpha = fast
         self.slow_alpha = slow
         self.short = short
@@ -63,6 +65,10 @@ class LikelihoodDetector:
         scale = max(spread, 1e-9 + 1e-6 * (abs(self.mean) + (self.high - self.low)))
         raw = abs(value - self.mean) / scale
         surprise = min(raw, 50.0)
+        outside = False
+        if self.spatial is not None and self.n > self.warmup:
+            margin = self.spatial * (self.high - self.low)
+            outside = value > self.high + margin or value < self.low - margin
         # learn
         delta = value - self.mean
         self.mean += self.slow_alpha * delta
@@ -89,7 +95,7 @@ class LikelihoodDetector:
         self.scores.append(surprise)
         self.score_sum += surprise
         self.score_sq += surprise * surprise
-        return score
+        return 1.0 if outside else score
 
 
 def scores(values: Iterable[float], **options: float) -> list[float]:

@@ -312,7 +312,7 @@ class Rollups:
                     tokens[2] += usage.cache_read  # type: ignore[union-attr]
                     tokens[3] += usage.cache_creation  # type: ignore[union-attr]
                     tokens[4] += usage.reasoning  # type: ignore[union-attr]
-                if category == "metrics" and e["action"] and e["value"] is not None and agg is not None:
+                if category == "metrics" and e["action"] and e["value"] is not None:
                     agg.add_custom(e["action"], float(e["value"]), ts)
             if state is not None:
                 if kind == "stream":
