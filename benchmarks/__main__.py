@@ -274,6 +274,24 @@ def run(quick: bool) -> dict[str, Any]:
             figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
             figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
             figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer, strict=True)])
+        try:
+            import vibekit_telemetry_pii  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            print("track() latency with PII redaction ...", flush=True)
+            redacted = [track_latency(sizes["latency_n"] // 2, workdir, security={"pii": {"enabled": True}})
+                        for _ in range(sizes["latency_runs"])]
+            figures["track_pii_p50_us"] = stats([r["p50"] for r in redacted])
+            from benchmarks import pii_eval
+
+            corpora = pii_eval.run()
+            if corpora is not None:
+                results["pii"] = corpora
+            from vibekit_telemetry_pii import PIIRedactor
+
+            redactor = PIIRedactor()
+            figures["pii_scan_us"] = stats([pii_eval.typical_event_us(redactor.before_track, 3000) for _ in range(5)])
 
         print(f"SQLite ingest, {sizes['ingest_n']:,} events x {sizes['ingest_runs']} runs ...", flush=True)
         end = now_ms()
@@ -340,7 +358,7 @@ def run(quick: bool) -> dict[str, Any]:
     print("anomaly detection on NAB ...", flush=True)
     results["nab"] = nab_results()
     for name in ("export_jsonl_s", "export_parquet_s", "export_csv_s", "export_peak_rss_mb",
-                 "http_ingest_batched_events_per_s", "pii_scan_us", "track_pii_p50_us"):
+                 "http_ingest_batched_events_per_s"):
         figures[name] = None
     return results
 
@@ -351,7 +369,7 @@ GOALS = [
     ("OpenTelemetry SDK span p50 (6 attributes, BatchSpanProcessor)", "otel_span_p50_us", "µs", "peer", None),
     ("OpenTelemetry SDK span p99", "otel_span_p99_us", "µs", "peer", None),
     ("track() speed-up over the OTel span (p50 ratio)", "track_vs_otel_p50_speedup", "x", "at least 2x", lambda v: v >= 2),
-    ("track() p50 with PII redaction", "track_pii_p50_us", "µs", "not built yet", None),
+    ("track() p50 with PII redaction (security.pii enabled)", "track_pii_p50_us", "µs", "", None),
     ("sustained ingest into SQLite", "ingest_events_per_s", "events/s", "", None),
     ("raw limit: sqlite3 executemany, same schema", "raw_executemany_events_per_s", "events/s", "raw limit", None),
     ("ingest / raw limit", "ingest_vs_raw_ratio", "", "at least 0.5", lambda v: v >= 0.5),
@@ -379,7 +397,8 @@ GOALS = [
     ("export 1M events to Parquet", "export_parquet_s", "s", "under 5 s", None),
     ("export peak RSS", "export_peak_rss_mb", "MB", "under 300 MB", None),
     ("HTTP ingest, batches of 100", "http_ingest_batched_events_per_s", "events/s", "at least 20,000", None),
-    ("PII scan of a typical event", "pii_scan_us", "µs", "under 50 µs", None),
+    ("PII scan of a typical event (500-character prompt, 6 metadata fields)", "pii_scan_us", "µs", "under 50 µs",
+     lambda v: v < 50),
 ]
 
 
@@ -427,6 +446,7 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
         met = "" if check is None else ("yes" if check(value["median"]) else "**no**")
         lines.append(f"| {label} | {shown} {unit} | {goal} | {met} |")
     lines += _nab_section(results.get("nab"))
+    lines += _pii_section(results.get("pii"))
     lines += ["", "Raw figures: [benchmarks.json](benchmarks.json).", ""]
     return "\n".join(lines)
 
@@ -446,6 +466,28 @@ def nab_results() -> dict[str, Any] | None:
         result["noise"] = evaluate(nab_dir, ("artificialNoAnomaly",), sensitivity=sensitivity)["all"]
         out[sensitivity] = result
     return out
+
+
+def _pii_section(pii: dict[str, Any] | None) -> list[str]:
+    lines = ["", "## PII and secret redaction", ""]
+    if not pii:
+        return lines + ["Not measured: the PII plugin or the corpora in ../shared/data are missing."]
+    lines += [
+        "The PII plugin's detectors on presidio-research's 1,500 synthetic sentences (a gold span is found when a "
+        "finding of its type overlaps it) and on gitleaks' rule samples. Same command: "
+        "`uv run python -m benchmarks.pii_eval`.",
+        "",
+        "| entity | gold spans | findings | precision | recall |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, s in pii["synthetic"].items():
+        lines.append(f"| {name} | {s['gold']} | {s['found']} | {s['precision']:.3f} | {s['recall']:.3f} |")
+    g = pii["gitleaks"]
+    lines += ["", f"gitleaks: recall {g['recall']:.3f} on the {g['true_positives']} true-positive samples of the covered "
+              f"providers (OpenAI, Anthropic, AWS, GitHub, Slack, Google, Hugging Face, Stripe, JWT, private keys); "
+              f"{g['flagged_share']:.1%} of all {g['false_positive_samples']} false-positive samples flagged "
+              "(most of them real-shaped Google API keys that gitleaks allow-lists)."]
+    return lines
 
 
 def _nab_section(nab: dict[str, Any] | None) -> list[str]:

@@ -22,7 +22,7 @@ from stevedore import NamedExtensionManager
 
 from . import hookspecs
 from .config import structure
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 
 log = logging.getLogger("vibekit_telemetry.plugins")
 
@@ -112,7 +112,10 @@ def instantiate(name: str, target: Any, options: Mapping[str, Any], *, where: st
         config_cls = getattr(target, "Config", None)
         if config_cls is not None:
             config = structure(options, config_cls, where=where, path=path)
-            return _construct(name, target, config)
+            try:
+                return _construct(name, target, config)
+            except ConfigError as exc:  # the plugin found its options inconsistent: say where they came from
+                raise ConfigError(f"invalid configuration in {where}: {path}: {exc}") from None
         if options:
             raise PluginError(f"plugin {name!r} takes no options, but {where} gives {path}: {sorted(options)}")
         return _construct(name, target)
@@ -124,6 +127,8 @@ def instantiate(name: str, target: Any, options: Mapping[str, Any], *, where: st
 def _construct(name: str, cls: type, *args: Any) -> Any:
     try:
         return cls(*args)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise PluginError(f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
 
