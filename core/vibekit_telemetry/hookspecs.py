@@ -95,6 +95,26 @@ def after_store(events: list[TelemetryEvent]) -> None:
 
 
 @hookspec
+def before_store(events: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
+    """Transform a batch on its way to storage (after ``after_store`` saw it in the clear); a chain.
+
+    Return the transformed batch (same length, same ids) or ``None`` to leave it.
+    Encryption at rest lives here, so journals and every storage plugin receive
+    the transformed events while analytics and live streams see the originals.
+    """
+
+
+@hookspec
+def after_read(events: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
+    """Transform events read from storage back (the reverse of ``before_store``); a chain in reverse order."""
+
+
+@hookspec
+def after_read_sessions(sessions: list[Session]) -> list[Session] | None:
+    """Transform sessions read from storage back (their prompt, metadata and last error)."""
+
+
+@hookspec
 def store(events: list[TelemetryEvent]) -> None:
     """Persist a batch of events (a storage plugin's main job).
 

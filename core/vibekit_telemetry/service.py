@@ -164,7 +164,7 @@ class TelemetryService:
             max_batch=max(batch_size, self.config.max_batch_size),
             flush_interval=flush_interval / 1000,
             max_queue=self.config.max_queue_size,
-            on_full=self.config.on_full,
+            on_full=self._on_full_policy(),
             enqueue_timeout=self.config.enqueue_timeout_ms / 1000,
             on_drop=self._record_drop,
             on_idle=self._idle,
@@ -197,6 +197,14 @@ class TelemetryService:
         if not self.host.impls("store"):
             log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
         return plan.batch_size, plan.flush_interval
+
+    def _on_full_policy(self) -> str:
+        if self.config.on_full == "spill" and self.host.impls("before_store"):
+            # the spill file holds events before before_store (encryption) sees them: never put those on disk
+            log.warning("on_full = 'spill' is replaced by 'block' because %s transforms events before storage",
+                        ", ".join(impl.plugin for impl in self.host.impls("before_store")))
+            return "block"
+        return self.config.on_full
 
     @property
     def buffer_dir(self) -> Path:
@@ -476,11 +484,22 @@ class TelemetryService:
         count = len(batch)
         if not self._sinks:
             self._record_drop("no_storage", count)
+        stored_form = batch
+        for impl in self.host.impls("before_store"):
+            try:
+                result = impl(events=stored_form)
+            except Exception as exc:
+                # never store what a transform (encryption) could not process: journal nothing, count the loss
+                self._plugin_failure(impl.plugin, exc)
+                self._record_drop("before_store_error", count)
+                return
+            if result is not None:
+                stored_form = result
         for sink in self._sinks.values():
             stats = self._plugin_stats[sink.name]
             failures = sink.stats.failures
             started = time.perf_counter()
-            sink.write(batch)
+            sink.write(stored_form)
             stats.write_ms_total += (time.perf_counter() - started) * 1000
             self._note_sink_failures(sink, failures)
         for impl in self.host.impls("after_store"):
@@ -599,7 +618,22 @@ class TelemetryService:
         if key is not None and cached is not None:
             return cached
         _, result = self.host.first(hook, **kwargs)
+        if result is not None:
+            result = self._decode(hook, result)
         self._cache_store(hook, key, kwargs, result)
+        return result
+
+    def _decode(self, hook: str, result: Any) -> Any:
+        """Undo ``before_store`` transforms on what storage returned (``after_read`` chains, last plugin first)."""
+        if hook == "query":
+            for impl in reversed(self.host.impls("after_read")):
+                result = impl(events=result) or result
+        elif hook in ("get_session", "get_sessions"):
+            single = hook == "get_session"
+            sessions = [result] if single else result
+            for impl in reversed(self.host.impls("after_read_sessions")):
+                sessions = impl(sessions=sessions) or sessions
+            result = sessions[0] if single else sessions
         return result
 
     def _cache_lookup(self, hook: str, kwargs: dict[str, Any]) -> tuple[Any, tuple[str, str] | None]:
