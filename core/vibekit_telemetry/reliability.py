@@ -168,6 +168,11 @@ class GuardedSink:
     # -- state ---------------------------------------------------------------------------------
 
     @property
+    def has_backlog(self) -> bool:
+        """A cheap test of whether :attr:`backlog` may be non-zero."""
+        return bool(self._orphans) or (self._journal is not None and self._journal.pending_events > 0)
+
+    @property
     def backlog(self) -> int:
         """Events waiting in journals for this plugin."""
         own = self._journal.pending_events if self._journal is not None else 0

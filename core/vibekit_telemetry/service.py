@@ -154,6 +154,7 @@ class TelemetryService:
         self._max_chars = self.config.max_field_bytes // 4
         reliability = self.config.reliability
         self._sinks = self._make_sinks()
+        self._sink_list = list(self._sinks.values())
         sampling = self.config.sampling or reliability.sampling
         self._thinner: Thinner | None = Thinner(sampling, reliability.rate_limit, self._record_thinned)
         if not self._thinner.active:
@@ -534,8 +535,8 @@ class TelemetryService:
         """On the flusher, before each drain: replay journaled batches, watch memory."""
         if not self._started:
             return
-        for sink in self._sinks.values():
-            if sink.backlog:
+        for sink in self._sink_list:
+            if sink.has_backlog and sink.backlog:
                 failures = sink.stats.failures
                 sink.replay()
                 self._note_sink_failures(sink, failures)
@@ -628,7 +629,7 @@ class TelemetryService:
         if hook == "query":
             for impl in reversed(self.host.impls("after_read")):
                 result = impl(events=result) or result
-        elif hook in ("get_session", "get_sessions"):
+        elif hook in ("get_session", "get_sessions") and self.host.impls("after_read_sessions"):
             single = hook == "get_session"
             sessions = [result] if single else result
             for impl in reversed(self.host.impls("after_read_sessions")):
@@ -984,6 +985,7 @@ class TelemetryService:
         Events the parent had queued stay the parent's to write, so nothing is written twice.
         """
         self._lock = threading.Lock()
+        self._counts, self._accepted, self._drops, self._thinned = Counter(), 0, Counter(), Counter()
         if self._thinner is not None:
             self._thinner = Thinner(self._thinner.sampling, self._thinner.rate_limit, self._record_thinned)
         self._streams = []

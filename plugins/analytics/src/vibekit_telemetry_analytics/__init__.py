@@ -93,6 +93,7 @@ class AnalyticsPlugin:
         self._watchers: dict[str, LikelihoodDetector] = {}
         self._watched_until: int | None = None
         self._recounted: set[str] = set()
+        self._persist_messages = True
         self.alerts: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -101,6 +102,9 @@ class AnalyticsPlugin:
     def startup(self, service: TelemetryService) -> None:
         """Open the rollup file and load what it keeps."""
         self.service = service
+        # With storage encrypted (a before_store plugin), error messages are not written to the rollup file,
+        # which is not encrypted: they stay in memory for the life of the process.
+        self._persist_messages = not service.host.impls("before_store")
         if self.config.metrics.persistence and self.config.path != ":memory:":
             path = Path(self.config.path) if self.config.path else service.data_dir / "analytics.db"
             self.file = RollupFile(path)
@@ -137,7 +141,7 @@ class AnalyticsPlugin:
             return
         dirty, self.rollups.dirty = self.rollups.dirty, set()
         try:
-            self.file.save(self.rollups, dirty, sessions=self.rollups.open_dirty)
+            self.file.save(self.rollups, dirty, sessions=self.rollups.open_dirty, messages=self._persist_messages)
             self.rollups.open_dirty = False
         except Exception:
             self.rollups.dirty |= dirty
@@ -223,8 +227,7 @@ class AnalyticsPlugin:
                     del self.rollups.levels[level][bucket]
             for bucket in range(start - start % width, end, width):
                 self.rollups.dirty.add((level, bucket))
-        impls = self.service.host.impls("query")
-        if not impls:
+        if not self.service.host.impls("query"):
             return 0
         from vibekit_telemetry import QueryFilter, encode_cursor
 
@@ -232,7 +235,8 @@ class AnalyticsPlugin:
         counted = 0
         flt = QueryFilter(since=start, until=end - 1, order="asc", limit=5000)
         while True:
-            batch = next((r for r in (impl(filter=flt) for impl in impls) if r is not None), [])
+            # through the service, so what storage holds transformed (encrypted) comes back as tracked
+            batch = self.service.query(flt)
             fresh.add(batch, self._lookup_session)
             counted += len(batch)
             if remember:

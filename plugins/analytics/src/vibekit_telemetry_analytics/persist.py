@@ -61,7 +61,7 @@ class RollupFile:
         return {name: {"type": kind, "unit": unit, "description": description}
                 for name, kind, unit, description in self.conn.execute("SELECT name, type, unit, description FROM definitions")}
 
-    def save(self, rollups: Rollups, dirty: set[tuple[str, int]], *, sessions: bool) -> None:
+    def save(self, rollups: Rollups, dirty: set[tuple[str, int]], *, sessions: bool, messages: bool = True) -> None:
         """Write the given buckets (and the open sessions when they changed) in one transaction."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -72,7 +72,7 @@ class RollupFile:
                 if by_dim:
                     conn.executemany(
                         "INSERT INTO buckets (level, bucket, dim_kind, dim, data) VALUES (?, ?, ?, ?, ?)",
-                        [(level, bucket, kind, dim, orjson.dumps(agg.to_json()).decode())
+                        [(level, bucket, kind, dim, orjson.dumps(agg.to_json(messages=messages)).decode())
                          for (kind, dim), agg in by_dim.items()])
             if sessions:
                 conn.execute("DELETE FROM open_sessions")

@@ -177,9 +177,11 @@ class Agg:
             for b, n in slot[6].items():
                 have[6][b] = have[6].get(b, 0) + n
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form (for the rollup file)."""
+    def to_json(self, *, messages: bool = True) -> dict[str, Any]:
+        """A JSON-ready form (for the rollup file); ``messages=False`` leaves error messages out."""
         out = {name: getattr(self, name) for name in self.__slots__}
+        if not messages:
+            out["messages"] = {}
         for key in ("dur", "ttft"):
             out[key] = {str(b): n for b, n in out[key].items()}
         for key in ("dur_min", "ttft_min"):
