@@ -203,10 +203,11 @@ class Pipeline:
         When this returns, every event put before the call has been written (or
         reported dropped by ``write``).
         """
-        if self._writing == threading.get_ident():
+        me = threading.get_ident()
+        if self._writing == me:
             return 0  # called from inside ``write`` (a hook that reads): the batch in hand is being written
         with self._write_lock:
-            self._writing = threading.get_ident()
+            self._writing = me
             try:
                 return self._drain_locked()
             finally:

@@ -143,6 +143,7 @@ class TelemetryService:
         self._memory_checked = 0.0
         self._memory_high = False
         self._started = False
+        self._read_cache = self._read_decoders = False
         self._plugin_stats: dict[str, _PluginStats] = {}
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
@@ -173,6 +174,9 @@ class TelemetryService:
             spill_dir=self.buffer_dir / "_spill",
             spill_limits=(max(reliability.buffer_size, self.config.max_queue_size), reliability.buffer_max_bytes),
         )
+        # read-path plugins, looked up once: most services have neither a cache nor a storage transform
+        self._read_cache = bool(self.host.impls("cache_lookup"))
+        self._read_decoders = bool(self.host.impls("after_read") or self.host.impls("after_read_sessions"))
         self._start_plugins()
         self._started = True  # from now on the flusher may replay journals into the started plugins
         _live_services.add(self)
@@ -613,15 +617,23 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         self.flush()
-        if not self.host.impls(hook):
+        impls = self.host.impls(hook)
+        if not impls:
             raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
-        cached, key = self._cache_lookup(hook, kwargs)
-        if key is not None and cached is not None:
-            return cached
-        _, result = self.host.first(hook, **kwargs)
-        if result is not None:
+        key = None
+        if self._read_cache:
+            cached, key = self._cache_lookup(hook, kwargs)
+            if key is not None and cached is not None:
+                return cached
+        result = None
+        for impl in impls:
+            result = impl(**kwargs)
+            if result is not None:
+                break
+        if result is not None and self._read_decoders:
             result = self._decode(hook, result)
-        self._cache_store(hook, key, kwargs, result)
+        if key is not None:
+            self._cache_store(hook, key, kwargs, result)
         return result
 
     def _decode(self, hook: str, result: Any) -> Any:
