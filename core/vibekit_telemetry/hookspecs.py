@@ -96,7 +96,7 @@ def after_store(events: list[TelemetryEvent]) -> None:
 
 @hookspec
 def before_store(events: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
-    """Transform a batch on its way to storage (after ``after_store`` saw it in the clear); a chain.
+    """Transform a batch on its way to storage; a chain (``after_store`` later gets the original batch).
 
     Return the transformed batch (same length, same ids) or ``None`` to leave it.
     Encryption at rest lives here, so journals and every storage plugin receive
@@ -112,6 +112,15 @@ def after_read(events: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
 @hookspec
 def after_read_sessions(sessions: list[Session]) -> list[Session] | None:
     """Transform sessions read from storage back (their prompt, metadata and last error)."""
+
+
+@hookspec
+def rewrite(events: list[TelemetryEvent]) -> int | None:
+    """Replace the stored values of events already stored, matched by id, and refresh their sessions.
+
+    Ids, types, categories and times do not change: this is for re-encrypting
+    rows under a new key and similar maintenance.  Return how many events were found.
+    """
 
 
 @hookspec

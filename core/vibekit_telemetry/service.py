@@ -206,8 +206,8 @@ class TelemetryService:
     def _on_full_policy(self) -> str:
         if self.config.on_full == "spill" and self.host.impls("before_store"):
             # the spill file holds events before before_store (encryption) sees them: never put those on disk
-            log.warning("on_full = 'spill' is replaced by 'block' because %s transforms events before storage",
-                        ", ".join(impl.plugin for impl in self.host.impls("before_store")))
+            log.info("on_full = 'spill' is replaced by 'block' because %s transforms events before storage",
+                     ", ".join(impl.plugin for impl in self.host.impls("before_store")))
             return "block"
         return self.config.on_full
 

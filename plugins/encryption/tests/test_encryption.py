@@ -127,3 +127,39 @@ def test_encryption_never_spills_plaintext_to_disk(in_tmp):
     with _service(secrets.token_hex(32)) as t:
         assert t._pipeline._on_full == "block"
     assert Path(in_tmp / ".vibekit").exists()
+
+
+def test_rotation_re_encrypts_old_and_plaintext_rows_resumably(in_tmp):
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+    with TelemetryService() as t:  # rows stored before encryption was turned on
+        t.track({"category": "legacy", "prompt": "plain old secret", "metadata": {"note": "plain note"}})
+    with _service(first) as t:
+        sids = [_record(t) for _ in range(6)]
+    with _service(second, old_keys=[first]) as t:
+        plugin = t.host.meta["encryption"]["object"]
+        partial = plugin.rotate(t, batch=5, max_batches=2)
+        assert partial["finished"] is False and (in_tmp / ".vibekit" / "encryption.rotation").exists()
+        done = plugin.rotate(t, batch=5)
+        assert done["finished"] is True and partial["rewritten"] + done["rewritten"] == 19  # end events carry no text
+        assert not (in_tmp / ".vibekit" / "encryption.rotation").exists()
+    with _service(second) as t:  # the old key is gone from the configuration: everything still reads
+        assert t.query(category="legacy")[0].prompt == "plain old secret"
+        assert all(t.get_session(sid).prompt == SECRET_PROMPT for sid in sids)
+        assert t.query(session_id=sids[0], event_type="start")[0].metadata["note"] == "private note"
+    raw = b"".join(p.read_bytes() for p in (in_tmp / ".vibekit").rglob("*.db*"))
+    assert b"plain old secret" not in raw and b"plain note" not in raw
+    assert f"enc:v1:{key_id(bytes.fromhex(first))}".encode() not in raw
+
+
+def test_keys_rotate_command(in_tmp):
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+    with _service(first) as t:
+        sid = _record(t)
+    (in_tmp / "telemetry.toml").write_text(
+        f'[security.encryption]\nenabled = true\nkey = "{second}"\nold_keys = ["{first}"]\n')
+    result = subprocess.run([sys.executable, "-m", "vibekit_telemetry", "keys", "rotate"], capture_output=True,
+                            text=True, cwd=in_tmp)
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 3 " in result.stdout  # start, stream and error; the end event has no text
+    with _service(second) as t:
+        assert t.get_session(sid).prompt == SECRET_PROMPT

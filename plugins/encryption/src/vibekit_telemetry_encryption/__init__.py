@@ -244,6 +244,58 @@ class EncryptionPlugin:
             out.append(attrs.evolve(session, **changes) if changes else session)
         return out
 
+    # -- rotation ------------------------------------------------------------------------------
+
+    def _stale(self, event: TelemetryEvent) -> bool:
+        """Whether a stored event holds a sensitive value not encrypted with the current key."""
+        prefix = f"{PREFIX}{self.keyring.current_id}:"  # type: ignore[union-attr]
+        fields = event.__dict__
+        for name in TEXT_FIELDS:
+            value = fields[name]
+            if value and not value.startswith(prefix):
+                return True
+        return self.config.encrypt_metadata and _any_string(fields["metadata"], lambda v: not v.startswith(prefix))
+
+    def rotate(self, service: TelemetryService, *, batch: int = 500, max_batches: int | None = None) -> dict[str, Any]:
+        """Re-encrypt every stored event (and its session) that is not under the current key, resumably.
+
+        Rows under an old key (which must be in ``old_keys``) and rows stored before encryption was on are
+        rewritten with the current key through the storage plugins' ``rewrite`` hook.  Progress is kept in
+        ``<data_dir>/encryption.rotation``, so an interrupted rotation continues where it stopped.
+        """
+        from vibekit_telemetry import QueryFilter, encode_cursor
+
+        keyring = self.keyring
+        assert keyring is not None
+        if not service.host.impls("rewrite"):
+            raise TelemetryError("no storage plugin can rewrite stored rows (the rewrite hook); nothing was changed")
+        marker = service.data_dir / "encryption.rotation"
+        cursor = marker.read_text().strip() or None if marker.exists() else None
+        service.flush()
+        flt = QueryFilter(order="asc", limit=batch, cursor=cursor)
+        scanned = rewritten = batches = 0
+        while True:
+            _, events = service.host.first("query", filter=flt)
+            events = events or []
+            scanned += len(events)
+            stale = [e for e in events if self._stale(e)]
+            if stale:
+                opened = self.after_read(stale)  # decrypt with whichever key made them (old rows may be plaintext)
+                fresh = self.before_store(opened)
+                service.host.each("rewrite", _raise, events=fresh)
+                rewritten += len(fresh)
+            if len(events) < batch:
+                break
+            cursor = encode_cursor(events[-1])
+            marker.write_text(cursor + "\n")
+            flt = attrs.evolve(flt, cursor=cursor)
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                return {"scanned": scanned, "rewritten": rewritten, "finished": False, "key_id": keyring.current_id}
+        marker.unlink(missing_ok=True)
+        service.host.each("cache_invalidate", _raise, hooks=None)
+        return {"scanned": scanned, "rewritten": rewritten, "finished": True, "key_id": keyring.current_id}
+
     @hookimpl
     def health(self) -> dict[str, Any]:
         """The current key id and counts (never a key)."""
@@ -254,7 +306,7 @@ class EncryptionPlugin:
     @staticmethod
     @hookimpl
     def register_commands(cli: click.Group) -> None:
-        """``telemetry keys generate``."""
+        """``telemetry keys generate`` and ``telemetry keys rotate``."""
         import click
 
         @cli.group(name="keys")
@@ -262,8 +314,41 @@ class EncryptionPlugin:
             """Encryption keys for the encryption plugin."""
 
         @keys.command()
+        @click.option("--batch", default=500, show_default=True, help="Events re-encrypted per transaction.")
+        @click.pass_context
+        def rotate(ctx: click.Context, batch: int) -> None:
+            """Re-encrypt stored rows under the current key (list the old key in old_keys first); resumable."""
+            from vibekit_telemetry import TelemetryService
+
+            state = ctx.find_root().obj
+            with TelemetryService(getattr(state, "config_path", None)) as service:
+                plugin = service.host.meta.get("encryption", {}).get("object")
+                if plugin is None:
+                    raise click.ClickException("encryption is not enabled in this configuration")
+                try:
+                    result = plugin.rotate(service, batch=batch)
+                except TelemetryError as exc:
+                    raise click.ClickException(str(exc)) from None
+            click.echo(f"scanned {result['scanned']:,} events, re-encrypted {result['rewritten']:,} "
+                       f"under key {result['key_id']}")
+
+        @keys.command()
         def generate() -> None:
             """Print a new random 256-bit key (64 hex characters) and its key id."""
             key = secrets.token_bytes(32)
             click.echo(key.hex())
             click.echo(f"key id: {key_id(key)}  (export {KEY_ENV}=<the key above>)", err=True)
+
+
+def _any_string(value: Any, test: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value) and test(value)
+    if isinstance(value, Mapping):
+        return any(_any_string(v, test) for v in value.values())
+    if isinstance(value, list):
+        return any(_any_string(v, test) for v in value)
+    return False
+
+
+def _raise(plugin: str, exc: BaseException) -> None:
+    raise exc

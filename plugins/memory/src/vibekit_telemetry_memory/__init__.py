@@ -48,6 +48,20 @@ class MemoryStorage:
         self.evicted = 0
 
     @hookimpl
+    def rewrite(self, events: list[TelemetryEvent]) -> int:
+        """Replace held events by id and recompute their sessions."""
+        with self._lock:
+            new = {e.id: e for e in events if e.id in self._ids}
+            if not new:
+                return 0
+            self._events = [new.get(e.id, e) for e in self._events]
+            sids = {e.session_id for e in new.values() if e.session_id}
+            for sid in sids:
+                folded = summarize_sessions([e for e in self._events if e.session_id == sid], {})
+                self._sessions.update(folded)
+            return len(new)
+
+    @hookimpl
     def store(self, events: list[TelemetryEvent]) -> None:
         """Keep new events in time order; ids already held are ignored."""
         with self._lock:

@@ -377,6 +377,49 @@ class SQLiteStorage:
                 fresh.append(event)
         return fresh
 
+    @hookimpl
+    def rewrite(self, events: list[TelemetryEvent]) -> int:
+        """Replace the text fields and metadata of stored events (by id), keep the text index right, and
+        recompute their sessions from their stored events, in one transaction."""
+        columns = ("prompt", "stream_data", "label", "error_message", "error_stack", "metadata")
+        positions = [EVENT_COLUMNS.index(c) for c in columns]
+        found = 0
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("the sqlite storage is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                indexed = conn.execute("SELECT indexed_seq FROM fts_state WHERE id = 1").fetchone()[0]
+                for event in events:
+                    old = conn.execute("SELECT seq, prompt, stream_data FROM events WHERE id = ?", [event.id]).fetchone()
+                    if old is None:
+                        continue
+                    seq, old_prompt, old_stream = old
+                    in_index = seq <= indexed
+                    if in_index and (old_prompt is not None or old_stream is not None):
+                        conn.execute("INSERT INTO events_fts (events_fts, rowid, prompt, stream_data) "
+                                     "VALUES ('delete', ?, ?, ?)", [seq, old_prompt, old_stream])
+                    row = event_row(event)
+                    conn.execute(f"UPDATE events SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?",
+                                 [*(row[i] for i in positions), seq])
+                    if in_index and (event.prompt is not None or event.stream_data is not None):
+                        conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) VALUES (?, ?, ?)",
+                                     [seq, event.prompt, event.stream_data])
+                    found += 1
+                for sid in {e.session_id for e in events if e.session_id}:
+                    stored = [_event_from_row(r) for r in conn.execute(
+                        f"{_SELECT_EVENT} WHERE session_id = ? ORDER BY timestamp, seq", [sid])]
+                    summary = summarize_sessions(stored, {}).get(sid)
+                    if summary is not None:
+                        conn.execute(_UPSERT_SESSION, _session_row(summary))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._explain(exc) from exc
+        return found
+
     def _update_sessions(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> None:
         sids = list({e.session_id for e in events if e.session_id})
         if not sids:
