@@ -110,8 +110,8 @@ def test_seed_style_config_works_unchanged(in_tmp):
 
 
 def test_section_enabling_a_missing_plugin_fails_early(in_tmp):
-    with pytest.raises(Exception, match=r"unknown plugin 'audit'.*pip install vibekit-telemetry-audit"):
-        TelemetryService(security={"audit": {"enabled": True}})
+    with pytest.raises(Exception, match=r"unknown plugin 'compliance'.*pip install vibekit-telemetry-compliance"):
+        TelemetryService(security={"compliance": {"enabled": True}})
 
 
 def test_out_of_range_values_name_the_key(in_tmp):

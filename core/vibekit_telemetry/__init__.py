@@ -9,7 +9,7 @@
 
 from .batcher import Batcher
 from .builder import EventBuilder
-from .config import LoadedConfig, PluginSpec, StorageConfig, TelemetryConfig, load_config
+from .config import LoadedConfig, PluginSpec, StorageConfig, TelemetryConfig, load_config, redact_secrets
 from .errors import (
     ConfigError,
     InvalidEventError,
@@ -41,6 +41,8 @@ from .service import (
     HealthStatus,
     SessionScope,
     TelemetryService,
+    acting_as,
+    current_actor,
     current_session_id,
     install_signal_handlers,
 )
@@ -79,6 +81,8 @@ __all__ = [
     "current_session_id",
     "decode_cursor",
     "encode_cursor",
+    "acting_as",
+    "current_actor",
     "format_ms",
     "install_signal_handlers",
     "hookimpl",
@@ -86,6 +90,7 @@ __all__ = [
     "new_id",
     "search_words",
     "now_ms",
+    "redact_secrets",
     "span_ms",
     "time_range",
     "summarize_sessions",

@@ -256,6 +256,20 @@ def cache_invalidate(hooks: list[str] | None) -> None:
 
 
 @hookspec
+def audit(action: str, target: str, actor: str, details: dict[str, Any]) -> None:
+    """Record that ``actor`` did ``action`` to ``target`` (``details`` say how): an audit trail plugin keeps it.
+
+    The service calls it for clean, export, key rotation, custom metric definitions
+    and configuration changes; plugins call ``service.audit(...)`` for their own.
+    """
+
+
+@hookspec(firstresult=True)
+def get_audit_logs(action: str | None, since: int | None, limit: int) -> list[dict[str, Any]] | None:
+    """Return audit entries, newest first, optionally of one action and after ``since`` (epoch ms)."""
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``telemetry`` command line.
 

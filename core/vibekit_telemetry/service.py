@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import io
 import logging
@@ -47,6 +48,7 @@ from .reliability import GuardedSink, ReliabilityConfig
 from .sampling import Thinner
 from .streams import EventStream
 from .times import now_ms, span_ms
+from .times import to_ms as _to_ms
 from .times import time_range as _time_range
 
 log = logging.getLogger("vibekit_telemetry.service")
@@ -56,6 +58,33 @@ _current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("v
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
 _SHORT = frozenset({int, float, bool, type(None)})
 _SNAKE = {"sessionId": "session_id", "streamData": "stream_data"}
+
+
+_current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_actor", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Within the block, audit entries name ``actor`` (an API key's name, a user) instead of the OS user."""
+    token = _current_actor.set(actor)
+    try:
+        yield
+    finally:
+        _current_actor.reset(token)
+
+
+def current_actor() -> str:
+    """Who audit entries name now: the actor of the innermost ``acting_as`` block, or the OS user."""
+    return _current_actor.get() or _os_user()
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment (some containers)
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def current_session_id() -> str | None:
@@ -752,6 +781,9 @@ class TelemetryService:
         errors: list[str] = []
         results = self.host.each("clean", lambda name, exc: errors.append(f"{name}: {exc}"), before=before)
         self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
+        deleted = max((r for _, r in results if r is not None), default=0)
+        self.audit("delete", "events", {"reason": "clean", "retention_days": retention_days, "before": before,
+                                        "deleted": deleted, "errors": errors})
         if errors:
             raise StorageError("clean failed in " + "; ".join(errors))
         return max((r for _, r in results if r is not None), default=0)
@@ -779,14 +811,20 @@ class TelemetryService:
         count is returned; without, the exported bytes are returned.
         """
         events = self.iter_events(filter)
+        details = {"format": format, "filter": repr(filter) if filter is not None else None,
+                   "output": str(output) if isinstance(output, (str, os.PathLike)) else None}
         if output is None:
             buffer = io.BytesIO()
-            self._export_to(format, events, buffer, options)
+            count = self._export_to(format, events, buffer, options)
+            self.audit("export", "events", {**details, "count": count})
             return buffer.getvalue()
         if isinstance(output, (str, os.PathLike)):
             with open(output, "wb") as fh:
-                return self._export_to(format, events, fh, options)
-        return self._export_to(format, events, output, options)
+                count = self._export_to(format, events, fh, options)
+        else:
+            count = self._export_to(format, events, output, options)
+        self.audit("export", "events", {**details, "count": count})
+        return count
 
     def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int:
         for impl in self.host.impls("export"):
@@ -845,6 +883,7 @@ class TelemetryService:
         if not name or not isinstance(name, str):
             raise ValueError("a metric needs a name")
         definition = self._analytics("define_metric", name=name, type=type, unit=unit, description=description)
+        self.audit("update", f"metric:{name}", {"type": type, "unit": unit, "description": description})
         self.host.each("cache_invalidate", self._plugin_failure, hooks=["get_metrics", "get_insights", "metric_series"])
         return definition
 
@@ -866,6 +905,29 @@ class TelemetryService:
         for metric in metrics:
             found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity))
         return found
+
+    def audit(self, action: str, target: str, details: Mapping[str, Any] | None = None, *,
+              actor: str | None = None) -> None:
+        """Tell audit plugins that ``actor`` (default: the current actor) did ``action`` to ``target``.
+
+        The actor is what ``acting_as(...)`` set in this context (the API server sets the API key's name),
+        or else the operating-system user.  Audit failures are logged and counted, never raised.
+        """
+        if not self.host.impls("audit"):
+            return
+        who = actor or current_actor()
+        self.host.each("audit", self._plugin_failure, action=action, target=target, actor=who,
+                       details=dict(details or {}))
+
+    def get_audit_logs(self, action: str | None = None, since: Any = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Audit entries, newest first (needs an audit plugin)."""
+        since_ms = None if since is None else _to_ms(since)
+        for impl in self.host.impls("get_audit_logs"):
+            result = impl(action=action, since=since_ms, limit=limit)
+            if result is not None:
+                return result
+        raise PluginError("no installed plugin keeps an audit trail: enable security.audit "
+                          "(pip install 'vibekit-telemetry[audit]')")
 
     def create_batcher(self, batch_size: int = 100, flush_interval: int = 1000, max_retries: int = 3) -> Batcher:
         """A :class:`Batcher` that hands events over in batches (``flush_interval`` in ms)."""

@@ -128,8 +128,11 @@ class EncryptionPlugin:
     def __init__(self, config: EncryptionPlugin.Config | None = None) -> None:
         self.config = config or EncryptionPlugin.Config()
         self.keyring: Keyring | None = None
-        if self.config.key is not None or os.environ.get(KEY_ENV):
-            self.keyring = self._keyring(self.config.key or os.environ[KEY_ENV], "security.encryption.key")
+        # the configuration wins (a key, then a passphrase, derived at startup); the environment is the default
+        if self.config.key is not None:
+            self.keyring = self._keyring(self.config.key, "security.encryption.key")
+        elif self.config.passphrase is None and os.environ.get(KEY_ENV):
+            self.keyring = self._keyring(os.environ[KEY_ENV], KEY_ENV)
         elif self.config.passphrase is None:
             raise ConfigError(f"encryption is enabled but there is no key: set {KEY_ENV} (64 hex characters, "
                               "`telemetry keys generate` makes one), security.encryption.key, or a passphrase")
@@ -294,6 +297,8 @@ class EncryptionPlugin:
                 return {"scanned": scanned, "rewritten": rewritten, "finished": False, "key_id": keyring.current_id}
         marker.unlink(missing_ok=True)
         service.host.each("cache_invalidate", _raise, hooks=None)
+        service.audit("rotate", "encryption keys", {"key_id": keyring.current_id, "scanned": scanned,
+                                                     "rewritten": rewritten})
         return {"scanned": scanned, "rewritten": rewritten, "finished": True, "key_id": keyring.current_id}
 
     @hookimpl
