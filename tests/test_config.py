@@ -109,9 +109,13 @@ def test_seed_style_config_works_unchanged(in_tmp):
     assert (in_tmp / "seed.db").is_file()
 
 
-def test_section_enabling_a_missing_plugin_fails_early(in_tmp):
-    with pytest.raises(Exception, match=r"unknown plugin 'compliance'.*pip install vibekit-telemetry-compliance"):
-        TelemetryService(security={"compliance": {"enabled": True}})
+def test_section_enabling_a_missing_plugin_fails_early(in_tmp, monkeypatch):
+    from vibekit_telemetry import config
+
+    # every section's plugin is installed in the workspace: point one at a plugin that is not
+    monkeypatch.setitem(config.SECTION_PLUGINS, ("security", "pii"), "pii-pro")
+    with pytest.raises(Exception, match=r"unknown plugin 'pii-pro'.*pip install vibekit-telemetry-pii-pro"):
+        TelemetryService(security={"pii": {"enabled": True}})
 
 
 def test_out_of_range_values_name_the_key(in_tmp):

@@ -23,6 +23,7 @@ def test_redaction_encryption_analytics_and_cache_together(in_tmp):
         first = t.query(event_type="start", limit=1)[0]
         assert t.query(event_type="start", limit=1)[0] == first  # a cache hit, decrypted the same
     assert list(metrics.by_model) == ["gpt-4o"] and metrics.tokens.input == 500
+    assert metrics.redactions == {"EMAIL": 5}  # counted in metrics, never the values
     assert first.prompt.startswith("mail [REDACTED_EMAIL]")
     raw = b"".join(p.read_bytes() for p in (in_tmp / ".vibekit").rglob("*.db*"))
     assert b"example.org" not in raw and b"invoice" not in raw

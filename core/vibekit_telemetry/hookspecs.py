@@ -124,6 +124,15 @@ def rewrite(events: list[TelemetryEvent]) -> int | None:
 
 
 @hookspec
+def delete(event_ids: list[str]) -> int | None:
+    """Delete these events (by id) and refresh or remove their sessions; return how many were deleted.
+
+    For erasure requests (GDPR/CCPA): everything stored about the events goes,
+    including text indexes.  Unknown ids are ignored.
+    """
+
+
+@hookspec
 def store(events: list[TelemetryEvent]) -> None:
     """Persist a batch of events (a storage plugin's main job).
 

@@ -73,6 +73,10 @@ def acting_as(actor: str) -> Iterator[None]:
         _current_actor.reset(token)
 
 
+def _reraise(plugin: str, exc: BaseException) -> None:
+    raise exc
+
+
 def current_actor() -> str:
     """Who audit entries name now: the actor of the innermost ``acting_as`` block, or the OS user."""
     return _current_actor.get() or _os_user()
@@ -883,7 +887,7 @@ class TelemetryService:
         if not name or not isinstance(name, str):
             raise ValueError("a metric needs a name")
         definition = self._analytics("define_metric", name=name, type=type, unit=unit, description=description)
-        self.audit("update", f"metric:{name}", {"type": type, "unit": unit, "description": description})
+        self.audit("create", f"metric:{name}", {"type": type, "unit": unit, "description": description})
         self.host.each("cache_invalidate", self._plugin_failure, hooks=["get_metrics", "get_insights", "metric_series"])
         return definition
 
@@ -905,6 +909,30 @@ class TelemetryService:
         for metric in metrics:
             found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity))
         return found
+
+    def rewrite(self, events: list[TelemetryEvent]) -> int:
+        """Replace stored events' values (matched by id) through ``before_store`` and the ``rewrite`` hook.
+
+        For maintenance such as anonymisation: the new values go through the same transforms (encryption)
+        as new events.  Returns how many events the first storage plugin found.
+        """
+        if not self.host.impls("rewrite"):
+            raise PluginError("no storage plugin can rewrite stored events (the rewrite hook)")
+        self.flush()
+        for impl in self.host.impls("before_store"):
+            events = impl(events=events) or events
+        found = [count for _, count in self.host.each("rewrite", _reraise, events=events)]
+        self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
+        return found[0] if found and found[0] is not None else 0
+
+    def delete(self, event_ids: list[str]) -> int:
+        """Delete events by id from every storage plugin (and fix or drop their sessions)."""
+        if not self.host.impls("delete"):
+            raise PluginError("no storage plugin can delete events by id (the delete hook)")
+        self.flush()
+        counts = [count for _, count in self.host.each("delete", _reraise, event_ids=list(event_ids))]
+        self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
+        return counts[0] if counts and counts[0] is not None else 0
 
     def audit(self, action: str, target: str, details: Mapping[str, Any] | None = None, *,
               actor: str | None = None) -> None:

@@ -306,6 +306,7 @@ class AnalyticsPlugin:
             by_model={model: breakdown(agg, ("model", model), costs[model]) for model, agg in sorted(by_model.items())},
             custom=custom,
             price_table_version=PRICE_TABLE_VERSION,
+            redactions=dict(sorted(total.redactions.items())),
         )
 
     def _category_cost(self, agg: Agg, by_model: dict[str, Agg]) -> float | None:

@@ -108,6 +108,8 @@ class Metrics:
     by_model: dict[str, Breakdown]
     custom: dict[str, CustomMetric]
     price_table_version: str
+    #: what PII redaction replaced in the window, by type (empty without the pii plugin)
+    redactions: dict[str, int] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -72,7 +72,7 @@ class Agg:
 
     __slots__ = ("events", "types", "started", "completed", "failed", "ended", "errors", "messages",
                  "dur", "dur_n", "dur_sum", "dur_min", "dur_max", "ttft", "ttft_n", "ttft_sum", "ttft_min", "ttft_max",
-                 "streams", "tokens", "failed_tokens", "custom")
+                 "streams", "tokens", "failed_tokens", "custom", "redactions")
 
     def __init__(self) -> None:
         self.events = 0
@@ -94,6 +94,8 @@ class Agg:
         self.failed_tokens = [0, 0, 0, 0, 0]
         #: custom metric name -> [count, sum, min, max, last value, last timestamp, histogram]
         self.custom: dict[str, list[Any]] = {}
+        #: what PII redaction replaced, by type (from the events' ``pii_redacted`` metadata)
+        self.redactions: dict[str, int] = {}
 
     def add_duration(self, ms: float) -> None:
         b = hist_bin(ms)
@@ -157,6 +159,8 @@ class Agg:
             self.ttft_min = min(self.ttft_min, other.ttft_min)
             self.ttft_max = max(self.ttft_max, other.ttft_max)
         self.streams += other.streams
+        for kind, n in other.redactions.items():
+            self.redactions[kind] = self.redactions.get(kind, 0) + n
         mine, theirs = self.tokens, other.tokens
         for i in range(5):
             mine[i] += theirs[i]
@@ -296,6 +300,7 @@ class Rollups:
                     state.model = model
                 self.open_dirty = True
             tally = metadata.get("sampled_out") if kind == "end" and metadata else None
+            redacted = metadata.get("pii_redacted") if metadata else None
             for agg in self._aggs(ts, dims):
                 agg.events += 1
                 agg.types[kind] = agg.types.get(kind, 0) + 1
@@ -314,6 +319,10 @@ class Rollups:
                     tokens[2] += usage.cache_read  # type: ignore[union-attr]
                     tokens[3] += usage.cache_creation  # type: ignore[union-attr]
                     tokens[4] += usage.reasoning  # type: ignore[union-attr]
+                if isinstance(redacted, dict):
+                    for rkind, n in redacted.items():
+                        if isinstance(n, int):
+                            agg.redactions[rkind] = agg.redactions.get(rkind, 0) + n
                 if category == "metrics" and e["action"] and e["value"] is not None:
                     agg.add_custom(e["action"], float(e["value"]), ts)
             if state is not None:

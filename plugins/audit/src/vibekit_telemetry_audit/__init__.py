@@ -8,7 +8,7 @@ an entry breaks the chain: ``telemetry audit verify`` walks it and names the
 first entry that does not match.
 
 What is recorded: retention cleaning (``delete``), exports (``export``), key
-rotation (``rotate``), custom metric definitions (``update``), and configuration
+rotation (``rotate``), custom metric definitions (``create``), and configuration
 changes (``config``: the redacted configuration is fingerprinted at each start
 and a change is recorded with the keys that changed).  The actor is the API
 key's name inside the API server, or else the operating-system user.

@@ -283,10 +283,8 @@ class EncryptionPlugin:
             scanned += len(events)
             stale = [e for e in events if self._stale(e)]
             if stale:
-                opened = self.after_read(stale)  # decrypt with whichever key made them (old rows may be plaintext)
-                fresh = self.before_store(opened)
-                service.host.each("rewrite", _raise, events=fresh)
-                rewritten += len(fresh)
+                # decrypt with whichever key made them (old rows may be plaintext); rewrite encrypts anew
+                rewritten += service.rewrite(self.after_read(stale))
             if len(events) < batch:
                 break
             cursor = encode_cursor(events[-1])

@@ -48,6 +48,26 @@ class MemoryStorage:
         self.evicted = 0
 
     @hookimpl
+    def delete(self, event_ids: list[str]) -> int:
+        """Forget events by id and refold or drop their sessions."""
+        with self._lock:
+            gone = set(event_ids) & self._ids
+            if not gone:
+                return 0
+            sids = {e.session_id for e in self._events if e.id in gone and e.session_id}
+            keep = [(k, e) for k, e in zip(self._keys, self._events, strict=True) if e.id not in gone]
+            self._keys = [k for k, _ in keep]
+            self._events = [e for _, e in keep]
+            self._ids -= gone
+            for sid in sids:
+                remaining = [e for e in self._events if e.session_id == sid]
+                if remaining:
+                    self._sessions.update(summarize_sessions(remaining, {}))
+                else:
+                    self._sessions.pop(sid, None)
+            return len(gone)
+
+    @hookimpl
     def rewrite(self, events: list[TelemetryEvent]) -> int:
         """Replace held events by id and recompute their sessions."""
         with self._lock:

@@ -35,7 +35,8 @@ DEFAULT_SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "api_key"
                        "authorization", "auth", "credential", "private_key", "access_key", "session_key", "cookie")
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
 _TAIL = re.compile(r"\S+\Z")
-COUNTS_KEY = "pii_redactions"
+COUNTS_KEY = "pii_redactions"  # the session's running totals (the session's metadata ends with its totals)
+EVENT_COUNTS_KEY = "pii_redacted"  # this event's own counts (analytics sums these)
 
 
 @attrs.frozen
@@ -107,6 +108,7 @@ class PIIRedactor:
             if cleaned is not metadata:
                 changes["metadata"] = cleaned
         if counts:
+            own = dict(counts)
             with self._lock:
                 _add(self.totals, counts)
                 if sid is not None:
@@ -116,7 +118,7 @@ class PIIRedactor:
                     if len(self._session_counts) > self.config.max_sessions:
                         self._session_counts.popitem(last=False)
                     counts = dict(running)
-            changes["metadata"] = {**changes.get("metadata", metadata), COUNTS_KEY: counts}
+            changes["metadata"] = {**changes.get("metadata", metadata), COUNTS_KEY: counts, EVENT_COUNTS_KEY: own}
         if kind == "end" and sid is not None:
             with self._lock:
                 self._session_counts.pop(sid, None)
@@ -142,7 +144,8 @@ class PIIRedactor:
     def _is_secret_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
         if known is None:
-            known = self._secret_key is not None and key != COUNTS_KEY and bool(self._secret_key.search(key))
+            known = self._secret_key is not None and key not in (COUNTS_KEY, EVENT_COUNTS_KEY) \
+                and bool(self._secret_key.search(key))
             if len(self._key_cache) < 10_000:
                 self._key_cache[key] = known
         return known

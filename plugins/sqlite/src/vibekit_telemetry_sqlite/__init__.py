@@ -420,6 +420,37 @@ class SQLiteStorage:
                 raise self._explain(exc) from exc
         return found
 
+    @hookimpl
+    def delete(self, event_ids: list[str]) -> int:
+        """Delete events by id (their text index entries go with them) and refold or drop their sessions."""
+        deleted = 0
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("the sqlite storage is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                sids: set[str] = set()
+                for start in range(0, len(event_ids), _IN_CHUNK):
+                    chunk = event_ids[start : start + _IN_CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    sids.update(r[0] for r in conn.execute(
+                        f"SELECT DISTINCT session_id FROM events WHERE id IN ({marks}) AND session_id IS NOT NULL", chunk))
+                    deleted += conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk).rowcount
+                for sid in sids:
+                    remaining = [_event_from_row(r) for r in conn.execute(
+                        f"{_SELECT_EVENT} WHERE session_id = ? ORDER BY timestamp, seq", [sid])]
+                    if remaining:
+                        conn.execute(_UPSERT_SESSION, _session_row(summarize_sessions(remaining, {})[sid]))
+                    else:
+                        conn.execute("DELETE FROM sessions WHERE id = ?", [sid])
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._explain(exc) from exc
+        return deleted
+
     def _update_sessions(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> None:
         sids = list({e.session_id for e in events if e.session_id})
         if not sids:

@@ -1,0 +1,263 @@
+"""The ``compliance`` plugin: GDPR and CCPA duties over the stored telemetry.
+
+``[compliance] enabled = true, regulations = ["gdpr", "ccpa"], retention_days = 90`` (or
+``CompliancePlugin(regulations=["gdpr", "ccpa"], retention_days=90)`` in ``plugins=[...]``):
+
+* **Retention**: events older than ``retention_days`` are deleted on a schedule (checked every
+  ``check_interval``), through ``telemetry.clean`` so analytics and the audit trail follow.
+* **Anonymisation**: events older than ``anonymize_after`` days lose their free text (prompt,
+  streamed text, label, error message and stack) and the metadata keys that identify a user
+  (``user_keys``), rewritten in place through the storage plugins' ``rewrite`` hook.
+* **Erasure** (right to be forgotten): ``erase_user(user_id)`` / ``telemetry compliance erase --user-id U``
+  deletes every event whose metadata names the user under one of ``user_keys``, and every other event of
+  their sessions.
+* **Access**: ``export_user(user_id, output)`` / ``telemetry compliance export --user-id U`` writes the
+  user's events and sessions as JSON lines.
+* **Minimisation**: ``exclude_fields`` (``prompt``, ``metadata.ip`` ...) are dropped before an event is
+  queued; ``include_only`` keeps only the listed metadata keys.
+
+Each of these actions is recorded in the audit trail when the audit plugin is on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+import attrs
+import orjson
+
+from vibekit_telemetry import ConfigError, Session, TelemetryEvent, hookimpl, now_ms, span_ms
+
+if TYPE_CHECKING:
+    import click
+
+    from vibekit_telemetry import TelemetryService
+
+__all__ = ["CompliancePlugin"]
+
+TEXT_FIELDS = ("prompt", "stream_data", "label", "error_message", "error_stack")
+_TOP_LEVEL = frozenset((*TEXT_FIELDS, "action", "agent", "mode", "parent_session_id"))
+
+
+class CompliancePlugin:
+    """Retention, anonymisation, erasure, access and minimisation."""
+
+    name = "compliance"
+
+    @attrs.frozen
+    class Config:
+        """Options of ``[compliance]`` (or ``[security.compliance]``)."""
+
+        regulations: tuple[Literal["gdpr", "ccpa"], ...] = ("gdpr",)
+        retention_days: float | None = None
+        anonymize_after: float | None = None
+        user_keys: tuple[str, ...] = ("user_id", "user", "userId", "email", "customer_id", "account_id")
+        exclude_fields: tuple[str, ...] = ()
+        include_only: tuple[str, ...] | None = None
+        check_interval: str = "1h"
+
+        def __attrs_post_init__(self) -> None:
+            for name in self.exclude_fields:
+                if name not in _TOP_LEVEL and not name.startswith("metadata."):
+                    raise ConfigError(f"exclude_fields: {name!r} is not a droppable field "
+                                      f"({', '.join(sorted(_TOP_LEVEL))} or metadata.<key>)")
+            if self.anonymize_after is not None and self.retention_days is not None \
+                    and self.anonymize_after >= self.retention_days:
+                raise ConfigError("anonymize_after must be shorter than retention_days")
+
+    def __init__(self, config: CompliancePlugin.Config | None = None, **options: Any) -> None:
+        if options:
+            config = attrs.evolve(config or CompliancePlugin.Config(),
+                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        self.config = config or CompliancePlugin.Config()
+        self.service: TelemetryService | None = None
+        self._metadata_drop = {f.split(".", 1)[1] for f in self.config.exclude_fields if f.startswith("metadata.")}
+        self._field_drop = {f: None for f in self.config.exclude_fields if not f.startswith("metadata.")}
+        self._keep = set(self.config.include_only) if self.config.include_only is not None else None
+        self._last_check = 0.0
+        self._check_every = span_ms(self.config.check_interval) / 1000
+        self._busy = threading.Lock()
+        self.stats = {"minimised": 0, "anonymised": 0, "erased": 0, "retention_runs": 0}
+
+    @hookimpl
+    def startup(self, service: TelemetryService) -> None:
+        """Remember the service for the scheduled work."""
+        self.service = service
+
+    # -- minimisation --------------------------------------------------------------------------
+
+    @hookimpl
+    def before_track(self, event: TelemetryEvent) -> TelemetryEvent:
+        """Drop the excluded fields and metadata keys before the event is queued."""
+        if not (self._field_drop or self._metadata_drop or self._keep is not None):
+            return event
+        changes: dict[str, Any] = {k: None for k in self._field_drop if event.__dict__[k] is not None}
+        metadata = event.metadata
+        if metadata and (self._metadata_drop or self._keep is not None):
+            kept = {k: v for k, v in metadata.items()
+                    if k not in self._metadata_drop and (self._keep is None or k in self._keep)}
+            if len(kept) != len(metadata):
+                changes["metadata"] = kept
+        if not changes:
+            return event
+        self.stats["minimised"] += 1
+        return attrs.evolve(event, **changes)
+
+    # -- scheduled retention and anonymisation ---------------------------------------------------
+
+    @hookimpl
+    def idle(self) -> None:
+        """Every ``check_interval``: apply retention, then anonymise a chunk of old events."""
+        if time.monotonic() - self._last_check < self._check_every or self.service is None:
+            return
+        self._last_check = time.monotonic()
+        threading.Thread(target=self.run_schedule, name="vibekit-telemetry-compliance", daemon=True).start()
+
+    def run_schedule(self) -> dict[str, int]:
+        """Apply retention and anonymisation now (the schedule calls this; so can you)."""
+        assert self.service is not None
+        done = {"deleted": 0, "anonymised": 0}
+        if not self._busy.acquire(blocking=False):
+            return done
+        try:
+            if self.config.retention_days is not None:
+                done["deleted"] = self.service.clean(self.config.retention_days)
+                self.stats["retention_runs"] += 1
+            if self.config.anonymize_after is not None:
+                done["anonymised"] = self.anonymise(now_ms() - int(self.config.anonymize_after * 86_400_000))
+        finally:
+            self._busy.release()
+        return done
+
+    def anonymise(self, before: int) -> int:
+        """Strip free text and user identifiers from every event older than ``before`` (epoch ms)."""
+        assert self.service is not None
+        changed = 0
+        batch: list[TelemetryEvent] = []
+        for event in self.service.iter_events(until=before - 1):
+            stripped = self._stripped(event)
+            if stripped is not None:
+                batch.append(stripped)
+            if len(batch) >= 500:
+                changed += self.service.rewrite(batch)
+                batch = []
+        if batch:
+            changed += self.service.rewrite(batch)
+        if changed:
+            self.stats["anonymised"] += changed
+            self.service.audit("anonymize", "events", {"before": before, "events": changed,
+                                                        "regulations": list(self.config.regulations)})
+        return changed
+
+    def _stripped(self, event: TelemetryEvent) -> TelemetryEvent | None:
+        fields = event.__dict__
+        changes: dict[str, Any] = {name: None for name in TEXT_FIELDS if fields[name] is not None}
+        metadata = fields["metadata"]
+        if metadata and any(k in metadata for k in self.config.user_keys):
+            changes["metadata"] = {k: v for k, v in metadata.items() if k not in self.config.user_keys}
+        return attrs.evolve(event, **changes) if changes else None
+
+    # -- the data subject's rights -----------------------------------------------------------------
+
+    def _user_events(self, user_id: str) -> tuple[list[TelemetryEvent], set[str]]:
+        """The user's events: those naming them, and every event of their sessions."""
+        assert self.service is not None
+        naming = [e for e in self.service.iter_events() if self._names(e, user_id)]
+        sessions = {e.session_id for e in naming if e.session_id}
+        ids = {e.id for e in naming}
+        events = list(naming)
+        if sessions:
+            for event in self.service.iter_events(session_ids=sorted(sessions)):
+                if event.id not in ids:
+                    events.append(event)
+                    ids.add(event.id)
+        events.sort(key=lambda e: (e.timestamp, e.id))
+        return events, sessions
+
+    def _names(self, event: TelemetryEvent, user_id: str) -> bool:
+        metadata = event.metadata
+        return bool(metadata) and any(str(metadata.get(k)) == user_id for k in self.config.user_keys if k in metadata)
+
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything stored about ``user_id``; return how many events and sessions went."""
+        assert self.service is not None
+        events, sessions = self._user_events(user_id)
+        deleted = self.service.delete([e.id for e in events]) if events else 0
+        self.stats["erased"] += deleted
+        self.service.audit("erase", f"user:{user_id}", {"events": deleted, "sessions": len(sessions),
+                                                         "regulations": list(self.config.regulations)})
+        return {"events": deleted, "sessions": len(sessions)}
+
+    def export_user(self, user_id: str, output: BinaryIO) -> dict[str, int]:
+        """Write the user's events and sessions to ``output`` as JSON lines (``{"type": ..., ...}``)."""
+        assert self.service is not None
+        events, sessions = self._user_events(user_id)
+        for record in self._records(events, sessions):
+            output.write(orjson.dumps(record) + b"\n")
+        self.service.audit("access", f"user:{user_id}", {"events": len(events), "sessions": len(sessions)})
+        return {"events": len(events), "sessions": len(sessions)}
+
+    def _records(self, events: list[TelemetryEvent], sessions: set[str]) -> Iterator[dict[str, Any]]:
+        assert self.service is not None
+        for sid in sorted(sessions):
+            session: Session | None = self.service.get_session(sid)
+            if session is not None:
+                yield {"type": "session", **session.to_dict()}
+        for event in events:
+            yield {"type": "event", **event.to_dict()}
+
+    @hookimpl
+    def health(self) -> dict[str, Any]:
+        """What the plugin did, and its settings."""
+        return {"healthy": True, "issues": [], "regulations": list(self.config.regulations),
+                "retention_days": self.config.retention_days, "anonymize_after": self.config.anonymize_after,
+                **self.stats}
+
+    @staticmethod
+    @hookimpl
+    def register_commands(cli: click.Group) -> None:
+        """``telemetry compliance erase|export --user-id U``."""
+        import click
+
+        def service_for(ctx: click.Context) -> Any:
+            from vibekit_telemetry import TelemetryService
+
+            state = ctx.find_root().obj
+            service = TelemetryService(getattr(state, "config_path", None), compliance={"enabled": True})
+            ctx.call_on_close(service.shutdown)
+            return service, service.host.meta["compliance"]["object"]
+
+        @cli.group(name="compliance")
+        def compliance() -> None:
+            """GDPR/CCPA: erase or export everything about a user."""
+
+        @compliance.command()
+        @click.option("--user-id", required=True, help="The user id, as events carry it in their metadata.")
+        @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+        @click.pass_context
+        def erase(ctx: click.Context, user_id: str, yes: bool) -> None:
+            """Delete every event that names the user, and the rest of their sessions."""
+            if not yes:
+                click.confirm(f"Delete everything stored about user {user_id!r}?", abort=True)
+            _, plugin = service_for(ctx)
+            result = plugin.erase_user(user_id)
+            click.echo(f"erased {result['events']:,} events in {result['sessions']:,} sessions of user {user_id}")
+
+        @compliance.command(name="export")
+        @click.option("--user-id", required=True)
+        @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="A file (default: standard output).")
+        @click.pass_context
+        def export_command(ctx: click.Context, user_id: str, output: Path | None) -> None:
+            """Write the user's events and sessions as JSON lines (right of access)."""
+            _, plugin = service_for(ctx)
+            if output is None:
+                plugin.export_user(user_id, click.get_binary_stream("stdout"))
+                return
+            with output.open("wb") as fh:
+                result = plugin.export_user(user_id, fh)
+            click.echo(f"wrote {result['events']:,} events and {result['sessions']:,} sessions to {output}", err=True)
