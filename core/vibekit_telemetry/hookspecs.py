@@ -268,8 +268,8 @@ def cache_invalidate(hooks: list[str] | None) -> None:
 def audit(action: str, target: str, actor: str, details: dict[str, Any]) -> None:
     """Record that ``actor`` did ``action`` to ``target`` (``details`` say how): an audit trail plugin keeps it.
 
-    The service calls it for clean, export, key rotation, custom metric definitions
-    and configuration changes; plugins call ``service.audit(...)`` for their own.
+    The service calls it for clean, export and custom metric definitions; plugins
+    call ``service.audit(...)`` for theirs (key rotation, erasure, configuration changes).
     """
 
 

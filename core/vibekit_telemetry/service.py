@@ -786,7 +786,7 @@ class TelemetryService:
         results = self.host.each("clean", lambda name, exc: errors.append(f"{name}: {exc}"), before=before)
         self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
         deleted = max((r for _, r in results if r is not None), default=0)
-        self.audit("delete", "events", {"reason": "clean", "retention_days": retention_days, "before": before,
+        self.audit("clean", "events", {"retention_days": retention_days, "before": before,
                                         "deleted": deleted, "errors": errors})
         if errors:
             raise StorageError("clean failed in " + "; ".join(errors))

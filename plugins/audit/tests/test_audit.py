@@ -37,7 +37,7 @@ def test_actions_are_recorded_with_actor_target_and_details(in_tmp):
         entries = t.get_audit_logs()
         config_entries = t.get_audit_logs(action="config")
     actions = [e["action"] for e in entries]
-    assert actions[:3] == ["rotate", "delete", "config"]
+    assert actions[:3] == ["rotate", "clean", "config"]
     delete = entries[1]
     assert delete["actor"] == "api-key:ci-bot" and delete["target"] == "events"
     assert delete["details"]["retention_days"] == 30 and delete["details"]["deleted"] == 0
@@ -74,5 +74,5 @@ def test_the_trail_is_append_only_and_tampering_is_detected(in_tmp):
     conn.close()
     broken = _telemetry("audit", "verify", cwd=in_tmp)
     assert broken.returncode == 1 and "entry 3 was changed after it was written" in broken.stderr
-    listing = _telemetry("audit", "--since", "1h", "--action", "delete", cwd=in_tmp)
-    assert listing.returncode == 0 and listing.stdout.count(" delete ") == 3
+    listing = _telemetry("audit", "--since", "1h", "--action", "clean", cwd=in_tmp)
+    assert listing.returncode == 0 and listing.stdout.count(" clean ") == 3

@@ -46,7 +46,7 @@ def test_erasure_and_access_by_user_id_are_complete_and_audited(in_tmp):
         assert all(t.get_session(sid) is None for sid in alice) and t.query(session_id=alice[0]) == []
         assert t.get_session(bob).event_count == 3
         actions = [(e["action"], e["target"]) for e in t.get_audit_logs()]
-    assert ("erase", "user:alice") in actions and ("access", "user:alice") in actions
+    assert ("delete", "user:alice") in actions and ("access", "user:alice") in actions
     raw = b"".join(p.read_bytes() for p in (in_tmp / ".vibekit").glob("telemetry.db*"))
     assert b"alice" not in raw
 

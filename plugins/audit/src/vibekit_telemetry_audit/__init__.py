@@ -7,7 +7,7 @@ previous entry's hash and its own content, so changing, removing or reordering
 an entry breaks the chain: ``telemetry audit verify`` walks it and names the
 first entry that does not match.
 
-What is recorded: retention cleaning (``delete``), exports (``export``), key
+What is recorded: retention cleaning (``clean``), exports (``export``), key
 rotation (``rotate``), custom metric definitions (``create``), and configuration
 changes (``config``: the redacted configuration is fingerprinted at each start
 and a change is recorded with the keys that changed).  The actor is the API

@@ -26,7 +26,7 @@ def register(cli: click.Group) -> None:
 
     @cli.group(name="audit", invoke_without_command=True)
     @click.option("--since", default="24h", show_default=True, help="Entries from this time on.")
-    @click.option("--action", default=None, help="Only this action (delete, export, rotate, config, update ...).")
+    @click.option("--action", default=None, help="Only this action (clean, export, rotate, config, create, delete, update, access).")
     @click.option("--limit", default=1000, show_default=True)
     @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
     @click.pass_context

@@ -149,7 +149,7 @@ class CompliancePlugin:
             changed += self.service.rewrite(batch)
         if changed:
             self.stats["anonymised"] += changed
-            self.service.audit("anonymize", "events", {"before": before, "events": changed,
+            self.service.audit("update", "events", {"request": "anonymisation", "before": before, "events": changed,
                                                         "regulations": list(self.config.regulations)})
         return changed
 
@@ -188,7 +188,7 @@ class CompliancePlugin:
         events, sessions = self._user_events(user_id)
         deleted = self.service.delete([e.id for e in events]) if events else 0
         self.stats["erased"] += deleted
-        self.service.audit("erase", f"user:{user_id}", {"events": deleted, "sessions": len(sessions),
+        self.service.audit("delete", f"user:{user_id}", {"request": "erasure", "events": deleted, "sessions": len(sessions),
                                                          "regulations": list(self.config.regulations)})
         return {"events": deleted, "sessions": len(sessions)}
 
