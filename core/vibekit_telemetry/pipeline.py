@@ -235,9 +235,9 @@ class Pipeline:
                 self._orphan_spills.pop(0).close(remove_if_empty=True)
         return written
 
-    def _drain_journal(self, journal: Journal) -> int:
+    def _drain_journal(self, journal: Journal, limit: int | None = None) -> int:
         written = 0
-        while (item := journal.peek()) is not None:
+        while (limit is None or written < limit) and (item := journal.peek()) is not None:
             events, token = item
             for start in range(0, len(events), self._max_batch):
                 self._write_safely(events[start:start + self._max_batch])
@@ -246,8 +246,12 @@ class Pipeline:
         return written
 
     def _drain_spill(self) -> int:
-        """Write spilled events, oldest first, until none is left (new events keep spilling meanwhile)."""
+        """Write spilled events, oldest first: at least those spilled when the drain began.
+
+        Events that keep spilling meanwhile stay for the next drain (the flag keeps new events behind them).
+        """
         written = 0
+        budget: int | None = None
         while True:
             with self._spill_lock:
                 self._write_spill_locked()
@@ -255,7 +259,11 @@ class Pipeline:
                 if journal is None or not journal.pending_events:
                     self._spilling = False  # under the lock: no event can slip in ahead of the queue
                     return written
-            written += self._drain_journal(journal)
+                if budget is None:
+                    budget = journal.pending_events
+            if written >= budget:
+                return written
+            written += self._drain_journal(journal, limit=budget - written)
 
     def _write_safely(self, batch: list[Any]) -> None:
         try:
@@ -264,13 +272,16 @@ class Pipeline:
             log.exception("writing a batch of %d events failed", len(batch))
 
     def _drain_queue(self) -> int:
+        # Only what was queued when the drain began: a producer that never pauses must not keep a flush
+        # (and the reader waiting on it) going forever.
         written = 0
         queue = self._queue
         popleft = queue.popleft
-        while queue:
+        remaining = len(queue)
+        while queue and remaining > 0:
             batch = []
             try:
-                for _ in range(min(self._max_batch, len(queue))):
+                for _ in range(min(self._max_batch, len(queue), remaining)):
                     batch.append(popleft())
             except IndexError:
                 pass
@@ -281,6 +292,7 @@ class Pipeline:
                 break
             self._write_safely(batch)
             written += len(batch)
+            remaining -= len(batch)
         return written
 
     def close(self, timeout: float = 10.0) -> None:

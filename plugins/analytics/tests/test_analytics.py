@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -370,3 +371,36 @@ def test_rollups_left_by_a_crash_are_recounted_at_the_next_start(in_tmp):
     subprocess.run([sys.executable, str(script)], check=True, cwd=in_tmp)
     with _service() as t:
         assert t.get_metrics("1h").by_category["crash"].events == 50
+
+
+def test_cleaning_while_another_thread_tracks_neither_deadlocks_nor_miscounts(in_tmp):
+    stop = threading.Event()
+    with _service(stream_batch_size=20, stream_flush_interval=10) as t:
+        base = now_ms()
+        for i in range(200):
+            t.track({"category": "old", "timestamp": base - 3 * 86_400_000 + i})
+
+        def produce():
+            i = 0
+            while not stop.is_set():
+                t.track({"category": "live", "timestamp": base - 30 * 60_000 + i})
+                i += 1
+                if i % 20 == 0:
+                    time.sleep(0.002)  # a busy app, not an overload (that is the reliability tests' business)
+
+        worker = threading.Thread(target=produce)
+        worker.start()
+        try:
+            for _ in range(5):
+                cleaner = threading.Thread(target=t.clean, args=(1,))
+                cleaner.start()
+                cleaner.join(timeout=30)
+                assert not cleaner.is_alive(), "clean deadlocked against the flusher"
+        finally:
+            stop.set()
+            worker.join()
+        t.flush()
+        metrics = t.get_metrics("2h")
+        stored = len(t.query(category="live", limit=1_000_000))
+    assert "old" not in metrics.by_category
+    assert metrics.by_category["live"].events == stored

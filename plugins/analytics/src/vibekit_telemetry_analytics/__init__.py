@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from vibekit_telemetry import Anomaly, hookimpl, now_ms, span_ms
+from vibekit_telemetry import Anomaly, TelemetryError, hookimpl, now_ms, span_ms
 
 from . import results
 from .detectors import THRESHOLDS, LikelihoodDetector
@@ -92,7 +92,8 @@ class AnalyticsPlugin:
         self._last_watch = 0.0
         self._watchers: dict[str, LikelihoodDetector] = {}
         self._watched_until: int | None = None
-        self._recounted: set[str] = set()
+        #: batches stored while a recount reads storage, added once it is done
+        self._held_aside: list[Any] | None = None
         self._persist_messages = True
         self.alerts: Any = None
 
@@ -151,11 +152,11 @@ class AnalyticsPlugin:
 
     @hookimpl
     def after_store(self, events: list[Any]) -> None:
-        """Fold a stored batch into the rollups."""
+        """Fold a stored batch into the rollups (held aside while a recount reads storage)."""
         with self._lock:
-            if self._recounted:
-                # events a recount already read from storage while this batch waited: count them once
-                events = [event for event in events if event.id not in self._recounted]
+            if self._held_aside is not None:
+                self._held_aside.extend(events)
+                return
             self.rollups.add(events, self._lookup_session)
 
     def _lookup_session(self, session_id: str) -> Any:
@@ -171,7 +172,6 @@ class AnalyticsPlugin:
     def idle(self) -> None:
         """Persist changed buckets, trim old ones, and run the live detectors."""
         with self._lock:
-            self._recounted.clear()  # idle runs with nothing queued: no batch read by a recount is still pending
             self._save()
             if time.monotonic() - self._last_trim > 60:
                 self._trim()
@@ -189,68 +189,82 @@ class AnalyticsPlugin:
 
     @hookimpl
     def clean(self, before: int) -> int | None:
-        """Forget what retention cleaning deleted: drop older buckets, recount the bucket that straddles ``before``."""
+        """Forget what retention cleaning deleted: drop older buckets, recount the hour that straddles ``before``."""
         with self._lock:
             for level, width in (("m", MINUTE), ("h", HOUR)):
                 cutoff = before - before % width
                 self.rollups.drop_before(level, cutoff)
                 if self.file is not None:
                     self.file.delete_before(level, cutoff)
-            self._recount(before - before % HOUR, before - before % HOUR + HOUR)
+        self._recount(before - before % HOUR, before - before % HOUR + HOUR)
+        with self._lock:
             self._save()
         return None
 
     def rebuild(self, since: int | None = None) -> int:
         """Recount the rollups from what storage holds (over ``hour_retention``, or from ``since``).
 
-        Runs at the first start over an existing database and by ``telemetry analytics rebuild``;
-        meant for when nothing is being tracked (a batch stored while it runs may be counted twice).
-        Returns how many events were counted.
+        Runs at the first start over an existing database (and after a crash) and by
+        ``telemetry analytics rebuild``; events tracked meanwhile are counted once.  Returns how many
+        stored events were counted.
         """
         now = now_ms()
         start = now - self._hour_keep if since is None else since
+        counted = self._recount(start - start % HOUR, now + HOUR - now % HOUR, sessions=True)
         with self._lock:
-            self.rollups.open.clear()
-            self.rollups.open_dirty = True
-            counted = self._recount(start - start % HOUR, now + HOUR - now % HOUR, sessions=True, remember=False)
             if self.file is not None:
                 self.file.set_meta("built_at", str(now))
             self._save()
         return counted
 
-    def _recount(self, start: int, end: int, *, sessions: bool = False, remember: bool = True) -> int:
-        """Rebuild the buckets of ``[start, end)`` from what storage holds now; return the events counted."""
+    def _recount(self, start: int, end: int, *, sessions: bool = False) -> int:
+        """Rebuild the buckets of ``[start, end)`` from what storage holds now; return the events counted.
+
+        Storage is read without holding the rollup lock (a read flushes, and the flusher needs that lock);
+        batches stored meanwhile are held aside and added afterwards, except those the recount already read.
+        """
         assert self.service is not None
-        for level, width in (("m", MINUTE), ("h", HOUR)):
-            for bucket in list(self.rollups.levels[level]):
-                if start <= bucket < end:
-                    del self.rollups.levels[level][bucket]
-            for bucket in range(start - start % width, end, width):
-                self.rollups.dirty.add((level, bucket))
         if not self.service.host.impls("query"):
             return 0
         from vibekit_telemetry import QueryFilter, encode_cursor
 
+        with self._lock:
+            if self._held_aside is not None:
+                raise TelemetryError("a recount of the analytics rollups is already running")
+            self._held_aside = []
         fresh = Rollups(self.config.max_open_sessions)
-        counted = 0
-        flt = QueryFilter(since=start, until=end - 1, order="asc", limit=5000)
-        while True:
-            # through the service, so what storage holds transformed (encrypted) comes back as tracked
-            batch = self.service.query(flt)
-            fresh.add(batch, self._lookup_session)
-            counted += len(batch)
-            if remember:
-                self._recounted.update(event.id for event in batch)
-            if len(batch) < 5000:
-                break
-            flt = attrs.evolve(flt, cursor=encode_cursor(batch[-1]))
-        for level in ("m", "h"):
-            for bucket, by_dim in fresh.levels[level].items():
-                self.rollups.levels[level][bucket] = by_dim
-                self.rollups.dirty.add((level, bucket))
-        if sessions:
-            self.rollups.open.update(fresh.open)
-        return counted
+        read: set[str] = set()
+        complete = False
+        try:
+            flt = QueryFilter(since=start, until=end - 1, order="asc", limit=5000)
+            while True:
+                # through the service, so what storage holds transformed (encrypted) comes back as tracked
+                batch = self.service.query(flt)
+                fresh.add(batch, self._lookup_session)
+                read.update(event.id for event in batch)
+                if len(batch) < 5000:
+                    break
+                flt = attrs.evolve(flt, cursor=encode_cursor(batch[-1]))
+            complete = True
+        finally:
+            with self._lock:
+                held, self._held_aside = self._held_aside, None
+                if complete:  # a failed recount leaves the rollups as they were
+                    for level, width in (("m", MINUTE), ("h", HOUR)):
+                        for bucket in [b for b in self.rollups.levels[level] if start <= b < end]:
+                            del self.rollups.levels[level][bucket]
+                        for bucket in range(start - start % width, end, width):
+                            self.rollups.dirty.add((level, bucket))
+                    for level in ("m", "h"):
+                        for bucket, by_dim in fresh.levels[level].items():
+                            self.rollups.levels[level][bucket] = by_dim
+                    if sessions:
+                        self.rollups.open.clear()
+                        self.rollups.open.update(fresh.open)
+                        self.rollups.open_dirty = True
+                self.rollups.add([event for event in held or () if not complete or event.id not in read],
+                                 self._lookup_session)
+        return len(read)
 
     # -- metrics -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ Each of these actions is recorded in the audit trail when the audit plugin is on
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
 
 __all__ = ["CompliancePlugin"]
+
+log = logging.getLogger("vibekit_telemetry.compliance")
 
 TEXT_FIELDS = ("prompt", "stream_data", "label", "error_message", "error_stack")
 _TOP_LEVEL = frozenset((*TEXT_FIELDS, "action", "agent", "mode", "parent_session_id"))
@@ -115,7 +118,13 @@ class CompliancePlugin:
         if time.monotonic() - self._last_check < self._check_every or self.service is None:
             return
         self._last_check = time.monotonic()
-        threading.Thread(target=self.run_schedule, name="vibekit-telemetry-compliance", daemon=True).start()
+        threading.Thread(target=self._scheduled, name="vibekit-telemetry-compliance", daemon=True).start()
+
+    def _scheduled(self) -> None:
+        try:
+            self.run_schedule()
+        except Exception:  # on a background thread: report, never crash the app
+            log.exception("scheduled retention/anonymisation failed; it is tried again at the next check")
 
     def run_schedule(self) -> dict[str, int]:
         """Apply retention and anonymisation now (the schedule calls this; so can you)."""
