@@ -404,3 +404,13 @@ def test_cleaning_while_another_thread_tracks_neither_deadlocks_nor_miscounts(in
         stored = len(t.query(category="live", limit=1_000_000))
     assert "old" not in metrics.by_category
     assert metrics.by_category["live"].events == stored
+
+
+def test_an_event_after_a_session_ended_does_not_make_it_active_again(in_tmp):
+    with _service() as t:
+        sid = t.track_start("claude", "chat", "p")
+        t.track_end(sid)
+        t.track({"category": "feedback", "session_id": sid, "action": "thumbs-up", "value": 1})
+        open_sid = t.track_start("claude", "chat", "still going")
+        metrics = t.get_metrics("1h")
+    assert metrics.sessions.active == 1 and open_sid

@@ -11,6 +11,7 @@ histograms (2% wide bins) so percentiles merge exactly across buckets, within
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -245,6 +246,8 @@ class Rollups:
         self.levels: dict[str, dict[int, dict[Dim, Agg]]] = {"m": {}, "h": {}}
         self.dirty: set[tuple[str, int]] = set()
         self.open: dict[str, OpenSession] = {}
+        #: sessions that ended lately: an event that arrives after the end does not reopen them
+        self.ended: OrderedDict[str, None] = OrderedDict()
         self.open_dirty = False
         self.max_open_sessions = max_open_sessions
         self.abandoned = 0
@@ -291,7 +294,7 @@ class Rollups:
                     state.started_at = ts if state.started_at is None else min(state.started_at, ts)
                     state.model = state.model or model
                 self.open_dirty = True
-            elif sid and state is None and kind != "end":
+            elif sid and state is None and kind != "end" and sid not in self.ended:
                 state = open_sessions[sid] = OpenSession(None, category, model, ts)
                 self._bound_open()
             if state is not None:
@@ -342,6 +345,9 @@ class Rollups:
              tally: Any, session_lookup: Any) -> None:
         self.open.pop(sid, None)
         self.open_dirty = True
+        self.ended[sid] = None
+        if len(self.ended) > self.max_open_sessions:
+            self.ended.popitem(last=False)
         started = first_stream = None
         streams = 0
         tokens = [0, 0, 0, 0, 0]
