@@ -206,13 +206,6 @@ class Journal:
             self._tail = open(self._segment_path(self._tail_segment), "ab")  # noqa: SIM115
         return self._tail
 
-    def sync(self) -> None:
-        """Make every appended batch durable."""
-        with self._lock:
-            if self._tail is not None:
-                self._tail.flush()  # type: ignore[attr-defined]
-                os.fsync(self._tail.fileno())  # type: ignore[attr-defined]
-
     # -- reading -------------------------------------------------------------------------------
 
     def peek(self) -> tuple[list[TelemetryEvent], int] | None:

@@ -272,7 +272,7 @@ class AnalyticsPlugin:
         with self._lock:
             return self.rollups.window(start, end, minutes_from=now_ms() - self._minute_keep)
 
-    def _active(self, end: int, categories: set[str] | None = None) -> dict[tuple[str, str], int]:
+    def _active(self, end: int) -> dict[tuple[str, str], int]:
         timeout = span_ms(self.config.active_timeout)
         counts: dict[tuple[str, str], int] = {}
         with self._lock:

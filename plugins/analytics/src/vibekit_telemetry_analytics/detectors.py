@@ -1,8 +1,8 @@
 """Online anomaly detectors: each point is judged only from the points before it.
 
-``LikelihoodDetector`` predicts the next value with exponentially weighted
-moving averages at two speeds, measures how surprising the value is against
-the recent spread of prediction errors, and turns that surprise into an
+``LikelihoodDetector`` predicts the next value with an exponentially weighted
+moving average, measures how surprising the value is against the weighted
+spread of the past, and turns that surprise into an
 *anomaly likelihood*: how unusual the short-term average of surprises is,
 compared with its own long-term distribution (the idea behind Numenta's
 anomaly likelihood).  A value beyond the range seen so far by more than
@@ -29,10 +29,9 @@ def _tail(z: float) -> float:
 class LikelihoodDetector:
     """Score one series point by point; ``update(value)`` returns a score in [0, 1]."""
 
-    def __init__(self, *, fast: float = 0.2, slow: float = 0.01, short: int = 10, long: int = 1500,
+    def __init__(self, *, slow: float = 0.01, short: int = 10, long: int = 1500,
                  warmup: int = 50, spatial: float | None = 0.1) -> None:
         self.spatial = spatial
-        self.fast_alpha = fast
         self.slow_alpha = slow
         self.short = short
         self.long = long
@@ -40,7 +39,6 @@ class LikelihoodDetector:
         self.n = 0
         self.mean = 0.0
         self.var = 0.0
-        self.fast = 0.0
         self.scores: deque[float] = deque(maxlen=long)
         self.recent: deque[float] = deque(maxlen=short)
         self.score_sum = 0.0
@@ -58,7 +56,7 @@ class LikelihoodDetector:
         """Score ``value`` against the past, then learn from it."""
         self.n += 1
         if self.n == 1:
-            self.mean = self.fast = value
+            self.mean = value
             self.low = self.high = value
             return 0.0
         spread = math.sqrt(self.var) if self.var > 0 else 0.0
@@ -73,7 +71,6 @@ class LikelihoodDetector:
         delta = value - self.mean
         self.mean += self.slow_alpha * delta
         self.var = (1 - self.slow_alpha) * (self.var + self.slow_alpha * delta * delta)
-        self.fast += self.fast_alpha * (value - self.fast)
         self.low, self.high = min(self.low, value), max(self.high, value)
         # likelihood of the recent average surprise against the past distribution of surprises
         if len(self.recent) == self.short:

@@ -9,12 +9,14 @@ several processes can write the same file (WAL mode, busy timeout).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -377,6 +379,33 @@ class SQLiteStorage:
                 fresh.append(event)
         return fresh
 
+    @contextlib.contextmanager
+    def _maintenance(self) -> Iterator[sqlite3.Connection]:
+        """The writer inside one immediate transaction (rolled back, and explained, on an error)."""
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError("the sqlite storage is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._explain(exc) from exc
+
+    @staticmethod
+    def _refold_sessions(conn: sqlite3.Connection, session_ids: set[str]) -> None:
+        """Recompute these sessions from the events they still have; drop the ones left empty."""
+        for sid in session_ids:
+            remaining = [_event_from_row(r) for r in conn.execute(
+                f"{_SELECT_EVENT} WHERE session_id = ? ORDER BY timestamp, seq", [sid])]
+            if remaining:
+                conn.execute(_UPSERT_SESSION, _session_row(summarize_sessions(remaining, {})[sid]))
+            else:
+                conn.execute("DELETE FROM sessions WHERE id = ?", [sid])
+
     @hookimpl
     def rewrite(self, events: list[TelemetryEvent]) -> int:
         """Replace the text fields and metadata of stored events (by id), keep the text index right, and
@@ -384,71 +413,40 @@ class SQLiteStorage:
         columns = ("prompt", "stream_data", "label", "error_message", "error_stack", "metadata")
         positions = [EVENT_COLUMNS.index(c) for c in columns]
         found = 0
-        with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise StorageError("the sqlite storage is closed")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                indexed = conn.execute("SELECT indexed_seq FROM fts_state WHERE id = 1").fetchone()[0]
-                for event in events:
-                    old = conn.execute("SELECT seq, prompt, stream_data FROM events WHERE id = ?", [event.id]).fetchone()
-                    if old is None:
-                        continue
-                    seq, old_prompt, old_stream = old
-                    in_index = seq <= indexed
-                    if in_index and (old_prompt is not None or old_stream is not None):
-                        conn.execute("INSERT INTO events_fts (events_fts, rowid, prompt, stream_data) "
-                                     "VALUES ('delete', ?, ?, ?)", [seq, old_prompt, old_stream])
-                    row = event_row(event)
-                    conn.execute(f"UPDATE events SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?",
-                                 [*(row[i] for i in positions), seq])
-                    if in_index and (event.prompt is not None or event.stream_data is not None):
-                        conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) VALUES (?, ?, ?)",
-                                     [seq, event.prompt, event.stream_data])
-                    found += 1
-                for sid in {e.session_id for e in events if e.session_id}:
-                    stored = [_event_from_row(r) for r in conn.execute(
-                        f"{_SELECT_EVENT} WHERE session_id = ? ORDER BY timestamp, seq", [sid])]
-                    summary = summarize_sessions(stored, {}).get(sid)
-                    if summary is not None:
-                        conn.execute(_UPSERT_SESSION, _session_row(summary))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._explain(exc) from exc
+        with self._maintenance() as conn:
+            indexed = conn.execute("SELECT indexed_seq FROM fts_state WHERE id = 1").fetchone()[0]
+            for event in events:
+                old = conn.execute("SELECT seq, prompt, stream_data FROM events WHERE id = ?", [event.id]).fetchone()
+                if old is None:
+                    continue
+                seq, old_prompt, old_stream = old
+                in_index = seq <= indexed
+                if in_index and (old_prompt is not None or old_stream is not None):
+                    conn.execute("INSERT INTO events_fts (events_fts, rowid, prompt, stream_data) "
+                                 "VALUES ('delete', ?, ?, ?)", [seq, old_prompt, old_stream])
+                row = event_row(event)
+                conn.execute(f"UPDATE events SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?",
+                             [*(row[i] for i in positions), seq])
+                if in_index and (event.prompt is not None or event.stream_data is not None):
+                    conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) VALUES (?, ?, ?)",
+                                 [seq, event.prompt, event.stream_data])
+                found += 1
+            self._refold_sessions(conn, {e.session_id for e in events if e.session_id})
         return found
 
     @hookimpl
     def delete(self, event_ids: list[str]) -> int:
         """Delete events by id (their text index entries go with them) and refold or drop their sessions."""
         deleted = 0
-        with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise StorageError("the sqlite storage is closed")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                sids: set[str] = set()
-                for start in range(0, len(event_ids), _IN_CHUNK):
-                    chunk = event_ids[start : start + _IN_CHUNK]
-                    marks = ", ".join("?" * len(chunk))
-                    sids.update(r[0] for r in conn.execute(
-                        f"SELECT DISTINCT session_id FROM events WHERE id IN ({marks}) AND session_id IS NOT NULL", chunk))
-                    deleted += conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk).rowcount
-                for sid in sids:
-                    remaining = [_event_from_row(r) for r in conn.execute(
-                        f"{_SELECT_EVENT} WHERE session_id = ? ORDER BY timestamp, seq", [sid])]
-                    if remaining:
-                        conn.execute(_UPSERT_SESSION, _session_row(summarize_sessions(remaining, {})[sid]))
-                    else:
-                        conn.execute("DELETE FROM sessions WHERE id = ?", [sid])
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._explain(exc) from exc
+        with self._maintenance() as conn:
+            sids: set[str] = set()
+            for start in range(0, len(event_ids), _IN_CHUNK):
+                chunk = event_ids[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sids.update(r[0] for r in conn.execute(
+                    f"SELECT DISTINCT session_id FROM events WHERE id IN ({marks}) AND session_id IS NOT NULL", chunk))
+                deleted += conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk).rowcount
+            self._refold_sessions(conn, sids)
         return deleted
 
     def _update_sessions(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> None:
