@@ -7,10 +7,10 @@ and isolation are under its control:
 * ``before_track`` is a chain run in configuration order, each plugin receiving
   the previous one's result;
 * ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``,
-  ``detect``, ``startup``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
+  ``detect``, ``startup``, ``before_shutdown``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
 * ``query``, ``get_session``, ``get_sessions``, ``export``, ``get_metrics``,
-  ``get_insights``, ``define_metric`` and ``metric_series`` are answered by
+  ``get_insights``, ``define_metric``, ``metric_series`` and ``start_api_server`` are answered by
   the first plugin in configuration order that returns something other than
   ``None``.
 
@@ -51,6 +51,24 @@ def shutdown(service: TelemetryService) -> None:
     """Called once when the service shuts down, after the last batch was stored.
 
     Close files and connections here.
+    """
+
+
+@hookspec
+def before_shutdown(service: TelemetryService) -> None:
+    """Called once when the service begins to shut down, before pending events are written.
+
+    Stop taking new events here (the API server stops listening), so what was
+    accepted before is drained and nothing arrives after the drain.
+    """
+
+
+@hookspec(firstresult=True)
+def start_api_server(service: TelemetryService, options: dict[str, Any]) -> Any:
+    """Start an HTTP API server for ``service`` in the background and return its handle.
+
+    ``options`` are the caller's overrides of the ``[api]`` section.  The first
+    plugin that returns a handle answers (the ``api`` plugin).
     """
 
 

@@ -106,6 +106,11 @@ class Pipeline:
         """Seconds between flushes when batches fill slowly."""
         return self._interval
 
+    @flush_interval.setter
+    def flush_interval(self, seconds: float) -> None:
+        self._interval = seconds
+        self._wake.set()
+
     @property
     def depth(self) -> int:
         """Events waiting in memory to be written."""

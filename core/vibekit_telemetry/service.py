@@ -30,7 +30,7 @@ import attrs
 from .batcher import Batcher
 from .assembly import assemble
 from .config import LoadedConfig, TelemetryConfig, deep_merge, load_config, normalise_keys, structure
-from .errors import InvalidEventError, PluginError, ServiceClosedError, StorageError, TelemetryError
+from .errors import InvalidEventError, InvalidQueryError, PluginError, ServiceClosedError, StorageError, TelemetryError
 from .model import (
     Anomaly,
     Page,
@@ -43,7 +43,7 @@ from .model import (
     validate_event,
 )
 from .pipeline import Pipeline
-from .plugins import PluginHost, plugin_name_of
+from .plugins import PluginHost, instantiate, plugin_name_of, resolve_entry_points
 from .reliability import GuardedSink, ReliabilityConfig
 from .sampling import Thinner
 from .streams import EventStream
@@ -58,6 +58,9 @@ _current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("v
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
 _SHORT = frozenset({int, float, bool, type(None)})
 _SNAKE = {"sessionId": "session_id", "streamData": "stream_data"}
+
+#: seconds between flushes at most while a live stream listens (``create_event_stream``)
+LIVE_FLUSH_INTERVAL = 0.25
 
 
 _current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_actor", default=None)
@@ -181,6 +184,8 @@ class TelemetryService:
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
         self._closed = False
+        self._shutting_down = False
+        self._live_interval: float | None = None
         self._process: Any = None
         self.host = PluginHost()
         self.storage_plugins: list[str] = []
@@ -523,6 +528,7 @@ class TelemetryService:
         if not self._sinks:
             self._record_drop("no_storage", count)
         stored_form = batch
+        seconds = 0.0
         for impl in self.host.impls("before_store"):
             try:
                 result = impl(events=stored_form)
@@ -538,7 +544,9 @@ class TelemetryService:
             failures = sink.stats.failures
             started = time.perf_counter()
             sink.write(stored_form)
-            stats.write_ms_total += (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            stats.write_ms_total += elapsed * 1000
+            seconds += elapsed
             self._note_sink_failures(sink, failures)
         for impl in self.host.impls("after_store"):
             try:
@@ -554,7 +562,7 @@ class TelemetryService:
                     break
         for stream in list(self._streams):
             stream.offer(batch)
-        self._emit("flush", {"count": count})
+        self._emit("flush", {"count": count, "seconds": seconds})
 
     def _note_sink_failures(self, sink: GuardedSink, before: int) -> None:
         if sink.stats.failures == before:
@@ -857,11 +865,14 @@ class TelemetryService:
         cached, key = self._cache_lookup(hook, kwargs) if hook != "define_metric" else (None, None)
         if key is not None and cached is not None:
             return cached
-        for impl in self.host.impls(hook):
+        impls = self.host.impls(hook)
+        for impl in impls:
             result = impl(**kwargs)
             if result is not None:
                 self._cache_store(hook, key, kwargs, result)
                 return result
+        if impls and hook == "metric_series":
+            raise InvalidQueryError("metric", f"no installed plugin knows the metric {kwargs['metric']!r}")
         raise PluginError(f"no installed plugin answers {hook}: install and enable analytics "
                           "(pip install 'vibekit-telemetry[analytics]', then analytics = {enabled = true})")
 
@@ -967,12 +978,36 @@ class TelemetryService:
         stream = EventStream(QueryFilter.build(filter, **kwargs), max_pending=max_pending, on_close=self._drop_stream)
         with self._lock:
             self._streams.append(stream)
+            if self._live_interval is None:
+                # a live subscriber wants events promptly: flush at least every LIVE_FLUSH_INTERVAL while one listens
+                self._live_interval = self._pipeline.flush_interval
+                self._pipeline.flush_interval = min(self._live_interval, LIVE_FLUSH_INTERVAL)
         return stream
 
     def _drop_stream(self, stream: EventStream) -> None:
         with self._lock:
             if stream in self._streams:
                 self._streams.remove(stream)
+            if not self._streams and self._live_interval is not None:
+                self._pipeline.flush_interval = self._live_interval
+                self._live_interval = None
+
+    def start_api_server(self, **options: Any) -> Any:
+        """Serve this service over HTTP in the background (the ``api`` plugin) and return the server.
+
+        ``options`` override the ``[api]`` section: ``host``, ``port`` (``0`` picks a free one),
+        ``auth``, ``cors``, ``rate_limit`` ...  The returned server has ``url`` and ``stop()``, and
+        stops with the service.
+        """
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        if not self.host.impls("start_api_server"):
+            targets = resolve_entry_points(["api"])
+            self._register("api", instantiate("api", targets["api"], {}, where="start_api_server()"), source="entry point")
+        result = self.host.first("start_api_server", service=self, options=dict(options))[1]
+        if result is None:
+            raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
+        return result
 
     def plugin_names(self) -> list[str]:
         """The registered plugins, in configuration order."""
@@ -1023,6 +1058,7 @@ class TelemetryService:
         counters["spilled"] = self._pipeline.spilled
         counters["queued"] = self._pipeline.depth
         counters["held"] = self._thinner.held if self._thinner is not None else 0
+        counters["open_sessions"] = len(self._open_sessions)
         counters["sampled_out"] = sum(thinned.values())
         counters["sampled_out_by_reason"] = thinned
         counters["dropped"] = sum(drops.values())
@@ -1064,8 +1100,12 @@ class TelemetryService:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Write everything pending, stop plugins and streams.  Safe to call more than once."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._shutting_down:
                 return
+            self._shutting_down = True
+        # plugins that feed events from outside (the API server) stop first, while tracking still works
+        self.host.each("before_shutdown", self._plugin_failure, service=self)
+        with self._lock:
             self._closed = True
         if self._thinner is not None:
             for event in self._thinner.release_all():

@@ -1,0 +1,623 @@
+"""The Starlette application: routes, error handling, request metrics and the guard.
+
+Handlers never block the event loop on storage: reads run in Starlette's
+thread pool; ``track()`` does no I/O and runs inline.  Every error is JSON
+(``{"error", "message", "details"?}``) with a 4xx status, or 503 when storage
+or the service is unavailable; an unexpected exception is logged and answered
+500 (the schemathesis fuzz test makes sure none is reachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from urllib.parse import quote
+from typing import Any
+
+import attrs
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+
+from vibekit_telemetry import (
+    ConfigError,
+    InvalidEventError,
+    InvalidQueryError,
+    PluginError,
+    QueryFilter,
+    ServiceClosedError,
+    SessionFilter,
+    StorageError,
+    TelemetryEvent,
+    TelemetryService,
+    time_range,
+)
+
+from . import otlp
+from .config import APIConfig
+from .live import Subscriptions, sse, websocket_events
+from .openapi import openapi_document
+from .prom import CONTENT_TYPE, ServerMetrics
+from .security import Authenticator, Guard, RateLimiter
+from .validation import (
+    AnomalyQuery,
+    APIError,
+    EventsQuery,
+    ExportQuery,
+    SessionEnd,
+    SessionQuery,
+    SessionsQuery,
+    SessionStart,
+    WindowQuery,
+    from_telemetry_error,
+    kernel_filter,
+    structure,
+    validation_error,
+)
+
+log = logging.getLogger("vibekit_telemetry.api")
+
+_JSON_TYPES = ("application/json",)
+_OTLP_TYPES = {"application/x-protobuf": "application/x-protobuf", "application/protobuf": "application/x-protobuf",
+               "application/json": "application/json"}
+_EXPORT_CHUNK = 64 * 1024
+
+
+@attrs.define
+class APIContext:
+    """What the handlers share: the service, the configuration, the metrics and the live subscribers."""
+
+    service: TelemetryService
+    config: APIConfig
+    metrics: ServerMetrics
+    export_dir: Path
+    live: Subscriptions = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.live = Subscriptions(self)
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON response serialised with orjson (non-string keys and dataclasses allowed)."""
+    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status_code=status,
+                    media_type="application/json", headers=dict(headers or {}))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, gunzipped if it says so; 413 past ``limit`` bytes (compressed or not)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "Bad Request", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise APIError(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding != "gzip":
+        raise APIError(415, "Unsupported Media Type", f"Content-Encoding {encoding!r} is not supported (gzip is)")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise APIError(400, "Bad Request", f"the body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise APIError(413, "Payload Too Large", f"the decompressed body is larger than {limit} bytes")
+    if not inflater.eof:
+        raise APIError(400, "Bad Request", "the gzip body is truncated")
+    return out
+
+
+def _json_body(body: bytes) -> Any:
+    if not body:
+        raise validation_error("Invalid request body", [{"field": "body", "message": "required"}])
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise validation_error("Invalid request body", [{"field": "body", "message": f"not valid JSON: {exc}"}]) from None
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _require_json(request: Request) -> None:
+    media = _media_type(request)
+    if media and media not in _JSON_TYPES:
+        raise APIError(415, "Unsupported Media Type", f"send application/json, not {media}")
+
+
+def _params(request: Request, *, multi: tuple[str, ...] = ()) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        if key in params and key not in multi:
+            raise validation_error("Invalid query parameters", [{"field": key, "message": "given more than once"}])
+        params[key] = value
+    return params
+
+
+def _window(since: int | str, until: int | str | None) -> tuple[int, int]:
+    try:
+        if until is not None:
+            return time_range((since, until))
+        try:
+            return time_range(since)
+        except ValueError:
+            return time_range((since, "now"))
+    except ValueError as exc:
+        raise validation_error("Invalid query parameters", [{"field": "since", "message": str(exc)}]) from None
+
+
+def _ctx(request: Request) -> APIContext:
+    return request.app.state.ctx
+
+
+def _page_limit(ctx: APIContext, limit: int) -> None:
+    if limit > ctx.config.max_page:
+        raise validation_error("Invalid query parameters",
+                               [{"field": "limit", "message": f"Number must be between 1 and {ctx.config.max_page}"}])
+
+
+async def post_events(request: Request) -> Response:
+    """Accept one event, a list, or ``{"events": [...]}``; all valid or none are taken."""
+    ctx = _ctx(request)
+    _require_json(request)
+    data = _json_body(await read_body(request, ctx.config.max_body_bytes))
+    if isinstance(data, dict) and set(data) == {"events"}:
+        data = data["events"]
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise validation_error("Invalid request body", [{"field": "events", "message": "no events given"}], 422)
+    if len(items) > ctx.config.max_batch:
+        raise APIError(413, "Payload Too Large", f"{len(items)} events in one request; at most {ctx.config.max_batch}")
+    events, details = [], []
+    for index, item in enumerate(items):
+        try:
+            events.append(TelemetryEvent.from_dict(item))
+        except InvalidEventError as exc:
+            details.append({"field": f"events[{index}].{exc.field}", "message": str(exc).split(": ", 2)[-1]})
+    if details:
+        ctx.metrics.rejected.labels("api").inc(len(details))
+        raise validation_error(f"{len(details)} of {len(items)} events are invalid; none was accepted", details, 422)
+    ids, not_stored = [], []
+    track = ctx.service.track
+    for index, event in enumerate(events):
+        event_id = track(event)
+        if event_id is None:
+            not_stored.append(index)
+        else:
+            ids.append(event_id)
+    ctx.metrics.ingested.labels("api").inc(len(ids))
+    return json_response({"accepted": len(ids), "ids": ids, "not_accepted": not_stored}, 202)
+
+
+async def get_events(request: Request) -> Response:
+    """A page of events matching the filter, newest first, with ``next_cursor``."""
+    ctx = _ctx(request)
+    params = _params(request)
+    metadata = {}
+    for key in [k for k in params if k.startswith("meta.")]:
+        raw = params.pop(key)
+        try:
+            value = orjson.loads(raw)
+            if isinstance(value, (dict, list)):
+                value = raw
+        except orjson.JSONDecodeError:
+            value = raw
+        metadata[key[5:]] = value
+    query = structure(params, EventsQuery, what="query parameters")
+    _page_limit(ctx, query.limit)
+    page = await run_in_threadpool(ctx.service.query_page, kernel_filter(QueryFilter, query.filter(metadata)))
+    return json_response({"events": [e.to_dict() for e in page.events], "count": len(page.events),
+                          "next_cursor": page.next_cursor})
+
+
+async def get_sessions(request: Request) -> Response:
+    """Sessions matching the filter, newest first, with ``next_offset`` while more may follow."""
+    ctx = _ctx(request)
+    query = structure(_params(request), SessionsQuery, what="query parameters")
+    _page_limit(ctx, query.limit)
+    sessions = await run_in_threadpool(ctx.service.get_sessions, kernel_filter(SessionFilter, attrs.asdict(query)))
+    more = len(sessions) == query.limit
+    return json_response({"sessions": [s.to_dict() for s in sessions], "count": len(sessions),
+                          "next_offset": query.offset + query.limit if more else None})
+
+
+def _session_dict(session: Any) -> dict[str, Any]:
+    out = session.to_dict()
+    children = getattr(session, "children", None)
+    if children:
+        out["children"] = [_session_dict(c) for c in children]
+    return out
+
+
+async def get_session(request: Request) -> Response:
+    """One session (``?with_events=true`` adds its events, oldest first; ``?tree=true`` its children)."""
+    ctx = _ctx(request)
+    query = structure(_params(request), SessionQuery, what="query parameters")
+    session_id = request.path_params["session_id"]
+    session = await run_in_threadpool(ctx.service.get_session, session_id, tree=query.tree)
+    if session is None:
+        raise APIError(404, "Not Found", f"no session {session_id!r}")
+    out = _session_dict(session)
+    if query.with_events:
+        limit = 10_000
+        events = await run_in_threadpool(ctx.service.query, session_id=session_id, order="asc", limit=limit + 1)
+        out["events"] = [e.to_dict() for e in events[:limit]]
+        out["events_truncated"] = len(events) > limit
+    return json_response(out)
+
+
+async def post_session(request: Request) -> Response:
+    """Start a session; answers 201 with its id."""
+    ctx = _ctx(request)
+    _require_json(request)
+    data = _json_body(await read_body(request, ctx.config.max_body_bytes))
+    if not isinstance(data, dict):
+        raise validation_error("Invalid request body", [{"field": "body", "message": "expected an object"}], 422)
+    start = structure(data, SessionStart, what="request body", status=422)
+    try:
+        session_id = ctx.service.track_start(start.agent, start.mode, start.prompt, metadata=start.metadata,
+                                             session_id=start.session_id, parent_session_id=start.parent_session_id,
+                                             timestamp=start.timestamp)
+    except InvalidEventError as exc:
+        raise from_telemetry_error(exc, "request body", 422) from None
+    ctx.metrics.ingested.labels("api").inc()
+    return json_response({"session_id": session_id}, 201, {"location": f"/api/sessions/{quote(session_id, safe='')}"})
+
+
+async def end_session(request: Request) -> Response:
+    """End a session with a status."""
+    ctx = _ctx(request)
+    _require_json(request)
+    body = await read_body(request, ctx.config.max_body_bytes)
+    data = _json_body(body) if body else {}
+    if not isinstance(data, dict):
+        raise validation_error("Invalid request body", [{"field": "body", "message": "expected an object"}], 422)
+    end = structure(data, SessionEnd, what="request body", status=422)
+    try:
+        event_id = ctx.service.track_end(request.path_params["session_id"], end.status, metadata=end.metadata,
+                                         timestamp=end.timestamp)
+    except InvalidEventError as exc:
+        raise from_telemetry_error(exc, "request body", 422) from None
+    ctx.metrics.ingested.labels("api").inc()
+    return json_response({"id": event_id, "session_id": request.path_params["session_id"]}, 202)
+
+
+async def get_metrics(request: Request) -> Response:
+    """Live metrics of a window (analytics)."""
+    ctx = _ctx(request)
+    query = structure(_params(request), WindowQuery, what="query parameters")
+    window = _window(query.since, query.until)
+    metrics = await run_in_threadpool(ctx.service.get_metrics, window)
+    return json_response(metrics.to_dict())
+
+
+async def get_insights(request: Request) -> Response:
+    """Findings about a window (analytics)."""
+    ctx = _ctx(request)
+    query = structure(_params(request), WindowQuery, what="query parameters")
+    window = _window(query.since, query.until)
+    categories = [c for c in (query.categories or "").split(",") if c] or None
+    insights = await run_in_threadpool(ctx.service.get_insights, window, categories)
+    return json_response(insights.to_dict())
+
+
+async def get_anomalies(request: Request) -> Response:
+    """Anomalies the installed detectors find in the stored metric history."""
+    ctx = _ctx(request)
+    query = structure(_params(request), AnomalyQuery, what="query parameters")
+    window = _window(query.since, query.until)
+    metrics = [m for m in query.metrics.split(",") if m]
+    try:
+        found = await run_in_threadpool(ctx.service.detect_anomalies, metrics, window, query.sensitivity, query.step)
+    except ValueError as exc:
+        raise validation_error("Invalid query parameters", [{"field": "metrics", "message": str(exc)}]) from None
+    return json_response({"anomalies": [attrs.asdict(a) for a in found], "count": len(found)})
+
+
+def _export_target(ctx: APIContext, name: str) -> Path:
+    root = ctx.export_dir.resolve()
+    candidate = Path(name)
+    if candidate.is_absolute() or not name.strip() or "\x00" in name:
+        raise validation_error("Invalid query parameters", [{"field": "path", "message": "must be a relative file name"}])
+    target = (root / candidate).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise validation_error("Invalid query parameters",
+                               [{"field": "path", "message": "must stay inside the export directory"}])
+    if target.exists():
+        raise APIError(409, "Conflict", f"{name} already exists in the export directory")
+    return target
+
+
+class _PipeWriter:
+    """A binary file the export thread writes to; chunks reach the response through a bounded queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
+        self.loop = loop
+        self.queue = queue
+        self.buffer = bytearray()
+        self.cancelled = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= _EXPORT_CHUNK:
+            self.push(bytes(self.buffer))
+            self.buffer.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: chunks leave when full or at the end."""
+
+    def push(self, item: bytes | BaseException | None) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        while True:  # wait for room, giving up when the client went away
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                if self.cancelled.is_set():
+                    future.cancel()
+                    raise OSError("the client stopped reading the export") from None
+
+
+async def get_export(request: Request) -> Response:
+    """Stream an export (never built in memory), or write it to a file inside the export directory."""
+    ctx = _ctx(request)
+    query = structure(_params(request), ExportQuery, what="query parameters")
+    formats = ctx.service.export_formats()
+    if query.format not in formats:
+        raise validation_error("Invalid query parameters", [{
+            "field": "format", "message": f"must be one of {', '.join(formats)}" if formats
+            else "no export plugin is installed (pip install vibekit-telemetry-export)"}])
+    options = {"compression": query.compression} if query.compression else {}
+    filter = kernel_filter(QueryFilter, query.filter())
+    if query.path is not None:
+        target = _export_target(ctx, query.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        count = await run_in_threadpool(ctx.service.export, query.format, filter, output=target, **options)
+        return json_response({"path": str(target.relative_to(ctx.export_dir.resolve())), "count": count}, 201)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
+    pipe = _PipeWriter(loop, queue)
+
+    def produce() -> None:
+        try:
+            ctx.service.export(query.format, filter, output=pipe, **options)  # type: ignore[arg-type]
+            if pipe.buffer:
+                pipe.push(bytes(pipe.buffer))
+            pipe.push(None)
+        except OSError:
+            return
+        except BaseException as exc:  # the response is already under way: end it, and log why
+            log.error("export failed while streaming: %s", exc)
+            try:
+                pipe.push(exc)
+            except OSError:
+                pass
+
+    context = contextvars.copy_context()  # the audit trail names the API key as the actor
+    threading.Thread(target=context.run, args=(produce,), name="vibekit-api-export", daemon=True).start()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    return
+                yield item
+        finally:
+            pipe.cancelled.set()
+
+    suffix = {"gzip": ".gz", "zstd": ".zst"}.get(query.compression or "", "")
+    media = "application/octet-stream"
+    return StreamingResponse(body(), media_type=media,
+                             headers={"content-disposition": f'attachment; filename="events.{query.format}{suffix}"'})
+
+
+async def health(request: Request) -> Response:
+    """Liveness (200 while the service runs) and each component's health."""
+    ctx = _ctx(request)
+    status = await run_in_threadpool(ctx.service.get_health_status)
+    body = status.to_dict()
+    body["status"] = "healthy" if status.healthy else "degraded"
+    return json_response(body)
+
+
+async def prometheus(request: Request) -> Response:
+    """Prometheus exposition text."""
+    ctx = _ctx(request)
+    text = await run_in_threadpool(ctx.metrics.render)
+    return Response(text, media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this server."""
+    return json_response(request.app.state.openapi)
+
+
+def _otlp_handler(signal: str) -> Callable[[Request], Any]:
+    async def handler(request: Request) -> Response:
+        ctx = _ctx(request)
+        media = _media_type(request)
+        content_type = _OTLP_TYPES.get(media)
+        if content_type is None:
+            return Response(otlp.encode_status("application/json", 3, f"unsupported Content-Type {media!r}: "
+                                               "send application/x-protobuf or application/json"),
+                            status_code=415, media_type="application/json")
+        try:
+            body = await read_body(request, ctx.config.max_body_bytes)
+            data = otlp.decode(signal, body, content_type)
+            make = otlp.trace_request_events if signal == "traces" else otlp.log_request_events
+            events, rejected, reasons = make(data)
+        except otlp.OTLPDecodeError as exc:
+            return Response(otlp.encode_status(content_type, 3, str(exc)), status_code=400, media_type=content_type)
+        except APIError as exc:
+            return Response(otlp.encode_status(content_type, 3, exc.message), status_code=exc.status,
+                            media_type=content_type)
+        refused = 0
+        track = ctx.service.track
+        for event in events:
+            try:
+                if track(event) is None:
+                    refused += 1
+            except InvalidEventError as exc:
+                rejected += 1
+                reasons.append(str(exc))
+        ctx.metrics.ingested.labels("otlp").inc(len(events) - refused)
+        if rejected:
+            ctx.metrics.rejected.labels("otlp").inc(rejected)
+        if refused and refused == len(events):
+            return Response(otlp.encode_status(content_type, 14, "the telemetry pipeline is not accepting events"),
+                            status_code=503, media_type=content_type, headers={"retry-after": "5"})
+        message = "; ".join(reasons[:5]) + (f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else "")
+        return Response(otlp.encode_response(signal, content_type, rejected, message), media_type=content_type)
+
+    handler.__name__ = f"otlp_{signal}"
+    handler.__doc__ = f"OTLP/HTTP {signal} ingest (protobuf or JSON, gzip accepted)."
+    return handler
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    from http import HTTPStatus
+
+    name = HTTPStatus(exc.status_code).phrase
+    return json_response({"error": name, "message": exc.detail if exc.detail != name else f"{request.url.path}: {name}"},
+                         exc.status_code, exc.headers)
+
+
+async def _telemetry_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, InvalidQueryError):
+        return json_response(from_telemetry_error(exc, "query parameters").body(), 400)
+    if isinstance(exc, InvalidEventError):
+        return json_response(from_telemetry_error(exc, "request body", 422).body(), 422)
+    if isinstance(exc, (ServiceClosedError, StorageError)):
+        return json_response({"error": "Service Unavailable", "message": str(exc)}, 503, {"retry-after": "5"})
+    if isinstance(exc, PluginError):
+        return json_response({"error": "Not Implemented", "message": str(exc)}, 501)
+    log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": "Internal Server Error", "message": "unexpected error; see the server log"}, 500)
+
+
+class _RequestMetrics:
+    """ASGI middleware counting requests by route template and status, and timing them."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def _route(self, scope: Any) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", "other")
+        return "other"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def record(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = self._route(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The ASGI application serving ``service`` with ``config``."""
+    if config.dashboard or config.dashboard_port:
+        raise ConfigError("the dashboard is not installed: pip install vibekit-telemetry-dashboard")
+    credentials = config.auth.credentials() if config.auth.enabled is not False else []
+    config.check_exposure(credentials)
+    origins = config.cors.allowed_origins()
+    export_dir = Path(config.export_dir) if config.export_dir else service.data_dir / "exports"
+    metrics = ServerMetrics(service, config.metrics.window)
+    service.on("flush", metrics.on_flush)
+    ctx = APIContext(service=service, config=config, metrics=metrics, export_dir=export_dir)
+    analytics = bool(service.host.impls("get_metrics"))
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/events", post_events, methods=["POST"]),
+        Route("/api/events", get_events, methods=["GET"]),
+        Route("/api/sessions", get_sessions, methods=["GET"]),
+        Route("/api/sessions", post_session, methods=["POST"]),
+        Route("/api/sessions/{session_id}", get_session, methods=["GET"]),
+        Route("/api/sessions/{session_id}/end", end_session, methods=["POST"]),
+        Route("/api/export", get_export, methods=["GET"]),
+        Route("/api/stream", sse, methods=["GET"]),
+        WebSocketRoute("/ws/events", websocket_events),
+        Route("/v1/traces", _otlp_handler("traces"), methods=["POST"]),
+        Route("/v1/logs", _otlp_handler("logs"), methods=["POST"]),
+    ]
+    if analytics:
+        routes += [
+            Route("/api/metrics", get_metrics, methods=["GET"]),
+            Route("/api/insights", get_insights, methods=["GET"]),
+            Route("/api/anomalies", get_anomalies, methods=["GET"]),
+        ]
+    if config.metrics.prometheus:
+        routes.append(Route(config.metrics.endpoint, prometheus, methods=["GET"]))
+    routes += extra_routes or []
+    limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
+                           "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)})
+    auth = Authenticator(credentials)
+    middleware = [
+        Middleware(_RequestMetrics, metrics=metrics, routes=routes),
+        Middleware(Guard, config=config, auth=auth, limiter=limiter,
+                   on_reject=lambda reason: metrics.refused.labels(reason).inc()),
+    ]
+    if origins:
+        middleware.insert(1, Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=config.cors.credentials,
+                                        allow_methods=config.cors.methods, allow_headers=config.cors.headers,
+                                        max_age=config.cors.max_age))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, InvalidQueryError: _telemetry_error,
+                            InvalidEventError: _telemetry_error, ServiceClosedError: _telemetry_error,
+                            StorageError: _telemetry_error, PluginError: _telemetry_error, Exception: _telemetry_error},
+    )
+    app.state.ctx = ctx
+    app.state.auth = auth
+    app.state.limiter = limiter
+    app.state.openapi = openapi_document(service, config, analytics=analytics)
+    return app

@@ -1,0 +1,188 @@
+"""Live streams: Server-Sent Events at ``/api/stream`` and a WebSocket at ``/ws/events``.
+
+Each subscriber gets a kernel :class:`~vibekit_telemetry.EventStream` holding at
+most ``streams.max_pending`` undelivered events.  The loop runs on the event
+loop without a thread per client: it takes what is waiting, sends it, and
+sleeps briefly when nothing is.  A subscriber too slow to keep up loses the
+newest events (counted, and told with a ``skipped`` message); past
+``streams.disconnect_after_dropped`` it is disconnected.  Memory never grows
+with a slow reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from vibekit_telemetry import EventStream, QueryFilter, TelemetryEvent
+
+from .validation import APIError, StreamQuery, kernel_filter, structure
+
+if TYPE_CHECKING:
+    from .app import APIContext
+
+_POLL_S = 0.05
+_MAX_CHUNK = 200
+
+
+class Subscriptions:
+    """Counts and ends live subscribers (all of them at shutdown)."""
+
+    def __init__(self, ctx: APIContext) -> None:
+        self.ctx = ctx
+        self.streams: set[EventStream] = set()
+        self.stopping = False
+
+    def open(self, params: dict[str, Any]) -> EventStream:
+        """A new subscription, or 503 when the server has ``streams.max_clients`` already."""
+        if self.stopping:
+            raise APIError(503, "Service Unavailable", "the server is shutting down", headers={"retry-after": "5"})
+        if len(self.streams) >= self.ctx.config.streams.max_clients:
+            raise APIError(503, "Service Unavailable",
+                           f"too many live subscribers (limit {self.ctx.config.streams.max_clients}); retry later",
+                           headers={"retry-after": "5"})
+        query = structure(params, StreamQuery, what="stream filter")
+        flt = kernel_filter(QueryFilter, query.filter())
+        stream = self.ctx.service.create_event_stream(flt, max_pending=self.ctx.config.streams.max_pending)
+        self.streams.add(stream)
+        return stream
+
+    def close(self, stream: EventStream) -> None:
+        """End one subscription."""
+        stream.close()
+        self.streams.discard(stream)
+
+    def close_all(self) -> None:
+        """End every subscription (the server is stopping)."""
+        self.stopping = True
+        for stream in list(self.streams):
+            self.close(stream)
+
+
+def _take(stream: EventStream) -> list[TelemetryEvent]:
+    events = []
+    while len(events) < _MAX_CHUNK:
+        event = stream.get(timeout=0)
+        if event is None:
+            break
+        events.append(event)
+    return events
+
+
+async def _batches(ctx: APIContext, stream: EventStream, transport: str) -> AsyncIterator[tuple[list[TelemetryEvent], int]]:
+    """Yield ``(events, newly skipped)`` as they come, and ``([], 0)`` at each heartbeat."""
+    config = ctx.config.streams
+    reported = 0
+    last = time.monotonic()
+    while not stream.closed:
+        events = _take(stream)
+        skipped = stream.dropped - reported
+        if skipped:
+            reported = stream.dropped
+            ctx.metrics.stream_skipped.labels(transport).inc(skipped)
+        if events or skipped:
+            last = time.monotonic()
+            yield events, skipped
+            if config.disconnect_after_dropped and stream.dropped >= config.disconnect_after_dropped:
+                ctx.metrics.stream_disconnected.labels(transport).inc()
+                return
+            continue
+        if time.monotonic() - last >= config.heartbeat_s:
+            last = time.monotonic()
+            yield [], 0
+        await asyncio.sleep(_POLL_S)
+
+
+def _event_json(event: TelemetryEvent) -> bytes:
+    return orjson.dumps(event.to_dict())
+
+
+async def sse(request: Request) -> StreamingResponse:
+    """``GET /api/stream``: new events as Server-Sent Events (``event:`` is the event type, ``id:`` its id)."""
+    ctx: APIContext = request.app.state.ctx
+    stream = ctx.live.open(dict(request.query_params))
+    gauge = ctx.metrics.stream_clients.labels("sse")
+
+    async def body() -> AsyncIterator[bytes]:
+        gauge.inc()
+        try:
+            yield b": connected\n\n"
+            async for events, skipped in _batches(ctx, stream, "sse"):
+                if not events and not skipped:
+                    yield b": ping\n\n"
+                    continue
+                parts = [b"id: %s\nevent: %s\ndata: %s\n\n" % (e.id.encode(), e.event_type.encode(), _event_json(e))
+                         for e in events]
+                if skipped:
+                    parts.append(b"event: skipped\ndata: %s\n\n" % orjson.dumps({"skipped": skipped, "total": stream.dropped}))
+                ctx.metrics.stream_sent.labels("sse").inc(len(events))
+                yield b"".join(parts)
+        finally:
+            gauge.dec()
+            ctx.live.close(stream)
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+
+async def websocket_events(websocket: WebSocket) -> None:
+    """``/ws/events``: new events as JSON text messages ``{"type": "event", "event": {...}}``.
+
+    The client may send ``{"type": "ping"}`` (answered with ``pong``); anything
+    else is ignored.  Closing either side ends the subscription.
+    """
+    ctx: APIContext = websocket.app.state.ctx
+    try:
+        stream = ctx.live.open(dict(websocket.query_params))
+    except APIError as exc:
+        await websocket.close(code=1008 if exc.status < 500 else 1013, reason=exc.message[:120])
+        return
+    await websocket.accept()
+    gauge = ctx.metrics.stream_clients.labels("websocket")
+    gauge.inc()
+
+    async def listen() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text:
+                try:
+                    data = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(data, dict) and data.get("type") == "ping":
+                    await websocket.send_text('{"type":"pong"}')
+
+    listener = asyncio.create_task(listen())
+    try:
+        async for events, skipped in _batches(ctx, stream, "websocket"):
+            if listener.done():
+                break
+            if not events and not skipped:
+                await websocket.send_text('{"type":"ping"}')
+                continue
+            for event in events:
+                await websocket.send_text('{"type":"event","event":%s}' % _event_json(event).decode())
+            if skipped:
+                await websocket.send_text(orjson.dumps({"type": "skipped", "skipped": skipped, "total": stream.dropped}).decode())
+            ctx.metrics.stream_sent.labels("websocket").inc(len(events))
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
+    finally:
+        listener.cancel()
+        gauge.dec()
+        ctx.live.close(stream)
+        if websocket.client_state == WebSocketState.CONNECTED:
+            try:
+                await websocket.close(code=1001 if ctx.live.stopping else 1008 if stream.dropped else 1000)
+            except (RuntimeError, OSError):
+                pass

@@ -1,0 +1,241 @@
+"""What guards every request: security headers, rate limits per client IP, and API-key authentication.
+
+One pure ASGI middleware (so WebSocket handshakes are guarded too).  Routes
+fall into classes: open (``/health``, ``/openapi.json``), read (``/api/...``
+queries, live streams, ``/metrics``) and ingest (``POST /api/events``,
+``/api/sessions``, OTLP ``/v1/...``).  Read and ingest have separate rate-limit
+budgets and separate key scopes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from vibekit_telemetry import acting_as
+
+from .config import APIConfig, Credential
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_OPEN = frozenset({"/health", "/openapi.json", "/favicon.ico"})
+#: paths where a browser cannot send headers (EventSource, WebSocket): a key may come as ?api_key=
+_QUERY_KEY_PATHS = ("/api/stream", "/ws/")
+
+
+def route_class(method: str, path: str, metrics_path: str) -> str:
+    """``open``, ``ingest`` or ``read``: which rate-limit budget and key scope a request needs."""
+    if path in _OPEN or path.startswith("/dashboard"):
+        return "open"
+    if path.startswith("/v1/") or method == "POST" and (path == "/api/events" or path.startswith("/api/sessions")):
+        return "ingest"
+    if path.startswith(("/api/", "/ws/")) or path == metrics_path:
+        return "read"
+    return "open"
+
+
+class RateLimiter:
+    """A fixed-window request counter per (budget, client); memory is bounded by pruning expired windows."""
+
+    def __init__(self, limits: dict[str, tuple[int, float]], max_clients: int = 100_000) -> None:
+        self.limits = limits
+        self.max_clients = max_clients
+        self._windows: dict[tuple[str, str], list[float]] = {}
+        self.limited: dict[str, int] = {name: 0 for name in limits}
+
+    def hit(self, budget: str, client: str, now: float | None = None) -> float | None:
+        """Count a request; ``None`` when allowed, else the seconds until the window resets."""
+        limit, window = self.limits[budget]
+        now = time.monotonic() if now is None else now
+        key = (budget, client)
+        entry = self._windows.get(key)
+        if entry is None or now - entry[0] >= window:
+            if entry is None and len(self._windows) >= self.max_clients:
+                self._prune(now)
+            self._windows[key] = [now, 1]
+            return None
+        if entry[1] >= limit:
+            self.limited[budget] += 1
+            return max(1.0, entry[0] + window - now)
+        entry[1] += 1
+        return None
+
+    def _prune(self, now: float) -> None:
+        expired = [k for k, (start, _) in self._windows.items() if now - start >= self.limits[k[0]][1]]
+        for key in expired:
+            del self._windows[key]
+        if len(self._windows) >= self.max_clients:  # all live: forget the oldest windows
+            for key in sorted(self._windows, key=lambda k: self._windows[k][0])[: len(self._windows) // 2]:
+                del self._windows[key]
+
+
+class Authenticator:
+    """Checks a presented secret against every credential in constant time."""
+
+    def __init__(self, credentials: list[Credential]) -> None:
+        self.credentials = credentials
+        self.failures = {"missing": 0, "invalid": 0, "forbidden": 0}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any credential is configured (then every guarded route needs one)."""
+        return bool(self.credentials)
+
+    def match(self, secret: str) -> Credential | None:
+        """The credential ``secret`` belongs to, comparing against all of them so timing says nothing."""
+        given = secret.encode()
+        found = None
+        for credential in self.credentials:
+            if hmac.compare_digest(given, credential.secret.encode()):
+                found = credential
+        return found
+
+
+def presented_secret(scope: Scope) -> str | None:
+    """The key a request presents: ``X-API-Key``, ``Authorization: Bearer``, or ``?api_key=`` on stream paths."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                return token.strip()
+    if scope["path"].startswith(_QUERY_KEY_PATHS):
+        from urllib.parse import parse_qs
+
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
+        if values:
+            return values[0]
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def client_ip(scope: Scope, trust_proxy: bool) -> str:
+    """The client's address (the first ``X-Forwarded-For`` hop when behind a trusted proxy)."""
+    if trust_proxy:
+        forwarded = _header(scope, b"x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+class Guard:
+    """ASGI middleware: security headers on every response, then rate limiting, then authentication."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], config: APIConfig, auth: Authenticator,
+                 limiter: RateLimiter | None, on_reject: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.config = config
+        self.auth = auth
+        self.limiter = limiter
+        self.on_reject = on_reject or (lambda reason: None)
+        self.metrics_path = config.metrics.endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        secure = scope.get("scheme") in ("https", "wss") or (
+            self.config.trust_proxy and _header(scope, b"x-forwarded-proto") == "https")
+        send = self._with_headers(send, secure) if scope["type"] == "http" else send
+        method = scope.get("method", "GET")
+        kind = route_class(method, scope["path"], self.metrics_path)
+        if kind == "open" or method == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        if self.limiter is not None and self.config.rate_limit.enabled and scope["path"] != self.metrics_path:
+            budget = "ingest" if kind == "ingest" else "api"
+            retry = self.limiter.hit(budget, client_ip(scope, self.config.trust_proxy))
+            if retry is not None:
+                self.on_reject("rate_limited")
+                await _reject(scope, receive, send, 429, "Too Many Requests",
+                              f"rate limit of {self.limiter.limits[budget][0]} requests exceeded; retry later",
+                              {"retry-after": str(int(retry + 0.999))})
+                return
+        if not self.auth.enabled:
+            await self.app(scope, receive, send)
+            return
+        secret = presented_secret(scope)
+        if secret is None:
+            self.auth.failures["missing"] += 1
+            self.on_reject("unauthenticated")
+            await _reject(scope, receive, send, 401, "Unauthorized",
+                          "credentials required: send X-API-Key or Authorization: Bearer",
+                          {"www-authenticate": 'Bearer realm="telemetry"'})
+            return
+        credential = self.auth.match(secret)
+        if credential is None:
+            self.auth.failures["invalid"] += 1
+            self.on_reject("unauthenticated")
+            await _reject(scope, receive, send, 401, "Unauthorized", "invalid API key or token",
+                          {"www-authenticate": 'Bearer realm="telemetry", error="invalid_token"'})
+            return
+        if kind not in credential.scopes:
+            self.auth.failures["forbidden"] += 1
+            self.on_reject("forbidden")
+            await _reject(scope, receive, send, 403, "Forbidden",
+                          f"this key may {' and '.join(sorted(credential.scopes))} but not {kind}")
+            return
+        scope.setdefault("state", {})["actor"] = credential.name
+        with acting_as(credential.name):
+            await self.app(scope, receive, send)
+
+    def _with_headers(self, send: Send, secure: bool) -> Send:
+        extra = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"content-security-policy", CSP.encode()),
+        ]
+        if secure:
+            extra.append((b"strict-transport-security", f"max-age={self.config.hsts_max_age}; includeSubDomains".encode()))
+
+        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                message["headers"] = [*message.get("headers", ()), *(h for h in extra if h[0] not in present)]
+            await send(message)
+
+        return send_with_headers
+
+
+async def _reject(scope: Scope, receive: Receive, send: Send, status: int, error: str, message: str,
+                  headers: dict[str, str] | None = None) -> None:
+    if scope["type"] == "websocket":
+        # refuse the handshake: an HTTP response where the client supports it, else a policy close
+        await receive()
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await _http_response(send, status, error, message, headers, prefix="websocket.")
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": f"{status} {error}"})
+        return
+    await _http_response(send, status, error, message, headers)
+
+
+async def _http_response(send: Send, status: int, error: str, message: str, headers: dict[str, str] | None,
+                         prefix: str = "") -> None:
+    body = orjson.dumps({"error": error, "message": message})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    if prefix:
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})

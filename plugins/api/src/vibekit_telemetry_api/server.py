@@ -1,0 +1,161 @@
+"""Running the application with uvicorn: in the foreground (``telemetry api``) or on a background thread.
+
+The listening socket is bound before uvicorn starts, so a busy port is a clear
+``OSError`` here rather than a ``sys.exit`` inside uvicorn.  Stopping ends the
+live streams first (they would otherwise hold the graceful shutdown open),
+then lets uvicorn finish the requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from .app import build_app
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from vibekit_telemetry import TelemetryService
+
+    from .config import APIConfig
+
+log = logging.getLogger("vibekit_telemetry.api")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, ending the live streams as soon as a stop is asked for (signal or ``stop()``)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Any) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+class APIServer:
+    """The HTTP API of one :class:`~vibekit_telemetry.TelemetryService`.
+
+    ``start()`` serves on a background thread and returns once the socket
+    listens; ``serve()`` serves in the calling thread until SIGINT/SIGTERM.
+    ``stop()`` (or leaving a ``with`` block) shuts it down.
+    """
+
+    def __init__(self, service: TelemetryService, config: APIConfig, *,
+                 extra_routes: list[BaseRoute] | None = None) -> None:
+        self.service = service
+        self.config = config
+        self.app = build_app(service, config, extra_routes=extra_routes)
+        self._socket: socket.socket | None = None
+        self._port: int | None = None
+        self._server: _Uvicorn | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the chosen one when the configuration says 0)."""
+        return self._port if self._port is not None else self.config.port
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:3000``."""
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        self._socket = sock
+        self._port = sock.getsockname()[1]
+        return sock
+
+    def _uvicorn(self) -> _Uvicorn:
+        ws = "websockets-sansio"
+        config = uvicorn.Config(
+            self.app, log_level=self.config.log_level, access_log=self.config.access_log, lifespan="off",
+            ws=ws, timeout_graceful_shutdown=5, server_header=False, proxy_headers=self.config.trust_proxy,
+            ws_max_size=1 << 20,
+        )
+        self._server = _Uvicorn(config, self._end_streams)
+        return self._server
+
+    def _end_streams(self) -> None:
+        self.app.state.ctx.live.close_all()
+
+    def start(self, timeout: float = 10.0) -> APIServer:
+        """Serve on a background thread; returns once the server accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("the API server is already running")
+        sock = self._bind()
+        server = self._uvicorn()
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                        name=f"vibekit-api-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if server.started or not self._thread.is_alive():
+                break
+            deadline.wait(0.01)
+        if not server.started:
+            self.stop()
+            raise RuntimeError(f"the API server did not start within {timeout} s")
+        log.info("API server listening on %s", self.url)
+        return self
+
+    def serve(self, ready: Callable[[str], None] | None = None) -> None:
+        """Serve in this thread until SIGINT or SIGTERM (then finish the requests in flight).
+
+        ``ready`` is called with the URL once the socket listens.
+        """
+        sock = self._bind()
+        if ready is not None:
+            ready(self.url)
+        try:
+            self._uvicorn().run(sockets=[sock])
+        finally:
+            sock.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving: live streams end, requests in flight finish (up to ``timeout`` seconds)."""
+        self._end_streams()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is serving."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> APIServer:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<APIServer {self.url} {'running' if self.running else 'stopped'}>"
