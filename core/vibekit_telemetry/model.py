@@ -511,6 +511,8 @@ class QueryFilter:
             raise InvalidQueryError("metadata", "must be a mapping of key to value")
         if self.cursor is not None:
             decode_cursor(self.cursor)
+        if self.text is not None and not search_words(self.text):
+            raise InvalidQueryError("text", f"{self.text!r} has no words to search for")
 
     @classmethod
     def build(cls, filter: QueryFilter | Mapping[str, Any] | None = None, **kwargs: Any) -> QueryFilter:

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from vibekit_telemetry import StorageError, TelemetryEvent, TelemetryService, now_ms
+from vibekit_telemetry import InvalidQueryError, StorageError, TelemetryEvent, TelemetryService, now_ms
 from vibekit_telemetry_sqlite import SQLiteStorage, fts_query
 from vibekit_telemetry_sqlite.migrations import MIGRATION_SET, migrations
 
@@ -65,6 +65,11 @@ def test_fts_query_keeps_only_words():
     assert fts_query('Parser NEAR(bug) "x AND y_z*') == "parser near bug x and y z"
     with pytest.raises(StorageError, match="no words"):
         fts_query('  "" * ')
+
+
+def test_a_text_search_without_words_is_an_invalid_query(tmp_path):
+    with _service(tmp_path / "t.db") as telemetry, pytest.raises(InvalidQueryError, match="text"):
+        telemetry.query(text=' "" * ')
 
 
 def test_refuses_a_file_that_is_not_sqlite(tmp_path):
