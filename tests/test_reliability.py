@@ -352,6 +352,18 @@ def test_a_slow_sink_spills_to_disk_instead_of_growing_memory(in_tmp):
     assert not high
 
 
+def test_a_full_spill_journal_refuses_events_and_never_loses_an_accepted_one(in_tmp):
+    store = RecordingStore(delay=0.05)
+    with _service(store, stream_batch_size=100, max_batch_size=100, max_queue_size=300,
+                  reliability={"buffer_size": 600}) as t:
+        ids = [t.track({"category": "flood", "value": i}) for i in range(5000)]
+        accepted = [i for i in ids if i is not None]
+        assert 900 <= len(accepted) < 5000  # queue + spill journal held what they could; the rest was refused
+        counters = t.get_health_status().counters
+        assert counters["dropped_by_reason"] == {"spill_full": 5000 - len(accepted)}
+    assert {e.id for e in store.rows.values()} == set(accepted)
+
+
 def test_memory_limit_fires_memory_high_and_spills(in_tmp):
     store = RecordingStore()
     seen = []

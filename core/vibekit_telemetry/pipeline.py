@@ -143,11 +143,27 @@ class Pipeline:
                 self._queue.append(item)  # the flusher caught up meanwhile
                 return True
             self._spilling = True
+            if not self._spill_has_room():
+                # refuse now, while the caller can still be told: an event accepted here must not be lost later
+                self._on_drop("spill_full", 1)
+                return False
             self._spill_buffer.append(item)
             if len(self._spill_buffer) >= _SPILL_CHUNK:
                 self._write_spill_locked()
         self._wake.set()
         return True
+
+    def _spill_has_room(self) -> bool:
+        """Whether the spill journal can take the buffered chunk plus one more event (caller holds the lock)."""
+        max_events, max_bytes = self._spill_limits
+        waiting = len(self._spill_buffer) + 1
+        if self._spill is None:
+            return waiting <= max_events
+        pending = self._spill.pending_events
+        if pending + waiting > max_events:
+            return False
+        per_event = self._spill.pending_bytes / pending if pending else 0
+        return self._spill.pending_bytes + per_event * (waiting + _SPILL_CHUNK) <= max_bytes
 
     def _write_spill_locked(self) -> None:
         """Move the spill buffer to the spill journal (caller holds the spill lock)."""
@@ -227,6 +243,9 @@ class Pipeline:
         written = self._drain_orphans() if self._orphan_spills else 0
         written += self._drain_queue()
         if self._spilling:
+            # what is still queued was queued before the first spilled event, and nothing joins the queue while
+            # events spill: write it all before the spill journal, or spilled events would overtake it
+            written += self._drain_queue(bounded=False)
             written += self._drain_spill()
         return written
 
@@ -276,13 +295,13 @@ class Pipeline:
         except Exception:  # the writer reports its own failures; never let the flusher die
             log.exception("writing a batch of %d events failed", len(batch))
 
-    def _drain_queue(self) -> int:
+    def _drain_queue(self, bounded: bool = True) -> int:
         # Only what was queued when the drain began: a producer that never pauses must not keep a flush
         # (and the reader waiting on it) going forever.
         written = 0
         queue = self._queue
         popleft = queue.popleft
-        remaining = len(queue)
+        remaining = len(queue) if bounded else self._max_queue + 1
         while queue and remaining > 0:
             batch = []
             try:

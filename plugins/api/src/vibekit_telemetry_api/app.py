@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import logging
 import threading
 import time
@@ -207,7 +208,9 @@ async def post_events(request: Request) -> Response:
         else:
             ids.append(event_id)
     ctx.metrics.ingested.labels("api").inc(len(ids))
-    return json_response({"accepted": len(ids), "ids": ids, "not_accepted": not_stored}, 202)
+    # events refused by an overloaded pipeline (or filtered by a plugin): the client may send those again
+    headers = {"retry-after": "1"} if not_stored else None
+    return json_response({"accepted": len(ids), "ids": ids, "not_accepted": not_stored}, 202, headers)
 
 
 async def get_events(request: Request) -> Response:
@@ -349,24 +352,31 @@ def _export_target(ctx: APIContext, name: str) -> Path:
     return target
 
 
-class _PipeWriter:
-    """A binary file the export thread writes to; chunks reach the response through a bounded queue."""
+class _PipeWriter(io.RawIOBase):
+    """A write-only binary file for the export thread; chunks reach the response through a bounded queue."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
+        super().__init__()
         self.loop = loop
         self.queue = queue
         self.buffer = bytearray()
+        self.position = 0
         self.cancelled = threading.Event()
 
-    def write(self, data: bytes) -> int:
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
         self.buffer += data
+        self.position += size
         if len(self.buffer) >= _EXPORT_CHUNK:
             self.push(bytes(self.buffer))
             self.buffer.clear()
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing to do: chunks leave when full or at the end."""
+        return size
 
     def push(self, item: bytes | BaseException | None) -> None:
         future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)

@@ -128,9 +128,10 @@ class _ServiceCollector:
             if value is not None:
                 latency.add_metric([quantile], value / 1000)
         yield latency
+        ttft = GaugeMetricFamily("vibekit_window_ttft_seconds", "Average time to first chunk" + window, labels=[])
         if perf.avg_ttft is not None:
-            yield GaugeMetricFamily("vibekit_window_ttft_seconds", "Average time to first chunk" + window,
-                                    value=perf.avg_ttft / 1000)
+            ttft.add_metric([], perf.avg_ttft / 1000)
+        yield ttft
         tokens = GaugeMetricFamily("vibekit_window_tokens", "Tokens by model and kind" + window, labels=["model", "kind"])
         cost = GaugeMetricFamily("vibekit_window_cost_usd", "Estimated cost by model" + window, labels=["model"])
         for model, breakdown in sorted(metrics.by_model.items()):

@@ -138,6 +138,7 @@ class APIServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving: live streams end, requests in flight finish (up to ``timeout`` seconds)."""
         self._end_streams()
+        self.service.off("flush", self.app.state.ctx.metrics.on_flush)
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
