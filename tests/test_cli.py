@@ -151,3 +151,22 @@ def test_validate_and_plugins_do_not_open_storage(tmp_path):
     run(tmp_path, "config", "validate")
     run(tmp_path, "plugins", "--json")
     assert not (tmp_path / ".vibekit").exists()
+
+
+def test_export_and_import_round_trip_through_the_cli(demo_dir, tmp_path):
+    out = tmp_path / "claude.csv.gz"
+    result = run(demo_dir, "export", "--output", str(out), "--category", "claude", "--since", "7d", "--delimiter", ";")
+    assert "exported" in result.stderr and out.exists()
+    refused = run(demo_dir, "export", "--output", str(out), "--category", "claude", check=False)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    run(demo_dir, "export", "--output", str(out), "--category", "claude", "--since", "7d", "--force")
+    target = tmp_path / "target"
+    target.mkdir()
+    imported = run(target, "import", str(out))
+    with TelemetryService(data_dir=str(demo_dir / ".vibekit")) as source:
+        expected = sum(1 for e in source.iter_events(category="claude"))
+    assert f"imported {expected:,} of {expected:,} events" in imported.stdout
+    piped = run(demo_dir, "export", "--format", "jsonl", "--output", "-", "--type", "start")
+    assert all(json.loads(line)["event_type"] == "start" for line in piped.stdout.splitlines())
+    unknown = run(demo_dir, "export", "--format", "xlsx", "--output", str(tmp_path / "x.xlsx"), check=False)
+    assert unknown.returncode == 2 and "available:" in unknown.stderr

@@ -315,8 +315,19 @@ def test_interpreter_exit_drains_pending_events(in_tmp):
 
 def test_export_without_exporter_is_a_clear_error(memory_telemetry):
     memory_telemetry.track({"category": "c"})
-    with pytest.raises(Exception, match="no plugin exports format 'parquet'"):
-        memory_telemetry.export("parquet")
+    with pytest.raises(Exception, match="no plugin exports format 'xlsx'"):
+        memory_telemetry.export("xlsx")
+
+
+def test_an_installed_format_loads_on_first_use_and_a_failed_export_leaves_no_file(memory_telemetry, in_tmp):
+    memory_telemetry.track({"category": "c"})
+    assert "json" not in memory_telemetry.plugin_names()
+    assert {"csv", "json", "jsonl", "parquet"} <= set(memory_telemetry.export_formats())
+    assert memory_telemetry.export(output="events.jsonl") == 1
+    assert "json" in memory_telemetry.plugin_names()
+    with pytest.raises(ValueError, match="no options"):
+        memory_telemetry.export(output="broken.jsonl", delimiter=";")
+    assert not (in_tmp / "broken.jsonl").exists() and not (in_tmp / "broken.jsonl.partial").exists()
 
 
 def test_export_and_detect_through_plugins(in_tmp):
@@ -353,7 +364,7 @@ def test_export_and_detect_through_plugins(in_tmp):
         assert t.export("lines", {"category": "b"}, suffix="?") == b"b?\n"
         out = in_tmp / "x.txt"
         assert t.export("lines", output=out) == 3 and out.read_text().count("\n") == 3
-        assert t.export_formats() == ["lines"]
+        assert t.export_formats() == sorted(["lines", "csv", "json", "jsonl", "parquet"])
         seen = []
         t.on("anomaly", seen.append)
         found = t.detect("latency", [(1, 1.0), (2, 50.0), (3, 2.0)])

@@ -39,6 +39,7 @@ from .model import (
 from .service import (
     BatchResult,
     HealthStatus,
+    ImportResult,
     SessionScope,
     TelemetryService,
     acting_as,
@@ -60,6 +61,7 @@ __all__ = [
     "EventBuilder",
     "EventStream",
     "HealthStatus",
+    "ImportResult",
     "InvalidEventError",
     "InvalidQueryError",
     "LoadedConfig",

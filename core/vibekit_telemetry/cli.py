@@ -7,6 +7,7 @@ plugins add more through the ``register_commands`` hook.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -355,6 +356,82 @@ def demo(state: _State, count: int, seed: int | None) -> None:
     render([s.to_dict() for s in latest], SESSION_COLUMNS, "table", title="latest sessions")
     click.echo("Next: telemetry sessions | telemetry session <id> --with-events | "
                "telemetry query --category claude --since 1h")
+
+
+@cli.command("export")
+@click.option("--format", "fmt", help="json, jsonl, csv, parquet, otlp ... (default: from the output file name).")
+@click.option("-o", "--output", required=True, help="A file, '-' for standard output, or a URL such as s3://bucket/key.")
+@click.option("--since", help="Start time: 30m, 1h, 2d, an ISO date.")
+@click.option("--until", help="End time, same forms as --since.")
+@click.option("--category", help="Only this category (agent).")
+@click.option("--type", "event_type", type=click.Choice(["start", "stream", "end", "error", "custom"]))
+@click.option("--sessions", help="Only these sessions (comma-separated ids).")
+@click.option("--compress", type=click.Choice(["gzip", "zstd"]), help="Compress (default: from the file name).")
+@click.option("--delimiter", help="CSV field delimiter (default ',').")
+@click.option("--no-header", is_flag=True, help="CSV: leave out the header row.")
+@click.option("--metadata", "metadata_mode", type=click.Choice(["json", "flatten", "struct"]),
+              help="How metadata is written: a JSON column (default), flattened columns (CSV), a struct (Parquet).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def export_command(state: _State, fmt: str | None, output: str, since: str | None, until: str | None,
+                   category: str | None, event_type: str | None, sessions: str | None, compress: str | None,
+                   delimiter: str | None, no_header: bool, metadata_mode: str | None, force: bool) -> None:
+    """Export events, oldest first, streaming (memory stays bounded however many there are)."""
+    flt: dict[str, Any] = {k: v for k, v in (("since", _time_option(since)), ("until", _time_option(until)),
+                                               ("category", category), ("event_type", event_type)) if v is not None}
+    if sessions:
+        flt["session_ids"] = tuple(s for s in sessions.split(",") if s)
+    options: dict[str, Any] = {}
+    if delimiter is not None:
+        options["delimiter"] = delimiter
+    if no_header:
+        options["header"] = False
+    if metadata_mode is not None:
+        options["metadata"] = metadata_mode
+    target: Any = output
+    if output == "-":
+        target = click.get_binary_stream("stdout")
+        if fmt is None:
+            raise click.UsageError("--format is needed when writing to standard output")
+    elif "://" not in output and os.path.exists(output) and not force:
+        if not (sys.stdin.isatty() and click.confirm(f"{output} exists; overwrite it?", err=True)):
+            click.echo(f"error: {output} exists; pass --force to overwrite it", err=True)
+            sys.exit(2)
+    service = state.service()
+    try:
+        if output != "-" and sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            with Progress(SpinnerColumn(), TextColumn("exported {task.completed:,} events"), transient=True) as bar:
+                task = bar.add_task("export", total=None)
+                count = service.export(fmt, flt, output=target, compression=compress,
+                                       progress=lambda n: bar.update(task, completed=n), **options)
+        else:
+            count = service.export(fmt, flt, output=target, compression=compress, **options)
+    except (TelemetryError, ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if output != "-":
+        click.echo(f"exported {count:,} events to {output}", err=True)
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", help="json, jsonl, csv, parquet, otlp (default: from the file name).")
+@click.pass_obj
+def import_command(state: _State, source: str, fmt: str | None) -> None:
+    """Read events back from an export file (gzip and zstd are detected) into the configured storage."""
+    try:
+        result = state.service().import_events(source, fmt)
+    except (TelemetryError, ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"imported {result.imported:,} of {result.read:,} events from {source}"
+               + (f"; {result.rejected:,} rejected" if result.rejected else ""))
+    for error in result.errors:
+        click.echo(f"  {error}", err=True)
+    if result.rejected:
+        sys.exit(1)
 
 
 def _add_plugin_commands() -> None:

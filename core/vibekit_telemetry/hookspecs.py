@@ -6,10 +6,10 @@ and isolation are under its control:
 
 * ``before_track`` is a chain run in configuration order, each plugin receiving
   the previous one's result;
-* ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``,
+* ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``, ``import_formats``,
   ``detect``, ``startup``, ``before_shutdown``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
-* ``query``, ``get_session``, ``get_sessions``, ``export``, ``get_metrics``,
+* ``query``, ``get_session``, ``get_sessions``, ``export``, ``import_events``, ``export_destination``, ``get_metrics``,
   ``get_insights``, ``define_metric``, ``metric_series`` and ``start_api_server`` are answered by
   the first plugin in configuration order that returns something other than
   ``None``.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     import click
 
@@ -203,6 +203,31 @@ def health() -> dict[str, Any] | None:
 
     ``healthy`` (bool) and ``issues`` (list of strings) are read by the kernel;
     anything else (``size_bytes``, ``path`` ...) is shown as it is.
+    """
+
+
+@hookspec(firstresult=True)
+def import_events(format: str, input: BinaryIO, options: dict[str, Any]) -> Iterable[Mapping[str, Any]] | None:
+    """Read events written in ``format`` from the binary stream ``input`` (already decompressed).
+
+    Return an iterable of event mappings (every field, as ``TelemetryEvent.to_dict()``
+    gives them) if this plugin reads ``format``, otherwise ``None``.  Yield as you
+    read so memory stays bounded; raise ``ValueError`` naming the line or row for
+    input that cannot be read.
+    """
+
+
+@hookspec
+def import_formats() -> list[str] | None:
+    """Return the format names this plugin can read back (``telemetry import``)."""
+
+
+@hookspec(firstresult=True)
+def export_destination(url: str, options: dict[str, Any]) -> BinaryIO | None:
+    """Open ``url`` (``s3://bucket/key`` ...) for writing an export, or return ``None`` for another scheme.
+
+    Return a writable binary file; the kernel writes the export into it and
+    calls ``close()``, which must finish the upload and raise if it failed.
     """
 
 

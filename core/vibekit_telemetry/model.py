@@ -110,12 +110,12 @@ class TelemetryEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a plain dict with ``None`` fields left out (JSON-ready)."""
-        out = {}
-        for name in _FIELD_ORDER:
-            val = getattr(self, name)
-            if val is None or (name == "truncated" and not val):
-                continue
-            out[name] = list(val) if name == "truncated" else val
+        d = self.__dict__
+        out = {name: d[name] for name in _FIELD_ORDER if d[name] is not None}
+        if out.get("truncated"):
+            out["truncated"] = list(out["truncated"])
+        else:
+            out.pop("truncated", None)
         return out
 
 

@@ -27,6 +27,15 @@ from .errors import ConfigError, PluginError
 log = logging.getLogger("vibekit_telemetry.plugins")
 
 ENTRY_POINT_GROUP = "vibekit_telemetry.plugins"
+#: export/import formats by name (``jsonl``, ``csv`` ...): installing the package makes the format available
+FORMAT_GROUP = "vibekit_telemetry.formats"
+#: export destinations by URL scheme (``s3``)
+DESTINATION_GROUP = "vibekit_telemetry.destinations"
+
+
+def named_entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
+    """The entry points of ``group`` by name (formats or URL schemes that installed plugins provide)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
 
 
 @attrs.frozen

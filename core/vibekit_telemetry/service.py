@@ -43,11 +43,20 @@ from .model import (
     validate_event,
 )
 from .pipeline import Pipeline
-from .plugins import PluginHost, instantiate, plugin_name_of, resolve_entry_points
+from .plugins import (
+    DESTINATION_GROUP,
+    FORMAT_GROUP,
+    PluginHost,
+    instantiate,
+    named_entry_points,
+    plugin_name_of,
+    resolve_entry_points,
+)
 from .reliability import GuardedSink, ReliabilityConfig
 from .sampling import Thinner
 from .streams import EventStream
 from .times import now_ms, span_ms
+from .transfer import COMPRESSIONS, compressed_writer, decompressed_reader, infer_from_name
 from .times import to_ms as _to_ms
 from .times import time_range as _time_range
 
@@ -106,6 +115,16 @@ class BatchResult:
     accepted: list[str]
     rejected: list[tuple[int, InvalidEventError]]
     dropped: list[int]
+
+
+@attrs.frozen
+class ImportResult:
+    """What ``import_events`` did: events read, tracked, and rejected as invalid (with the first errors)."""
+
+    read: int
+    imported: int
+    rejected: int
+    errors: list[str]
 
 
 @attrs.frozen
@@ -186,6 +205,7 @@ class TelemetryService:
         self._closed = False
         self._shutting_down = False
         self._live_interval: float | None = None
+        self._on_demand: dict[str, str] = {}
         self._process: Any = None
         self.host = PluginHost()
         self.storage_plugins: list[str] = []
@@ -810,33 +830,103 @@ class TelemetryService:
 
     def export_formats(self) -> list[str]:
         """The export formats the installed plugins handle."""
-        found: list[str] = []
+        found: list[str] = list(named_entry_points(FORMAT_GROUP))
         for _, formats in self.host.each("export_formats", self._plugin_failure):
             found.extend(formats or ())
         return sorted(set(found))
 
-    def export(self, format: str, filter: QueryFilter | Mapping[str, Any] | None = None, *,
-               output: str | os.PathLike[str] | BinaryIO | None = None, **options: Any) -> bytes | int:
-        """Export matching events in ``format`` through the ``export`` hook.
+    def _load_on_demand(self, group: str, name: str) -> None:
+        """Register the installed plugin that provides format (or URL scheme) ``name``, once, on first use.
 
-        With ``output`` (a path or a binary file) events stream to it and the
-        count is returned; without, the exported bytes are returned.
+        Exporters need no configuration to be available: installing the package is enough.
+        Configured instances (``plugins = [{name = "csv", options = ...}]``) come first and win.
         """
-        events = self.iter_events(filter)
-        details = {"format": format, "filter": repr(filter) if filter is not None else None,
-                   "output": str(output) if isinstance(output, (str, os.PathLike)) else None}
+        ep = named_entry_points(group).get(name)
+        if ep is None or ep.value in self._on_demand:
+            return
+        try:
+            target = ep.load()
+        except Exception as exc:
+            raise PluginError(f"the plugin for {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from exc
+        obj = instantiate(name, target, {}, where=f"{group} entry point {name}")
+        plugin = plugin_name_of(obj)
+        if plugin in self.host.meta:
+            plugin = f"{plugin}:{name}"
+        self._register(plugin, obj, source="installed format")
+        self._on_demand[ep.value] = plugin
+        for impl in self.host.impls("startup"):
+            if impl.plugin == plugin:
+                impl(service=self)
+
+    def export(self, format: str | None = None, filter: QueryFilter | Mapping[str, Any] | None = None, *,
+               output: str | os.PathLike[str] | BinaryIO | None = None, compression: str | None = None,
+               **options: Any) -> bytes | int:
+        """Export matching events (oldest first) in ``format`` through the ``export`` hook.
+
+        ``output`` is a path (the format and compression may come from its name:
+        ``events.jsonl.gz``; the file appears complete or not at all), a URL such as
+        ``s3://bucket/key`` that a destination plugin handles, or a binary file.
+        Without ``output`` the exported bytes are returned, otherwise the count.
+        ``compression`` is ``gzip`` or ``zstd`` for any format; ``progress`` is called with
+        the count so far every few thousand events; other ``options`` go to the exporter
+        (``delimiter``, ``metadata`` ...).
+        """
+        name = os.fspath(output) if isinstance(output, (str, os.PathLike)) else None
+        if name is not None:
+            named_format, named_compression = infer_from_name(name)
+            format = format or named_format
+            compression = compression or named_compression
+        if not format:
+            raise ValueError("name an export format (or an output file whose name says it, such as events.jsonl)")
+        if not self._provides("export_formats", format):
+            self._load_on_demand(FORMAT_GROUP, format)
+        known = self.export_formats()
+        if format not in known:
+            raise PluginError(f"no plugin exports format {format!r} (available: {', '.join(known) or 'none installed'}); "
+                              "install an exporter plugin such as vibekit-telemetry-json")
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        level = options.pop("compression_level", None)
+        progress = options.pop("progress", None)
+        events = self.iter_events(filter, page_size=5000)
+        if progress is not None:
+            events = _reporting(events, progress)
+
+        def write(stream: BinaryIO) -> int:
+            with compressed_writer(stream, compression, level) as out:
+                return self._export_to(format, events, out, options)
+
         if output is None:
             buffer = io.BytesIO()
-            count = self._export_to(format, events, buffer, options)
-            self.audit("export", "events", {**details, "count": count})
-            return buffer.getvalue()
-        if isinstance(output, (str, os.PathLike)):
-            with open(output, "wb") as fh:
-                count = self._export_to(format, events, fh, options)
+            count = write(buffer)
+        elif name is not None and "://" in name:
+            self._load_on_demand(DESTINATION_GROUP, name.split("://", 1)[0])
+            destination = self.host.first("export_destination", url=name, options=options)[1]
+            if destination is None:
+                raise PluginError(f"no installed plugin writes to {name.split('://')[0]}:// URLs "
+                                  "(for s3:// install vibekit-telemetry-s3)")
+            try:
+                count = write(destination)
+            except BaseException:
+                abort = getattr(destination, "abort", None)
+                if abort is not None:
+                    abort()
+                raise
+            destination.close()
+        elif name is not None:
+            partial = f"{name}.partial"
+            try:
+                with open(partial, "wb") as fh:
+                    count = write(fh)
+                os.replace(partial, name)
+            finally:
+                if os.path.exists(partial):
+                    os.unlink(partial)
         else:
-            count = self._export_to(format, events, output, options)
-        self.audit("export", "events", {**details, "count": count})
-        return count
+            count = write(output)  # type: ignore[arg-type]
+        self.audit("export", "events", {"format": format, "compression": compression, "count": count,
+                                        "filter": repr(filter) if filter is not None else None, "output": name})
+        return buffer.getvalue() if output is None else count
 
     def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int:
         for impl in self.host.impls("export"):
@@ -845,6 +935,53 @@ class TelemetryService:
                 return count
         known = ", ".join(self.export_formats()) or "none installed"
         raise PluginError(f"no plugin exports format {format!r} (available: {known}); install an exporter plugin")
+
+    def _provides(self, hook: str, format: str) -> bool:
+        return any(format in (formats or ()) for _, formats in self.host.each(hook, self._plugin_failure))
+
+    def import_formats(self) -> list[str]:
+        """The formats the installed plugins can read back."""
+        found: list[str] = list(named_entry_points(FORMAT_GROUP))
+        for _, formats in self.host.each("import_formats", self._plugin_failure):
+            found.extend(formats or ())
+        return sorted(set(found))
+
+    def import_events(self, source: str | os.PathLike[str] | BinaryIO, format: str | None = None,
+                      **options: Any) -> ImportResult:
+        """Read events back from an export (a path or a binary file; gzip and zstd are detected) and track them.
+
+        Event ids are kept, so importing the same file twice stores each event
+        once.  Invalid events are counted and described in the result, the rest
+        are imported.
+        """
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+        if format is None and isinstance(name, str):
+            format = infer_from_name(name)[0]
+        if not format:
+            raise ValueError("name the import format (json, jsonl, csv, parquet, otlp ...)")
+        if not self._provides("import_formats", format):
+            self._load_on_demand(FORMAT_GROUP, format)
+        known = self.import_formats()
+        if format not in known:
+            raise PluginError(f"no plugin imports format {format!r} (available: {', '.join(known) or 'none installed'})")
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
+            stream = decompressed_reader(raw)  # type: ignore[arg-type]
+            rows = self.host.first("import_events", format=format, input=stream, options=options)[1]
+            read = imported = rejected = 0
+            errors: list[str] = []
+            for index, row in enumerate(rows or ()):
+                read += 1
+                try:
+                    if self.track(row) is not None:
+                        imported += 1
+                except InvalidEventError as exc:
+                    rejected += 1
+                    if len(errors) < 20:
+                        errors.append(f"event {index}: {exc}")
+        self.flush()
+        self.audit("import", "events", {"format": format, "source": name, "imported": imported, "rejected": rejected})
+        return ImportResult(read=read, imported=imported, rejected=rejected, errors=errors)
 
     def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str = "medium") -> list[Anomaly]:
         """Run every installed anomaly detector over a metric series and return what they found."""
@@ -1238,6 +1375,17 @@ def _cap_json(value: Any, max_bytes: int, cut: list[str], path: str = "metadata"
     if isinstance(value, list):
         return [_cap_json(v, max_bytes, cut, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+def _reporting(events: Iterator[TelemetryEvent], progress: Callable[[int], Any], every: int = 5000) -> Iterator[TelemetryEvent]:
+    """``events``, calling ``progress(count so far)`` every ``every`` events and at the end."""
+    count = 0
+    for event in events:
+        yield event
+        count += 1
+        if count % every == 0:
+            progress(count)
+    progress(count)
 
 
 _live_services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()

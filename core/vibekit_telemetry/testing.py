@@ -167,3 +167,81 @@ class StorageContract:
         assert len(service.query(QueryFilter(limit=None))) == 2000
         health = service.get_health_status()
         assert health.counters["stored"] == 2000 and health.counters["dropped"] == 0
+
+
+class FormatContract:
+    """What every export format plugin must do: stream out, read back the same events, compressed or not.
+
+    Subclass it with ``format = "<name>"`` (and ``exact_empty_strings = False`` for a format that
+    cannot tell an empty string from a missing value in top-level fields).  Requires pytest.
+    """
+
+    format: str = ""
+    exact_empty_strings: bool = True
+
+    @pytest.fixture
+    def make_service(self, tmp_path: Any) -> Any:
+        made: list[TelemetryService] = []
+
+        def make(name: str = "source") -> TelemetryService:
+            service = TelemetryService(data_dir=str(tmp_path / name), service_name="format-contract")
+            made.append(service)
+            return service
+
+        yield make
+        for service in made:
+            service.shutdown()
+
+    def _seed(self, service: TelemetryService) -> None:
+        base = now_ms() - 60_000
+        sid = service.track_start("claude", "code", "Réparer le bug 🐛 — 修复错误, \"quoted\", comma, new\nline",
+                                  timestamp=base, metadata={"model": "claude-sonnet-4-5", "temperature": 0.7})
+        service.track_stream(sid, "chunk, with \"quotes\" and\ttabs", timestamp=base + 10,
+                             metadata={"nested": {"a": [1, 2.5, {"b": None}], "c": {"d": "é"}}, "empty": "",
+                                       "zero": 0, "flag": False, "none": None})
+        service.track_stream(sid, "" if self.exact_empty_strings else "x", timestamp=base + 20, metadata={})
+        service.track_error(sid, error_type="ValueError", message="bad value",
+                            stack="Traceback (most recent call last):\n  line 1", timestamp=base + 30)
+        service.track_end(sid, "failed", timestamp=base + 40, metadata={"input_tokens": 12, "output_tokens": 3})
+        for i in range(40):
+            service.track({"event_type": "custom", "category": "user-action", "action": "click", "value": i + 0.25,
+                           "label": f"button {i}", "timestamp": base + 100 + i, "metadata": {"i": i}})
+
+    @staticmethod
+    def _events(service: TelemetryService) -> list[dict[str, Any]]:
+        return sorted((e.to_dict() for e in service.iter_events()), key=lambda d: d["id"])
+
+    @pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+    def test_export_then_import_gives_the_same_events(self, make_service: Any, tmp_path: Any,
+                                                      compression: str | None) -> None:
+        source = make_service()
+        self._seed(source)
+        suffix = {None: "", "gzip": ".gz", "zstd": ".zst"}[compression]
+        path = tmp_path / f"events.{self.format}{suffix}"
+        written = source.export(output=path)  # format and compression from the name
+        assert written == 45
+        target = make_service("target")
+        result = target.import_events(path)
+        assert (result.read, result.imported, result.rejected) == (45, 45, 0)
+        assert self._events(target) == self._events(source)
+        again = target.import_events(path)  # ids are kept: a second import stores nothing twice
+        assert again.imported == 45 and len(self._events(target)) == 45
+
+    def test_export_follows_the_filter_oldest_first(self, make_service: Any) -> None:
+        source = make_service()
+        self._seed(source)
+        data = source.export(self.format, {"category": "user-action"})
+        assert isinstance(data, bytes) and data
+        target = make_service("target")
+        import io
+
+        target.import_events(io.BytesIO(data), self.format)
+        events = list(target.iter_events())
+        assert len(events) == 40 and all(e.category == "user-action" for e in events)
+
+    def test_an_empty_export_reads_back_empty(self, make_service: Any) -> None:
+        import io
+
+        source = make_service()
+        data = source.export(self.format)
+        assert make_service("target").import_events(io.BytesIO(data), self.format).read == 0
