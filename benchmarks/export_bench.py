@@ -32,6 +32,10 @@ def _sample():
                 peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
         time.sleep(0.05)
 threading.Thread(target=_sample, daemon=True).start()
+def peak_rss():  # VmHWM belongs to this process image (ru_maxrss would carry the parent's peak across fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 from vibekit_telemetry import TelemetryService
 db, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
 service = TelemetryService(storage=[{"type": "sqlite", "options": {"path": db}}], data_dir=sys.argv[4])
@@ -39,7 +43,7 @@ started = time.perf_counter()
 count = service.export(fmt, output=out)
 seconds = time.perf_counter() - started
 service.shutdown()
-print(json.dumps({"count": count, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"count": count, "seconds": seconds, "peak_rss_mb": peak_rss(),
                   "peak_anon_mb": peak_anon[0] / 1024}))
 """
 
@@ -55,6 +59,10 @@ def _sample():
                 peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
         time.sleep(0.05)
 threading.Thread(target=_sample, daemon=True).start()
+def peak_rss():  # VmHWM belongs to this process image (ru_maxrss would carry the parent's peak across fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 import orjson
 db, out = sys.argv[1], sys.argv[2]
 started = time.perf_counter()
@@ -68,7 +76,7 @@ with open(out, "wb") as fh:
         fh.write(b"".join(dumps(dict(zip(names, row))) + b"\\n" for row in rows))
         count += len(rows)
 seconds = time.perf_counter() - started
-print(json.dumps({"count": count, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"count": count, "seconds": seconds, "peak_rss_mb": peak_rss(),
                   "peak_anon_mb": peak_anon[0] / 1024}))
 """
 
