@@ -364,7 +364,7 @@ def test_export_and_detect_through_plugins(in_tmp):
         assert t.export("lines", {"category": "b"}, suffix="?") == b"b?\n"
         out = in_tmp / "x.txt"
         assert t.export("lines", output=out) == 3 and out.read_text().count("\n") == 3
-        assert t.export_formats() == sorted(["lines", "csv", "json", "jsonl", "parquet"])
+        assert {"lines", "csv", "json", "jsonl", "parquet"} <= set(t.export_formats())
         seen = []
         t.on("anomaly", seen.append)
         found = t.detect("latency", [(1, 1.0), (2, 50.0), (3, 2.0)])

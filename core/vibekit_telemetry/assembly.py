@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, LoadedConfig, converter, deep_merge, structure
+from .config import PIPELINE_STORAGE_KEYS, SECTION_PLUGINS, STREAMING_PROVIDERS, LoadedConfig, converter, deep_merge, structure
 from .errors import ConfigError
 from .plugins import instantiate, resolve_entry_points
 from .reliability import SINK_OPTION_KEYS, ReliabilityConfig
@@ -82,6 +82,17 @@ def assemble(loaded: LoadedConfig) -> Assembly:
             section = section.get(part) if isinstance(section, Mapping) else getattr(section, part, None)
         if isinstance(section, Mapping) and section.get("enabled"):
             wanted.append((plugin, {k: v for k, v in section.items() if k != "enabled"}, ".".join(path), False))
+    streaming = cfg.streaming
+    if streaming.get("enabled"):
+        unknown = sorted(set(streaming) - {"enabled", "provider", "options"})
+        if unknown:
+            raise ConfigError(f"streaming: unknown keys {unknown}; the section has enabled, provider and options")
+        provider = streaming.get("provider", "websocket")
+        plugin = STREAMING_PROVIDERS.get(provider)
+        if plugin is None:
+            raise ConfigError(f"streaming.provider: expected one of {', '.join(STREAMING_PROVIDERS)}, got {provider!r}")
+        if not any(name == plugin for name, *_ in wanted):  # the api plugin already serves SSE and WebSocket
+            wanted.append((plugin, dict(streaming.get("options") or {}), "streaming.options", False))
     for index, spec in enumerate(cfg.plugins):
         wanted.append((spec.name, dict(spec.options), f"plugins[{index}].options", False))
     targets = resolve_entry_points([name for name, *_ in wanted])

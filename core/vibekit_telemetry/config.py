@@ -42,6 +42,9 @@ SECTION_PLUGINS: dict[tuple[str, ...], str] = {
     ("compliance",): "compliance",
 }
 
+#: ``streaming.provider`` to the plugin that serves it (``{enabled, provider, options}``, as in the seed).
+STREAMING_PROVIDERS = {"grpc": "grpc", "websocket": "api", "sse": "api"}
+
 #: Keys a seed-style storage entry may carry for the pipeline rather than for its plugin.
 PIPELINE_STORAGE_KEYS = ("stream_batch_size", "stream_flush_interval")
 
@@ -87,6 +90,7 @@ class TelemetryConfig:
     analytics: dict[str, Any] = attrs.field(factory=dict)
     api: dict[str, Any] = attrs.field(factory=dict)
     compliance: dict[str, Any] = attrs.field(factory=dict)
+    streaming: dict[str, Any] = attrs.field(factory=dict)
     reliability: ReliabilityConfig = ReliabilityConfig()
     sampling: SamplingConfig | None = None
     stream_batch_size: int = 100
@@ -476,4 +480,8 @@ enabled = true
 # [api]
 # enabled = true
 # port = 3000
+# [streaming]                     # live events for other processes: "websocket"/"sse" (the api plugin) or "grpc"
+# enabled = true
+# provider = "grpc"
+# options = { port = 4317 }
 '''
