@@ -398,7 +398,7 @@ async def get_export(request: Request) -> Response:
     if query.format not in formats:
         raise validation_error("Invalid query parameters", [{
             "field": "format", "message": f"must be one of {', '.join(formats)}" if formats
-            else "no export plugin is installed (pip install vibekit-telemetry-export)"}])
+            else "no export plugin is installed (pip install vibekit-telemetry-json)"}])
     options = {"compression": query.compression} if query.compression else {}
     filter = kernel_filter(QueryFilter, query.filter())
     if query.path is not None:

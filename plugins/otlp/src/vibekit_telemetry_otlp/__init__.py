@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -45,6 +46,8 @@ log = logging.getLogger("vibekit_telemetry.otlp")
 _FORMATS = ("otlp", "otlp-proto")
 _REQUEST_SIZE = 512
 _SIGNALS = {b"T": "traces", b"L": "logs"}
+#: event ids the storage provider remembers, so a retried or replayed batch is not sent twice
+_SEEN_IDS = 200_000
 
 
 def _request_class(signal: str) -> Any:
@@ -228,6 +231,8 @@ class OTLPStorage:
         self.service_version = "0.0.0"
         self._client: httpx.Client | None = None
         self._channel: Any = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._unsent: list[tuple[str, dict[str, Any]]] = []
         self._builder: TraceBuilder | None = None
         self.sent = {"spans": 0, "logs": 0, "rejected": 0, "requests": 0}
 
@@ -257,28 +262,31 @@ class OTLPStorage:
 
     @hookimpl
     def store(self, events: list[TelemetryEvent]) -> None:
-        """Send a batch: sessions that ended in it as spans, the rest as log records; raise to be retried."""
+        """Send a batch: sessions that ended in it as spans, the rest as log records; raise to be retried.
+
+        The kernel retries a failed batch (and replays it from its journal later), so this is idempotent:
+        events already taken in are skipped by id, and requests that failed to send go first next time.
+        """
         protocol, endpoint, headers = self._settings()
         if self._client is None:
             self._client = httpx.Client(timeout=self.config.timeout_ms / 1000)
         if self._builder is None:
             self._builder = TraceBuilder(resource_attributes(self.service_name, self.service_version,
                                                              self.config.resource_attributes), max_events_per_span=10_000)
-        # A retried batch must not grow open sessions twice: build from a copy and keep it only on success.
         builder = self._builder
-        snapshot = (dict(builder.open), list(builder.spans), list(builder.logs))
-        try:
-            for event in events:
-                builder.add(event)
-            traces, logs = builder.take()
-            for signal, request in (("traces", traces), ("logs", logs)):
-                if request is not None:
-                    self._send(signal, request, protocol, self._url(endpoint, signal), headers)
-        except BaseException:
-            builder.open.clear()
-            builder.open.update(snapshot[0])
-            builder.spans, builder.logs = snapshot[1], snapshot[2]
-            raise
+        for event in events:
+            if event.id in self._seen:
+                continue
+            self._seen[event.id] = None
+            if len(self._seen) > _SEEN_IDS:
+                self._seen.popitem(last=False)
+            builder.add(event)
+        traces, logs = builder.take()
+        self._unsent += [(signal, request) for signal, request in (("traces", traces), ("logs", logs)) if request]
+        while self._unsent:
+            signal, request = self._unsent[0]
+            self._send(signal, request, protocol, self._url(endpoint, signal), headers)
+            self._unsent.pop(0)
 
     def _send_grpc(self, signal: str, request: dict[str, Any], endpoint: str, headers: dict[str, str]) -> int:
         """Export over OTLP/gRPC; the number of items the collector rejected."""
@@ -363,13 +371,16 @@ class OTLPStorage:
         """Send the sessions still open as spans, then close the connection."""
         if self._builder is not None and self._builder.open:
             self._builder.finish()
-            try:
-                protocol, endpoint, headers = self._settings()
-                traces, _ = self._builder.take()
-                if traces is not None:
-                    self._send("traces", traces, protocol, self._url(endpoint, "traces"), headers)
-            except Exception as exc:
-                log.error("sending the open sessions to the OTLP collector at shutdown failed: %s", exc)
+            traces, _ = self._builder.take()
+            if traces is not None:
+                self._unsent.append(("traces", traces))
+        try:
+            protocol, endpoint, headers = self._settings()
+            while self._unsent:
+                signal, request = self._unsent.pop(0)
+                self._send(signal, request, protocol, self._url(endpoint, signal), headers)
+        except Exception as exc:
+            log.error("sending the last spans to the OTLP collector at shutdown failed: %s", exc)
         if self._client is not None:
             self._client.close()
         if self._channel is not None:
