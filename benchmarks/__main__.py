@@ -439,7 +439,7 @@ GOALS = [
      "at least 20,000", lambda v: v >= 20_000),
     ("  request p99 (100 events)", "http_batch_p99_ms", "ms", "", None),
     ("HTTP ingest, one event per POST", "http_single_requests_per_s", "requests/s", "", None),
-    ("HTTP load test (60 s; 10 s with --quick): events/s", "http_load_events_per_s", "events/s", "", None),
+    ("HTTP load test, 4 concurrent clients (60 s; 10 s with --quick): events/s", "http_load_events_per_s", "events/s", "", None),
     ("  request p99 under load", "http_load_p99_ms", "ms", "", None),
     ("  server peak RSS", "http_load_peak_rss_mb", "MB", "", None),
     ("  5xx answers + acknowledged events not stored", "http_load_lost", "", "0", lambda v: v == 0),

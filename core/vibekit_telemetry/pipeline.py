@@ -123,6 +123,16 @@ class Pipeline:
             journals = [*self._orphan_spills, *([self._spill] if self._spill else [])]
             return len(self._spill_buffer) + sum(j.pending_events for j in journals)
 
+    @property
+    def saturated(self) -> bool:
+        """Whether ``put`` would refuse an event now (the queue is full and so is the spill journal, if any)."""
+        if not (len(self._queue) >= self._max_queue or self._spilling or self.pressure):
+            return False
+        if self._on_full == "spill":
+            with self._spill_lock:
+                return not self._spill_has_room()
+        return self._on_full in ("drop_newest", "block") and len(self._queue) >= self._max_queue
+
     def put(self, item: Any) -> bool:
         """Queue one event; ``False`` (and a reported drop) when the full-queue policy refused it."""
         queue = self._queue

@@ -513,6 +513,14 @@ class TelemetryService:
             data["action"] = "error"
         return self.track(data)
 
+    @property
+    def saturated(self) -> bool:
+        """Whether ``track()`` would refuse an event right now because the queue and its spill journal are full.
+
+        Servers use it to shed load cheaply (503 with ``Retry-After``) before reading a request.
+        """
+        return self._pipeline.saturated
+
     def track_batch(self, events: list[TelemetryEvent | Mapping[str, Any]]) -> BatchResult:
         """Accept many events; each invalid one is rejected alone, with its index and error."""
         accepted, rejected, dropped = [], [], []

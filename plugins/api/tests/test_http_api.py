@@ -240,3 +240,42 @@ def test_a_busy_port_is_a_clear_error(make_server):
     service, server, _ = make_server()
     with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
         service.start_api_server(port=server.port)
+
+
+class _GatedStore:
+    """A storage plugin that holds every write until the test opens the gate, so the pipeline fills up."""
+
+    name = "gated"
+
+    def __init__(self):
+        import threading
+
+        self.ids = set()
+        self.gate = threading.Event()
+
+    from vibekit_telemetry import hookimpl as _hookimpl
+
+    @_hookimpl
+    def store(self, events):
+        self.gate.wait(30)
+        self.ids.update(e.id for e in events)
+
+
+def test_an_overloaded_pipeline_sheds_load_with_429_and_loses_nothing_acknowledged(make_server):
+    store = _GatedStore()
+    service, _, client = make_server(service_options={"storage": [{"type": "memory"}], "plugins": [store],
+                                                      "max_queue_size": 200, "reliability": {"buffer_size": 300},
+                                                      "stream_batch_size": 50, "max_batch_size": 50})
+    acked, shed = [], None
+    for _ in range(100):
+        response = client.post("/api/events", json=_events(100))
+        if response.status_code == 429:
+            shed = response
+            break
+        assert response.status_code == 202
+        acked += response.json()["ids"]
+    assert shed is not None and shed.headers["retry-after"] == "1" and "full" in shed.json()["message"]
+    assert client.post("/v1/logs", json={}, headers={"content-type": "application/json"}).status_code == 429
+    store.gate.set()
+    service.flush()
+    assert acked and set(acked) <= store.ids

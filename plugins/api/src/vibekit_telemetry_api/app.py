@@ -178,10 +178,22 @@ def _page_limit(ctx: APIContext, limit: int) -> None:
                                [{"field": "limit", "message": f"Number must be between 1 and {ctx.config.max_page}"}])
 
 
+def _shed_load(ctx: APIContext) -> None:
+    """429 before reading the body when the pipeline would refuse events anyway (cheap under overload).
+
+    429 rather than 503: the client sends too much for now and should wait ``Retry-After`` (OTLP clients retry it).
+    """
+    if ctx.service.saturated:
+        ctx.metrics.refused.labels("overloaded").inc()
+        raise APIError(429, "Too Many Requests", "the telemetry pipeline is full; retry after a second",
+                       headers={"retry-after": "1"})
+
+
 async def post_events(request: Request) -> Response:
     """Accept one event, a list, or ``{"events": [...]}``; all valid or none are taken."""
     ctx = _ctx(request)
     _require_json(request)
+    _shed_load(ctx)
     data = _json_body(await read_body(request, ctx.config.max_body_bytes))
     if isinstance(data, dict) and set(data) == {"events"}:
         data = data["events"]
@@ -476,6 +488,10 @@ def _otlp_handler(signal: str) -> Callable[[Request], Any]:
             return Response(otlp.encode_status("application/json", 3, f"unsupported Content-Type {media!r}: "
                                                "send application/x-protobuf or application/json"),
                             status_code=415, media_type="application/json")
+        if ctx.service.saturated:
+            ctx.metrics.refused.labels("overloaded").inc()
+            return Response(otlp.encode_status(content_type, 8, "the telemetry pipeline is full"), status_code=429,
+                            media_type=content_type, headers={"retry-after": "1"})
         try:
             body = await read_body(request, ctx.config.max_body_bytes)
             data = otlp.decode(signal, body, content_type)
