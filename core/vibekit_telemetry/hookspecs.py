@@ -9,7 +9,7 @@ and isolation are under its control:
 * ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``, ``import_formats``,
   ``detect``, ``startup``, ``before_shutdown``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
-* ``query``, ``get_session``, ``get_sessions``, ``export``, ``import_events``, ``export_destination``, ``get_metrics``,
+* ``query``, ``scan``, ``get_session``, ``get_sessions``, ``export``, ``import_events``, ``export_destination``, ``get_metrics``,
   ``get_insights``, ``define_metric``, ``metric_series`` and ``start_api_server`` are answered by
   the first plugin in configuration order that returns something other than
   ``None``.
@@ -174,6 +174,14 @@ def query(filter: QueryFilter) -> list[TelemetryEvent] | None:
     """Return the events matching ``filter``, in its order, honouring limit, offset and cursor.
 
     Answered by the first storage plugin (in configuration order) that returns a list.
+    """
+
+
+@hookspec(firstresult=True)
+def scan(filter: QueryFilter) -> Iterable[TelemetryEvent] | None:
+    """Stream every event matching ``filter`` (no limit, in its order) with one cursor, for exports.
+
+    Return ``None`` to let the kernel page through ``query`` instead.
     """
 
 

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import contextvars
 import io
+import itertools
 import logging
 import os
 import shutil
@@ -761,8 +762,13 @@ class TelemetryService:
 
     def iter_events(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, *, page_size: int = 1000,
                     **kwargs: Any) -> Iterator[TelemetryEvent]:
-        """Every matching event, oldest first, fetched page by page so memory stays bounded."""
+        """Every matching event, oldest first, streamed (or fetched page by page) so memory stays bounded."""
         flt = QueryFilter.build(filter, **kwargs)
+        if flt.limit is None and not flt.offset and not flt.cursor and self.host.impls("scan"):
+            scanned = self._scan(attrs.evolve(flt, order="asc" if "order" not in kwargs else flt.order))
+            if scanned is not None:
+                yield from scanned
+                return
         remaining = flt.limit
         flt = attrs.evolve(flt, order="asc" if "order" not in kwargs else flt.order, limit=page_size, offset=flt.offset)
         while True:
@@ -777,6 +783,21 @@ class TelemetryService:
             if len(events) < flt.limit:
                 return
             flt = attrs.evolve(flt, cursor=encode_cursor(events[-1]), offset=0)
+
+    def _scan(self, flt: QueryFilter) -> Iterator[TelemetryEvent] | None:
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        self.flush()
+        stream = self.host.first("scan", filter=flt)[1]
+        if stream is None:
+            return None
+        if not self._read_decoders:
+            return iter(stream)
+        return self._decoded(iter(stream))
+
+    def _decoded(self, stream: Iterator[TelemetryEvent], chunk: int = 1000) -> Iterator[TelemetryEvent]:
+        while batch := list(itertools.islice(stream, chunk)):
+            yield from self._decode("query", batch)
 
     def get_session(self, session_id: str, *, tree: bool = False) -> Session | None:
         """A session's summary (status, times, durations, counts, tokens), with its descendants if ``tree``."""

@@ -472,6 +472,25 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
+    @hookimpl
+    def scan(self, filter: QueryFilter) -> Iterator[TelemetryEvent] | None:
+        """Every matching event through one cursor on a connection of its own (exports), in chunks."""
+        if filter.limit is not None or filter.offset or filter.cursor or filter.text:
+            return None
+        sql, params = self._event_sql(filter)
+        return self._scan(sql, params)
+
+    def _scan(self, sql: str, params: list[Any]) -> Iterator[TelemetryEvent]:
+        conn = self._connect(read_only=True)  # a long read must not hold the thread's shared reader
+        try:
+            cursor = conn.execute(sql, params)
+            while rows := cursor.fetchmany(2000):
+                yield from map(_event_from_row, rows)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+        finally:
+            conn.close()
+
     def _event_sql(self, f: QueryFilter) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
