@@ -20,9 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_EXPORT = """
-import json, resource, sys, time
-
+#: what both measured scripts start with: a sampler of anonymous memory and the process's own peak RSS
+_PRELUDE = """import json, sys, time
 import threading
 peak_anon = [0]
 def _sample():
@@ -36,6 +35,10 @@ def peak_rss():  # VmHWM belongs to this process image (ru_maxrss would carry th
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+"""
+
+_EXPORT = _PRELUDE + """
+
 from vibekit_telemetry import TelemetryService
 db, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
 service = TelemetryService(storage=[{"type": "sqlite", "options": {"path": db}}], data_dir=sys.argv[4])
@@ -47,22 +50,9 @@ print(json.dumps({"count": count, "seconds": seconds, "peak_rss_mb": peak_rss(),
                   "peak_anon_mb": peak_anon[0] / 1024}))
 """
 
-_RAW = """
-import json, resource, sqlite3, sys, time
+_RAW = _PRELUDE + """
+import sqlite3
 
-import threading
-peak_anon = [0]
-def _sample():
-    while True:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
-        time.sleep(0.05)
-threading.Thread(target=_sample, daemon=True).start()
-def peak_rss():  # VmHWM belongs to this process image (ru_maxrss would carry the parent's peak across fork)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
 import orjson
 db, out = sys.argv[1], sys.argv[2]
 started = time.perf_counter()

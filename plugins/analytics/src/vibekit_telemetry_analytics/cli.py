@@ -26,12 +26,7 @@ def _service(ctx: click.Context) -> Any:
 
 def _window(since: str, until: str | None) -> tuple[int, int]:
     try:
-        if until is not None:
-            return time_range((since, until))
-        try:
-            return time_range(since)
-        except ValueError:
-            return time_range((since, "now"))
+        return time_range((since, until))  # a span ("24h") counts back from now; no end means now
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

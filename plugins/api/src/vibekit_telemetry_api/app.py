@@ -158,12 +158,7 @@ def _params(request: Request, *, multi: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _window(since: int | str, until: int | str | None) -> tuple[int, int]:
     try:
-        if until is not None:
-            return time_range((since, until))
-        try:
-            return time_range(since)
-        except ValueError:
-            return time_range((since, "now"))
+        return time_range((since, until))  # a span ("24h") counts back from now; no end means now
     except ValueError as exc:
         raise validation_error("Invalid query parameters", [{"field": "since", "message": str(exc)}]) from None
 
