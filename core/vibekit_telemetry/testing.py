@@ -169,6 +169,14 @@ class StorageContract:
         assert health.counters["stored"] == 2000 and health.counters["dropped"] == 0
 
 
+def _rows_in_export(data: bytes, format: str, service: TelemetryService) -> list[dict[str, Any]]:
+    """The events of an export in the order it holds them, read by the format's importer (already loaded)."""
+    import io
+
+    reader = service.host.first("import_events", format=format, input=io.BytesIO(data), options={})[1]
+    return [dict(row) for row in reader]
+
+
 class FormatContract:
     """What every export format plugin must do: stream out, read back the same events, compressed or not.
 
@@ -238,6 +246,8 @@ class FormatContract:
         target.import_events(io.BytesIO(data), self.format)
         events = list(target.iter_events())
         assert len(events) == 40 and all(e.category == "user-action" for e in events)
+        written = [e["timestamp"] for e in _rows_in_export(data, self.format, target)]
+        assert written == sorted(written)  # the export itself is oldest first
 
     def test_an_empty_export_reads_back_empty(self, make_service: Any) -> None:
         import io

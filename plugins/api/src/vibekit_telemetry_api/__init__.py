@@ -13,18 +13,32 @@ from typing import TYPE_CHECKING, Any
 from vibekit_telemetry import hookimpl
 from vibekit_telemetry.config import converter, deep_merge, structure
 
-from .app import build_app
 from .config import APIConfig
-from .server import APIServer
 
 if TYPE_CHECKING:
     import click
 
     from vibekit_telemetry import TelemetryService
 
+    from .app import build_app
+    from .server import APIServer
+
 __all__ = ["APIConfig", "APIPlugin", "APIServer", "build_app", "merged_config"]
 
 log = logging.getLogger("vibekit_telemetry.api")
+
+
+def __getattr__(name: str) -> Any:
+    # Starlette and uvicorn load when a server starts, not when the CLI lists plugin commands.
+    if name == "APIServer":
+        from .server import APIServer
+
+        return APIServer
+    if name == "build_app":
+        from .app import build_app
+
+        return build_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def merged_config(base: APIConfig, overrides: dict[str, Any], where: str) -> APIConfig:
@@ -47,11 +61,15 @@ class APIPlugin:
     @hookimpl
     def startup(self, service: TelemetryService) -> None:
         """Loaded by the configuration (``[api] enabled = true``): start serving in the background."""
+        from .server import APIServer
+
         self.servers.append(APIServer(service, self.config).start())
 
     @hookimpl
     def start_api_server(self, service: TelemetryService, options: dict[str, Any]) -> APIServer:
         """Start another server with ``options`` over the configured ``[api]`` section."""
+        from .server import APIServer
+
         server = APIServer(service, merged_config(self.config, options, "start_api_server()")).start()
         self.servers.append(server)
         return server

@@ -49,7 +49,6 @@ class RateLimiter:
         self.limits = limits
         self.max_clients = max_clients
         self._windows: dict[tuple[str, str], list[float]] = {}
-        self.limited: dict[str, int] = {name: 0 for name in limits}
 
     def hit(self, budget: str, client: str, now: float | None = None) -> float | None:
         """Count a request; ``None`` when allowed, else the seconds until the window resets."""
@@ -63,7 +62,6 @@ class RateLimiter:
             self._windows[key] = [now, 1]
             return None
         if entry[1] >= limit:
-            self.limited[budget] += 1
             return max(1.0, entry[0] + window - now)
         entry[1] += 1
         return None
@@ -82,7 +80,6 @@ class Authenticator:
 
     def __init__(self, credentials: list[Credential]) -> None:
         self.credentials = credentials
-        self.failures = {"missing": 0, "invalid": 0, "forbidden": 0}
 
     @property
     def enabled(self) -> bool:
@@ -172,7 +169,6 @@ class Guard:
             return
         secret = presented_secret(scope)
         if secret is None:
-            self.auth.failures["missing"] += 1
             self.on_reject("unauthenticated")
             await _reject(scope, receive, send, 401, "Unauthorized",
                           "credentials required: send X-API-Key or Authorization: Bearer",
@@ -180,13 +176,11 @@ class Guard:
             return
         credential = self.auth.match(secret)
         if credential is None:
-            self.auth.failures["invalid"] += 1
             self.on_reject("unauthenticated")
             await _reject(scope, receive, send, 401, "Unauthorized", "invalid API key or token",
                           {"www-authenticate": 'Bearer realm="telemetry", error="invalid_token"'})
             return
         if kind not in credential.scopes:
-            self.auth.failures["forbidden"] += 1
             self.on_reject("forbidden")
             await _reject(scope, receive, send, 403, "Forbidden",
                           f"this key may {' and '.join(sorted(credential.scopes))} but not {kind}")

@@ -27,17 +27,17 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import grpc
 import orjson
-from google.protobuf.json_format import MessageToDict
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from vibekit_telemetry import ConfigError, InvalidEventError, InvalidQueryError, QueryFilter, hookimpl
 from vibekit_telemetry.genai import hex_ids, log_request_events, trace_request_events
 
 if TYPE_CHECKING:
+    import grpc
+
     from vibekit_telemetry import TelemetryService
+
+# grpcio and the protobuf modules load when the server starts (or a client subscribes), not when the CLI starts.
 
 __all__ = ["SUBSCRIBE", "GRPCPlugin", "subscribe"]
 
@@ -85,6 +85,10 @@ class GRPCPlugin:
     @hookimpl
     def startup(self, service: TelemetryService) -> None:
         """Start listening."""
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
         self.service = service
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes)]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
@@ -117,6 +121,8 @@ class GRPCPlugin:
                 "port": self.port, "subscribers": self.subscribers, **self.received}
 
     def _authorized(self, context: grpc.ServicerContext) -> bool:
+        import grpc
+
         if not self.config.api_keys:
             return True
         metadata = dict(context.invocation_metadata())
@@ -144,6 +150,8 @@ class GRPCPlugin:
         return refused, reasons
 
     def _subscribe(self, request: Any, context: grpc.ServicerContext) -> Iterator[dict[str, Any]]:
+        import grpc
+
         assert self.service is not None
         self._authorized(context)
         if not isinstance(request, dict) or not set(request) <= _FILTER_KEYS:
@@ -178,6 +186,11 @@ class _OTLPService:
         self.signal = signal
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - the OTLP method name
+        import grpc
+        from google.protobuf.json_format import MessageToDict
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
         self.plugin._authorized(context)
         data = MessageToDict(request, use_integers_for_enums=True)
         hex_ids(data)

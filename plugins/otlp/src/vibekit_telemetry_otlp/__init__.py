@@ -78,23 +78,21 @@ def from_protobuf(signal: str, payload: bytes) -> dict[str, Any]:
     return data
 
 
-def _env_headers(text: str) -> dict[str, str]:
-    headers = {}
+def _pairs(text: str) -> dict[str, str]:
+    """``key=value,key=value`` (the format of ``OTEL_EXPORTER_OTLP_HEADERS`` and ``OTEL_RESOURCE_ATTRIBUTES``)."""
+    pairs = {}
     for pair in text.split(","):
         key, sep, value = pair.partition("=")
         if sep and key.strip():
-            headers[key.strip()] = value.strip()
-    return headers
+            pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def resource_attributes(service_name: str, service_version: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resource of exported telemetry: the service, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``, ``extra``."""
     resource: dict[str, Any] = {"service.name": service_name, "service.version": service_version,
                                 "telemetry.sdk.name": "vibekit-telemetry"}
-    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            resource[key.strip()] = value.strip()
+    resource.update(_pairs(os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")))
     if os.environ.get("OTEL_SERVICE_NAME"):
         resource["service.name"] = os.environ["OTEL_SERVICE_NAME"]
     resource.update(extra or {})
@@ -253,7 +251,7 @@ class OTLPStorage:
             raise ConfigError(f"otlp protocol must be http/protobuf, http/json or grpc, got {protocol!r}")
         default = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
         endpoint = self.config.endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", default)
-        headers = {**_env_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", "")), **self.config.headers}
+        headers = {**_pairs(env.get("OTEL_EXPORTER_OTLP_HEADERS", "")), **self.config.headers}
         return protocol, endpoint.rstrip("/"), headers
 
     def _url(self, endpoint: str, signal: str) -> str:

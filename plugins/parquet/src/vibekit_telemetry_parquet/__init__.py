@@ -18,23 +18,40 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import functools
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vibekit_telemetry import TelemetryEvent, hookimpl
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 __all__ = ["SCHEMA", "ParquetFormat"]
 
 _TEXT = ("id", "event_type", "category", "session_id", "parent_session_id", "action", "label", "agent", "mode",
          "prompt", "stream_data", "status", "error_type", "error_message", "error_stack")
-SCHEMA = pa.schema([
-    ("id", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    *((name, pa.string()) for name in _TEXT[1:]),
-    ("value", pa.float64()), ("truncated", pa.list_(pa.string())), ("metadata", pa.string()),
-])
+
+
+@functools.cache
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+        *((name, pa.string()) for name in _TEXT[1:]),
+        ("value", pa.float64()), ("truncated", pa.list_(pa.string())), ("metadata", pa.string()),
+    ])
+
+
+def __getattr__(name: str) -> Any:
+    # pyarrow loads on the first Parquet export or import, not when the CLI starts
+    if name == "SCHEMA":
+        return _schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 _CODECS = ("snappy", "zstd", "gzip", "lz4", "none")
 _OPTIONS = {"codec", "metadata", "row_group_size"}
 
@@ -92,6 +109,9 @@ class ParquetFormat:
 
     def _write(self, output: BinaryIO, writer: pq.ParquetWriter | None, events: list[TelemetryEvent], codec: str,
                mode: str, struct_type: pa.DataType | None) -> tuple[pq.ParquetWriter, pa.DataType | None]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         columns: dict[str, list[Any]] = {name: [] for name in (*_TEXT, "timestamp", "value", "truncated")}
         appenders = [(columns[name].append, name) for name in _TEXT]
         timestamps, values, truncated = columns["timestamp"].append, columns["value"].append, columns["truncated"].append
@@ -109,7 +129,7 @@ class ParquetFormat:
         metas = [e.metadata for e in events]
         if mode == "json":
             arrays["metadata"] = pa.array([orjson.dumps(m).decode() if m else None for m in metas], pa.string())
-            schema = SCHEMA
+            schema = _schema()
         else:
             if struct_type is None:
                 sample = [m for m in metas if m]
@@ -128,7 +148,7 @@ class ParquetFormat:
                 arrays["metadata"] = pa.array([None] * len(metas), struct_type)
                 extra = [orjson.dumps(m).decode() if m else None for m in metas]
             arrays["metadata_extra"] = pa.array(extra, pa.string())
-            schema = pa.schema([*(f for f in SCHEMA if f.name != "metadata"), ("metadata", struct_type),
+            schema = pa.schema([*(f for f in _schema() if f.name != "metadata"), ("metadata", struct_type),
                                 ("metadata_extra", pa.string())])
         table = pa.table({f.name: arrays[f.name] for f in schema}, schema=schema)
         if writer is None:
@@ -145,6 +165,9 @@ class ParquetFormat:
 
 
 def _read(input: BinaryIO) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not (hasattr(input, "seekable") and input.seekable()):
         # Parquet is read from its footer: copy a stream (a zstd-compressed export) to a temporary file first
         spooled = tempfile.TemporaryFile()
