@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     import click
 
@@ -69,6 +69,18 @@ def start_api_server(service: TelemetryService, options: dict[str, Any]) -> Any:
 
     ``options`` are the caller's overrides of the ``[api]`` section.  The first
     plugin that returns a handle answers (the ``api`` plugin).
+    """
+
+
+@hookspec
+def api_routes(service: TelemetryService, register: Callable[..., None]) -> None:
+    """Add pages or endpoints to the HTTP API server, by calling ``register`` once per mount.
+
+    ``register(path, app, *, name, public=False)`` mounts the ASGI application
+    ``app`` under the URL prefix ``path`` (it sees paths relative to the prefix).
+    ``public=True`` serves it without an API key and outside the API rate
+    limit: for static pages whose data come from the guarded ``/api/``.
+    Called each time a server is built.
     """
 
 
@@ -193,6 +205,11 @@ def get_session(session_id: str) -> Session | None:
 @hookspec(firstresult=True)
 def get_sessions(filter: SessionFilter) -> list[Session] | None:
     """Return the sessions matching ``filter``, in its order and limits."""
+
+
+@hookspec(firstresult=True)
+def count_sessions(filter: SessionFilter) -> int | None:
+    """Return how many sessions match ``filter``, ignoring its ``limit`` and ``offset`` (for paging)."""
 
 
 @hookspec

@@ -11,7 +11,7 @@ import re
 import math
 import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -553,7 +553,12 @@ class QueryFilter:
 
 @attrs.frozen
 class SessionFilter:
-    """Which sessions ``get_sessions`` returns: by status, agent, mode, parent and start time."""
+    """Which sessions ``get_sessions`` returns: by status, agent, mode, parent, start time and prompt text.
+
+    ``text`` matches prompts containing it (case-insensitive, for ASCII letters in SQLite; an encrypted prompt
+    never matches).  ``sort`` is the column to order by (one of
+    :data:`SESSION_SORTS`), ``order`` its direction; ties go by start time, then id.
+    """
 
     status: str | None = None
     agent: str | None = None
@@ -562,15 +567,24 @@ class SessionFilter:
     root_only: bool = False
     since: int | None = attrs.field(default=None, converter=_opt_time)
     until: int | None = attrs.field(default=None, converter=_opt_time)
+    text: str | None = None
     limit: int | None = None
     offset: int = 0
     order: str = "desc"
+    sort: str = "started_at"
 
     def __attrs_post_init__(self) -> None:
         if self.order not in _ORDERS:
             raise InvalidQueryError("order", f"must be 'asc' or 'desc', got {self.order!r}")
+        if self.sort not in SESSION_SORTS:
+            raise InvalidQueryError("sort", f"must be one of {', '.join(SESSION_SORTS)}, got {self.sort!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
             raise InvalidQueryError("limit", f"must be a non-negative integer, got {self.limit!r}")
+
+    def sort_key(self, session: Session) -> tuple[Any, ...]:
+        """The ordering ``sort`` asks for, as a key for ``sorted`` (missing values sort first)."""
+        value = SESSION_SORTS[self.sort](session)
+        return (value is not None, value if value is not None else 0, session.started_at or 0, session.id)
 
     @classmethod
     def build(cls, filter: SessionFilter | Mapping[str, Any] | None = None, **kwargs: Any) -> SessionFilter:
@@ -594,7 +608,23 @@ class SessionFilter:
             return False
         if self.until is not None and started > self.until:
             return False
+        if self.text and self.text.casefold() not in (session.prompt or "").casefold():
+            return False
         return True
+
+
+#: What ``SessionFilter.sort`` accepts, and how each reads a session.
+SESSION_SORTS: dict[str, Callable[[Session], Any]] = {
+    "started_at": lambda s: s.started_at,
+    "ended_at": lambda s: s.ended_at,
+    "duration_ms": lambda s: s.duration_ms,
+    "ttft_ms": lambda s: s.ttft_ms,
+    "event_count": lambda s: s.event_count,
+    "error_count": lambda s: s.error_count,
+    "tokens": lambda s: s.tokens.total,
+    "agent": lambda s: s.agent,
+    "status": lambda s: s.status,
+}
 
 
 def _build_filter(cls: type, filter: Any, kwargs: dict[str, Any]) -> Any:

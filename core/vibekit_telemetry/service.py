@@ -159,6 +159,10 @@ class _PluginStats:
     write_ms_total: float = 0.0
 
 
+#: most points ``metric_series`` computes in one call (a year and more per minute)
+MAX_SERIES_POINTS = 600_000
+
+
 class TelemetryService:
     """Record AI sessions and events, and read them back.
 
@@ -813,9 +817,19 @@ class TelemetryService:
         return attrs.evolve(session, children=tuple(self._with_children(c, depth + 1) for c in children))
 
     def get_sessions(self, filter: SessionFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[Session]:
-        """Sessions matching a filter (status, agent, mode, parent_id, since/until), newest first."""
+        """Sessions matching a filter (status, agent, mode, parent_id, since/until, text), newest first.
+
+        ``sort`` orders by another column (``duration_ms``, ``tokens``, ``error_count`` ...).
+        """
         result = self._read("get_sessions", filter=SessionFilter.build(filter, **kwargs))
         return result if result is not None else []
+
+    def count_sessions(self, filter: SessionFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> int:
+        """How many sessions match a filter, ``limit`` and ``offset`` aside (the total for paging)."""
+        flt = SessionFilter.build(filter, **kwargs)
+        if not self.host.impls("count_sessions"):  # a storage plugin without the hook: count what it returns
+            return len(self.get_sessions(attrs.evolve(flt, limit=None, offset=0)))
+        return self._read("count_sessions", filter=flt) or 0
 
     async def aquery(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[TelemetryEvent]:
         """``query`` without blocking the event loop."""
@@ -1074,6 +1088,9 @@ class TelemetryService:
         step_ms = span_ms(step)
         if step_ms < 60_000 or step_ms % 60_000:
             raise ValueError(f"step must be a whole number of minutes, got {step!r}")
+        if (end - start) // step_ms > MAX_SERIES_POINTS:
+            raise ValueError(f"the window holds more than {MAX_SERIES_POINTS} steps of {step}; "
+                             "use a larger step or a shorter window")
         start -= start % step_ms
         return self._analytics("metric_series", metric=metric, start=start, end=end, step=step_ms)
 
@@ -1168,12 +1185,23 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         if not self.host.impls("start_api_server"):
-            targets = resolve_entry_points(["api"])
-            self._register("api", instantiate("api", targets["api"], {}, where="start_api_server()"), source="entry point")
+            self.require_plugin("api", where="start_api_server()")
         result = self.host.first("start_api_server", service=self, options=dict(options))[1]
         if result is None:
             raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
         return result
+
+    def require_plugin(self, name: str, *, where: str = "require_plugin()") -> None:
+        """Load the installed plugin ``name`` with its default options, unless one by that name is loaded.
+
+        For features a command asks for (``telemetry api --dashboard``) that the
+        configuration file does not list.  Its ``startup`` hook is not called: that is
+        for plugins the configuration turns on.  A missing or broken plugin is a ``PluginError``.
+        """
+        if name in self.host.meta:
+            return
+        targets = resolve_entry_points([name])
+        self._register(name, instantiate(name, targets[name], {}, where=where), source="entry point")
 
     def plugin_names(self) -> list[str]:
         """The registered plugins, in configuration order."""

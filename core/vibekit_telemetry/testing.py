@@ -115,6 +115,26 @@ class StorageContract:
         assert [s.id for s in service.get_sessions(agent="claude")] == [ids["a"]]
         assert [s.id for s in service.get_sessions(order="asc", limit=1)] == [ids["a"]]
 
+    def test_sort_search_and_count_sessions(self, service: TelemetryService) -> None:
+        base = now_ms() - 100_000
+        made = []
+        for i, (prompt, length, tokens) in enumerate([("Fix the Parser", 5_000, 10), ("write docs", 1_000, 300),
+                                                       ("parser tests", 9_000, 20), ("open", None, 0)]):
+            sid = service.track_start("claude" if i % 2 else "gpt", "chat", prompt, timestamp=base + i * 10)
+            if length is not None:
+                service.track_end(sid, timestamp=base + i * 10 + length,
+                                  metadata={"input_tokens": tokens, "output_tokens": 1})
+            made.append(sid)
+        assert [s.id for s in service.get_sessions(sort="duration_ms")] == [made[2], made[0], made[1], made[3]]
+        assert [s.id for s in service.get_sessions(sort="duration_ms", order="asc")] == [made[3], made[1], made[0], made[2]]
+        assert [s.id for s in service.get_sessions(sort="tokens", limit=2)] == [made[1], made[2]]
+        assert [s.id for s in service.get_sessions(sort="agent", order="asc", limit=2)] == [made[1], made[3]]
+        assert {s.id for s in service.get_sessions(text="PARSER")} == {made[0], made[2]}
+        assert service.count_sessions() == 4
+        assert service.count_sessions(text="parser", limit=1, offset=1) == 2
+        assert service.count_sessions(agent="claude") == 2
+        assert service.count_sessions(text="no such prompt") == 0
+
     def test_session_tree(self, service: TelemetryService) -> None:
         with service.session("agent", "plan", "top") as top:
             with service.session("llm", "call", "inner") as inner:

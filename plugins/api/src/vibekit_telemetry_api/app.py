@@ -29,8 +29,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 
 from vibekit_telemetry import (
     ConfigError,
@@ -60,6 +60,7 @@ from .validation import (
     SessionEnd,
     SessionQuery,
     SessionsQuery,
+    SeriesQuery,
     SessionStart,
     WindowQuery,
     from_telemetry_error,
@@ -246,10 +247,16 @@ async def get_sessions(request: Request) -> Response:
     ctx = _ctx(request)
     query = structure(_params(request), SessionsQuery, what="query parameters")
     _page_limit(ctx, query.limit)
-    sessions = await run_in_threadpool(ctx.service.get_sessions, kernel_filter(SessionFilter, attrs.asdict(query)))
+    flt = kernel_filter(SessionFilter, query.filter())
+    sessions = await run_in_threadpool(ctx.service.get_sessions, flt)
     more = len(sessions) == query.limit
-    return json_response({"sessions": [s.to_dict() for s in sessions], "count": len(sessions),
-                          "next_offset": query.offset + query.limit if more else None})
+    out: dict[str, Any] = {"sessions": [s.to_dict() for s in sessions], "count": len(sessions),
+                           "next_offset": query.offset + query.limit if more else None}
+    if query.count:
+        out["total"] = await run_in_threadpool(ctx.service.count_sessions, flt)
+        if out["next_offset"] is not None and out["next_offset"] >= out["total"]:
+            out["next_offset"] = None
+    return json_response(out)
 
 
 def _session_dict(session: Any) -> dict[str, Any]:
@@ -330,6 +337,19 @@ async def get_insights(request: Request) -> Response:
     categories = [c for c in (query.categories or "").split(",") if c] or None
     insights = await run_in_threadpool(ctx.service.get_insights, window, categories)
     return json_response(insights.to_dict())
+
+
+async def get_series(request: Request) -> Response:
+    """One metric per step over a window (analytics): ``{"metric", "step", "points": [[ms, value], ...]}``."""
+    ctx = _ctx(request)
+    query = structure(_params(request), SeriesQuery, what="query parameters")
+    window = _window(query.since, query.until)
+    try:
+        points = await run_in_threadpool(ctx.service.metric_series, query.metric, window, query.step)
+    except ValueError as exc:
+        field = "step" if "step" in str(exc) else "metric"
+        raise validation_error("Invalid query parameters", [{"field": field, "message": str(exc)}]) from None
+    return json_response({"metric": query.metric, "step": query.step, "points": points})
 
 
 async def get_anomalies(request: Request) -> Response:
@@ -582,10 +602,67 @@ class _RequestMetrics:
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
 
-def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    """The ASGI application serving ``service`` with ``config``."""
+@attrs.frozen
+class Mounted:
+    """An application a plugin registered through the ``api_routes`` hook."""
+
+    path: str
+    app: Any
+    name: str
+    plugin: str
+    public: bool = False
+
+
+def plugin_mounts(service: TelemetryService, config: APIConfig) -> list[Mounted]:
+    """What the ``api_routes`` hook registers; loads the dashboard plugin when the configuration asks for it."""
     if config.dashboard or config.dashboard_port:
-        raise ConfigError("the dashboard is not installed: pip install vibekit-telemetry-dashboard")
+        try:
+            service.require_plugin("dashboard", where="[api] dashboard")
+        except PluginError as exc:
+            raise ConfigError(f"the dashboard is not installed (pip install vibekit-telemetry-dashboard): {exc}") from None
+    mounts: list[Mounted] = []
+    for impl in service.host.impls("api_routes"):
+        def register(path: str, app: Any, *, name: str, public: bool = False, _plugin: str = impl.plugin) -> None:
+            if not path.startswith("/") or path.endswith("/") or path.startswith(("/api", "/v1", "/ws", "/health")):
+                raise PluginError(f"plugin {_plugin!r} registered {path!r}: a mount path starts with '/', "
+                                  "does not end with one, and stays out of /api, /v1, /ws and /health")
+            if any(m.path == path for m in mounts):
+                raise PluginError(f"plugin {_plugin!r} registered {path!r}, which another plugin has")
+            mounts.append(Mounted(path, app, name, _plugin, public))
+
+        impl(service=service, register=register)
+    if (config.dashboard or config.dashboard_port) and not any(m.name == "dashboard" for m in mounts):
+        raise ConfigError("no installed plugin registered the dashboard; pip install vibekit-telemetry-dashboard")
+    return mounts
+
+
+class _OnlyOnPort:
+    """Serve an application on one listening port only (the dashboard on ``dashboard_port``)."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] != self.port:
+            await Response("Not Found", 404, media_type="text/plain")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _home(target: str | None) -> Callable[[Request], Any]:
+    async def home(request: Request) -> Response:
+        if target is None:
+            raise HTTPException(404)
+        return RedirectResponse(target, 307)
+
+    return home
+
+
+def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The ASGI application serving ``service`` with ``config`` (and what plugins mount through ``api_routes``)."""
+    mounts = plugin_mounts(service, config)
     credentials = config.auth.credentials() if config.auth.enabled is not False else []
     config.check_exposure(credentials)
     origins = config.cors.allowed_origins()
@@ -613,18 +690,26 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
         routes += [
             Route("/api/metrics", get_metrics, methods=["GET"]),
             Route("/api/insights", get_insights, methods=["GET"]),
+            Route("/api/series", get_series, methods=["GET"]),
             Route("/api/anomalies", get_anomalies, methods=["GET"]),
         ]
     if config.metrics.prometheus:
         routes.append(Route(config.metrics.endpoint, prometheus, methods=["GET"]))
     routes += extra_routes or []
+    for mount in mounts:
+        app_ = _OnlyOnPort(mount.app, config.dashboard_port) if mount.name == "dashboard" and config.dashboard_port \
+            else mount.app
+        routes.append(Mount(mount.path, app=app_, name=mount.name))
+    dashboard = next((m for m in mounts if m.name == "dashboard"), None)
+    routes.append(Route("/", _home(f"{dashboard.path}/" if dashboard else None), methods=["GET"]))
     limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
                            "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)})
     auth = Authenticator(credentials)
     middleware = [
         Middleware(_RequestMetrics, metrics=metrics, routes=routes),
         Middleware(Guard, config=config, auth=auth, limiter=limiter,
-                   on_reject=lambda reason: metrics.refused.labels(reason).inc()),
+                   on_reject=lambda reason: metrics.refused.labels(reason).inc(),
+                   public=tuple(m.path for m in mounts if m.public)),
     ]
     if origins:
         middleware.insert(1, Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=config.cors.credentials,

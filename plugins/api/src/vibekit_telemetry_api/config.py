@@ -164,7 +164,9 @@ class APIConfig:
     hsts_max_age: int = 31_536_000
     #: serving on a non-loopback address without authentication must be asked for explicitly
     allow_unauthenticated: bool = False
+    #: serve the web dashboard (the dashboard plugin) at /dashboard/
     dashboard: bool = False
+    #: serve the dashboard on this port instead (it answers the dashboard's /api calls there too)
     dashboard_port: int | None = None
     log_level: str = "warning"
     access_log: bool = False
@@ -174,6 +176,8 @@ class APIConfig:
             raise ConfigError(f"api.port: expected 0..65535, got {self.port}")
         if self.max_body_bytes < 1024 or self.max_batch < 1 or self.max_page < 1:
             raise ConfigError("api.max_body_bytes must be at least 1024, api.max_batch and api.max_page at least 1")
+        if self.dashboard_port is not None and (not 1 <= self.dashboard_port <= 65535 or self.dashboard_port == self.port):
+            raise ConfigError(f"api.dashboard_port: expected 1..65535 and not the API's port, got {self.dashboard_port}")
 
     def check_exposure(self, credentials: list[Credential]) -> None:
         """Refuse an unauthenticated server on a public address, and ``auth.enabled`` without keys."""

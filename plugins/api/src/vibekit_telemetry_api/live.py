@@ -12,24 +12,28 @@ with a slow reader.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from vibekit_telemetry import EventStream, QueryFilter, TelemetryEvent
+from vibekit_telemetry import EventStream, QueryFilter, TelemetryEvent, now_ms, time_range
 
-from .validation import APIError, StreamQuery, kernel_filter, structure
+from .validation import APIError, StreamQuery, kernel_filter, structure, validation_error
 
 if TYPE_CHECKING:
     from .app import APIContext
 
 _POLL_S = 0.05
 _MAX_CHUNK = 200
+#: seconds between two metrics messages on a stream that asked for them
+METRICS_EVERY = 2.0
 
 
 class Subscriptions:
@@ -40,8 +44,8 @@ class Subscriptions:
         self.streams: set[EventStream] = set()
         self.stopping = False
 
-    def open(self, params: dict[str, Any]) -> EventStream:
-        """A new subscription, or 503 when the server has ``streams.max_clients`` already."""
+    def open(self, params: dict[str, Any]) -> tuple[EventStream, StreamQuery]:
+        """A new subscription and its parameters, or 503 when the server has ``streams.max_clients`` already."""
         if self.stopping:
             raise APIError(503, "Service Unavailable", "the server is shutting down", headers={"retry-after": "5"})
         if len(self.streams) >= self.ctx.config.streams.max_clients:
@@ -50,9 +54,17 @@ class Subscriptions:
                            headers={"retry-after": "5"})
         query = structure(params, StreamQuery, what="stream filter")
         flt = kernel_filter(QueryFilter, query.filter())
+        if query.metrics is not None:
+            try:
+                time_range((query.metrics, None))
+            except ValueError as exc:
+                raise validation_error("Invalid stream filter", [{"field": "metrics", "message": str(exc)}]) from None
+            if not self.ctx.service.host.impls("get_metrics"):
+                raise validation_error("Invalid stream filter", [
+                    {"field": "metrics", "message": "metrics need the analytics plugin (pip install vibekit-telemetry-analytics)"}])
         stream = self.ctx.service.create_event_stream(flt, max_pending=self.ctx.config.streams.max_pending)
         self.streams.add(stream)
-        return stream
+        return stream, query
 
     def close(self, stream: EventStream) -> None:
         """End one subscription."""
@@ -76,9 +88,11 @@ def _take(stream: EventStream) -> list[TelemetryEvent]:
     return events
 
 
-async def _batches(ctx: APIContext, stream: EventStream, transport: str) -> AsyncIterator[tuple[list[TelemetryEvent], int]]:
-    """Yield ``(events, newly skipped)`` as they come, and ``([], 0)`` at each heartbeat."""
+async def _batches(ctx: APIContext, stream: EventStream, transport: str,
+                   idle_s: float | None = None) -> AsyncIterator[tuple[list[TelemetryEvent], int]]:
+    """Yield ``(events, newly skipped)`` as they come, and ``([], 0)`` after ``idle_s`` (the heartbeat) without any."""
     config = ctx.config.streams
+    idle_s = config.heartbeat_s if idle_s is None else idle_s
     reported = 0
     last = time.monotonic()
     while not stream.closed:
@@ -94,7 +108,7 @@ async def _batches(ctx: APIContext, stream: EventStream, transport: str) -> Asyn
                 ctx.metrics.stream_disconnected.labels(transport).inc()
                 return
             continue
-        if time.monotonic() - last >= config.heartbeat_s:
+        if time.monotonic() - last >= idle_s:
             last = time.monotonic()
             yield [], 0
         await asyncio.sleep(_POLL_S)
@@ -104,17 +118,57 @@ def _event_json(event: TelemetryEvent) -> bytes:
     return orjson.dumps(event.to_dict())
 
 
+class _MetricsFeed:
+    """A window's metrics and the last hour's events per minute, for an SSE subscriber that asked (``metrics=24h``).
+
+    Sent at most every ``METRICS_EVERY`` seconds, and only when a batch was
+    written since (or a minute passed, so the window slides): a dashboard stays
+    current over one connection instead of polling.
+    """
+
+    def __init__(self, ctx: APIContext, window: str) -> None:
+        self.ctx = ctx
+        self.window = window
+        self.sent_at = -math.inf
+        self.sent_flushes = -1
+
+    def due(self) -> bool:
+        elapsed = time.monotonic() - self.sent_at
+        return elapsed >= METRICS_EVERY and (self.ctx.metrics.flushes != self.sent_flushes or elapsed >= 60)
+
+    def _compute(self) -> bytes:
+        service = self.ctx.service
+        metrics = service.get_metrics(time_range((self.window, None)))
+        now = now_ms()
+        hour_end = now - now % 60_000 + 60_000
+        per_minute = service.metric_series("throughput", (hour_end - 3_600_000, hour_end), "1m")
+        return orjson.dumps({"window": self.window, "metrics": metrics.to_dict(), "events_per_minute": per_minute},
+                            option=orjson.OPT_NON_STR_KEYS)
+
+    async def message(self) -> bytes:
+        self.sent_flushes = self.ctx.metrics.flushes
+        self.sent_at = time.monotonic()
+        data = await run_in_threadpool(self._compute)
+        return b"event: metrics\ndata: %s\n\n" % data
+
+
 async def sse(request: Request) -> StreamingResponse:
     """``GET /api/stream``: new events as Server-Sent Events (``event:`` is the event type, ``id:`` its id)."""
     ctx: APIContext = request.app.state.ctx
-    stream = ctx.live.open(dict(request.query_params))
+    stream, query = ctx.live.open(dict(request.query_params))
+    feed = _MetricsFeed(ctx, query.metrics) if query.metrics is not None else None
     gauge = ctx.metrics.stream_clients.labels("sse")
 
     async def body() -> AsyncIterator[bytes]:
         gauge.inc()
         try:
             yield b": connected\n\n"
-            async for events, skipped in _batches(ctx, stream, "sse"):
+            if feed is not None:
+                yield await feed.message()
+            idle_s = METRICS_EVERY if feed is not None else None
+            async for events, skipped in _batches(ctx, stream, "sse", idle_s):
+                if feed is not None and feed.due():
+                    yield await feed.message()
                 if not events and not skipped:
                     yield b": ping\n\n"
                     continue
@@ -140,7 +194,7 @@ async def websocket_events(websocket: WebSocket) -> None:
     """
     ctx: APIContext = websocket.app.state.ctx
     try:
-        stream = ctx.live.open(dict(websocket.query_params))
+        stream, _ = ctx.live.open(dict(websocket.query_params))
     except APIError as exc:
         await websocket.close(code=1008 if exc.status < 500 else 1013, reason=exc.message[:120])
         return

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .validation import AnomalyQuery, EventsQuery, ExportQuery, SessionQuery, SessionsQuery, StreamQuery, WindowQuery
+from .validation import (
+    AnomalyQuery,
+    EventsQuery,
+    ExportQuery,
+    SeriesQuery,
+    SessionQuery,
+    SessionsQuery,
+    StreamQuery,
+    WindowQuery,
+)
 
 if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
@@ -136,7 +145,8 @@ def openapi_document(service: TelemetryService, config: APIConfig, *, analytics:
                 **_json("Written to the export directory", {"type": "object"}, "201"), **_errors(400, 409), **guarded},
             **read}},
         "/api/stream": {"get": {
-            "summary": "Live events as Server-Sent Events", "operationId": "streamEvents",
+            "summary": "Live events as Server-Sent Events (with metrics=<window>, also `metrics` messages)",
+            "operationId": "streamEvents",
             "parameters": _parameters(StreamQuery, skip=("api_key",)),
             "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {
                 "schema": {"type": "string"}}}}, **_errors(400, 503), **guarded}, **read}},
@@ -162,6 +172,9 @@ def openapi_document(service: TelemetryService, config: APIConfig, *, analytics:
         paths["/api/insights"] = {"get": {"summary": "Insights about a window", "operationId": "getInsights",
                                           "parameters": _parameters(WindowQuery),
                                           "responses": {**_json("Insights"), **_errors(400), **guarded}, **read}}
+        paths["/api/series"] = {"get": {"summary": "One metric per step over a window", "operationId": "getSeries",
+                                        "parameters": _parameters(SeriesQuery),
+                                        "responses": {**_json("Series"), **_errors(400), **guarded}, **read}}
         paths["/api/anomalies"] = {"get": {"summary": "Anomalies in the metric history", "operationId": "getAnomalies",
                                            "parameters": _parameters(AnomalyQuery),
                                            "responses": {**_json("Anomalies"), **_errors(400), **guarded}, **read}}

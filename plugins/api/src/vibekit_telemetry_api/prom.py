@@ -33,6 +33,8 @@ class ServerMetrics:
 
     def __init__(self, service: TelemetryService, window: str = "5m") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: batches written so far (live metrics feeds compare it to know whether anything changed)
+        self.flushes = 0
         r = self.registry
         self.requests = Counter("vibekit_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=r)
         self.request_seconds = Histogram("vibekit_http_request_duration_seconds", "Time to answer an HTTP request",
@@ -57,6 +59,7 @@ class ServerMetrics:
         if isinstance(payload, dict) and "seconds" in payload:
             self.storage_seconds.observe(payload["seconds"])
             self.stored_batches.inc()
+            self.flushes += 1
 
     def render(self) -> bytes:
         """The exposition text."""

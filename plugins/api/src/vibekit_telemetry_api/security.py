@@ -26,14 +26,17 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-_OPEN = frozenset({"/health", "/openapi.json", "/favicon.ico"})
+_OPEN = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"})
 #: paths where a browser cannot send headers (EventSource, WebSocket): a key may come as ?api_key=
 _QUERY_KEY_PATHS = ("/api/stream", "/ws/")
 
 
-def route_class(method: str, path: str, metrics_path: str) -> str:
-    """``open``, ``ingest`` or ``read``: which rate-limit budget and key scope a request needs."""
-    if path in _OPEN or path.startswith("/dashboard"):
+def route_class(method: str, path: str, metrics_path: str, public: tuple[str, ...] = ()) -> str:
+    """``open``, ``ingest`` or ``read``: which rate-limit budget and key scope a request needs.
+
+    ``public`` are the path prefixes plugins mounted as public (the dashboard's static pages).
+    """
+    if path in _OPEN or any(path == p or path.startswith(p + "/") for p in public):
         return "open"
     if path.startswith("/v1/") or method == "POST" and (path == "/api/events" or path.startswith("/api/sessions")):
         return "ingest"
@@ -135,8 +138,10 @@ class Guard:
     """ASGI middleware: security headers on every response, then rate limiting, then authentication."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], config: APIConfig, auth: Authenticator,
-                 limiter: RateLimiter | None, on_reject: Callable[[str], None] | None = None) -> None:
+                 limiter: RateLimiter | None, on_reject: Callable[[str], None] | None = None,
+                 public: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.public = public
         self.config = config
         self.auth = auth
         self.limiter = limiter
@@ -151,7 +156,7 @@ class Guard:
             self.config.trust_proxy and _header(scope, b"x-forwarded-proto") == "https")
         send = self._with_headers(send, secure) if scope["type"] == "http" else send
         method = scope.get("method", "GET")
-        kind = route_class(method, scope["path"], self.metrics_path)
+        kind = route_class(method, scope["path"], self.metrics_path, self.public)
         if kind == "open" or method == "OPTIONS":
             await self.app(scope, receive, send)
             return

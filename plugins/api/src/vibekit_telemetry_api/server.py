@@ -55,6 +55,7 @@ class APIServer:
         self.config = config
         self.app = build_app(service, config, extra_routes=extra_routes)
         self._socket: socket.socket | None = None
+        self._dashboard_socket: socket.socket | None = None
         self._port: int | None = None
         self._server: _Uvicorn | None = None
         self._thread: threading.Thread | None = None
@@ -72,22 +73,42 @@ class APIServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    def _bind(self) -> socket.socket:
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where the dashboard is served (``None`` without it): its own port, or ``/dashboard/`` here."""
+        mount = next((r for r in self.app.routes if getattr(r, "name", None) == "dashboard"), None)
+        if mount is None:
+            return None
+        base = self.url if not self.config.dashboard_port else self.url.rsplit(":", 1)[0] + f":{self.config.dashboard_port}"
+        return f"{base}{mount.path}/"
+
+    def _listen(self, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # accepted connections inherit this: without it a response's head and body wait on delayed ACKs (40 ms)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock.bind((self.config.host, self.config.port))
+            sock.bind((self.config.host, port))
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
+            raise OSError(exc.errno, f"cannot listen on {self.config.host}:{port}: {exc.strerror}") from None
         sock.listen(2048)
         sock.set_inheritable(True)
-        self._socket = sock
-        self._port = sock.getsockname()[1]
         return sock
+
+    def _bind(self) -> list[socket.socket]:
+        """The API's listening socket, and the dashboard's when it has its own port."""
+        self._socket = self._listen(self.config.port)
+        self._port = self._socket.getsockname()[1]
+        if self.config.dashboard_port:
+            try:
+                self._dashboard_socket = self._listen(self.config.dashboard_port)
+            except OSError:
+                self._socket.close()
+                raise
+            return [self._socket, self._dashboard_socket]
+        return [self._socket]
 
     def _uvicorn(self) -> _Uvicorn:
         ws = "websockets-sansio"
@@ -106,9 +127,9 @@ class APIServer:
         """Serve on a background thread; returns once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the API server is already running")
-        sock = self._bind()
+        sockets = self._bind()
         server = self._uvicorn()
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": sockets},
                                         name=f"vibekit-api-{self.port}", daemon=True)
         self._thread.start()
         deadline = threading.Event()
@@ -127,13 +148,14 @@ class APIServer:
 
         ``ready`` is called with the URL once the socket listens.
         """
-        sock = self._bind()
+        sockets = self._bind()
         if ready is not None:
             ready(self.url)
         try:
-            self._uvicorn().run(sockets=[sock])
+            self._uvicorn().run(sockets=sockets)
         finally:
-            sock.close()
+            for sock in sockets:
+                sock.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving: live streams end, requests in flight finish (up to ``timeout`` seconds)."""
@@ -144,8 +166,9 @@ class APIServer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        if self._socket is not None:
-            self._socket.close()
+        for sock in (self._socket, self._dashboard_socket):
+            if sock is not None:
+                sock.close()
 
     @property
     def running(self) -> bool:

@@ -181,7 +181,10 @@ class EventsQuery:
 
 @attrs.frozen
 class SessionsQuery:
-    """``GET /api/sessions``: sessions by status, agent, mode, parent and start time."""
+    """``GET /api/sessions``: sessions by status, agent, mode, parent, start time and prompt text.
+
+    ``sort`` picks the column, ``order`` its direction; ``count=true`` adds ``total`` (all matches).
+    """
 
     status: Literal["active", "completed", "failed", "cancelled", "timeout"] | None = None
     agent: str | None = None
@@ -190,13 +193,21 @@ class SessionsQuery:
     root_only: bool = False
     since: int | str | None = None
     until: int | str | None = None
+    text: str | None = None
     limit: int = attrs.field(default=100, validator=_limit_check)
     offset: int = 0
     order: Literal["asc", "desc"] = "desc"
+    sort: Literal["started_at", "ended_at", "duration_ms", "ttft_ms", "event_count", "error_count", "tokens", "agent",
+                  "status"] = "started_at"
+    count: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.offset < 0:
             raise ValueError("offset: must be at least 0")
+
+    def filter(self) -> dict[str, Any]:
+        """The kernel ``SessionFilter`` fields."""
+        return {k: v for k, v in attrs.asdict(self).items() if k != "count"}
 
 
 @attrs.frozen
@@ -214,6 +225,16 @@ class WindowQuery:
     since: int | str = "24h"
     until: int | str | None = None
     categories: str | None = None
+
+
+@attrs.frozen
+class SeriesQuery:
+    """``GET /api/series``: one metric per step over a window (analytics)."""
+
+    metric: str = "throughput"
+    since: int | str = "1h"
+    until: int | str | None = None
+    step: str = "1m"
 
 
 @attrs.frozen
@@ -236,10 +257,12 @@ class StreamQuery:
     session_id: str | None = None
     action: str | None = None
     api_key: str | None = attrs.field(default=None, repr=False)
+    #: a window such as ``24h``: also send that window's metrics (analytics) every couple of seconds
+    metrics: str | None = None
 
     def filter(self) -> dict[str, Any]:
         """The kernel query filter for this subscription."""
-        return {k: v for k, v in attrs.asdict(self).items() if v is not None and k != "api_key"}
+        return {k: v for k, v in attrs.asdict(self).items() if v is not None and k not in ("api_key", "metrics")}
 
 
 @attrs.frozen

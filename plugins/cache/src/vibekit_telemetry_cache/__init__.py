@@ -7,7 +7,7 @@ dropped before it could be stale:
 
 * a ``query`` answer when a new event matches its filter;
 * a ``get_session`` answer when an event of that session arrives;
-* ``get_sessions`` answers when any session changes;
+* ``get_sessions`` and ``count_sessions`` answers when any session changes;
 * ``get_metrics``, ``get_insights`` and ``metric_series`` answers when an event
   falls in their window (and on ``define_metric``);
 * everything on ``clean``.
@@ -137,7 +137,7 @@ def _changed(entry: _Entry, events: list[TelemetryEvent], sessions: set[str], lo
         return any(flt.matches(event) for event in events)
     if hook == "get_session":
         return arguments["session_id"] in sessions
-    if hook == "get_sessions":
+    if hook in ("get_sessions", "count_sessions"):
         return bool(sessions)
     if hook in _WINDOWED:
         start = arguments["start"] - arguments["start"] % _MINUTE

@@ -141,12 +141,18 @@ class MemoryStorage:
 
     @hookimpl
     def get_sessions(self, filter: SessionFilter) -> list[Session]:
-        """Matching sessions ordered by start time."""
+        """Matching sessions in the filter's order."""
         with self._lock:
             found = [s for s in self._sessions.values() if filter.matches(s)]
-        found.sort(key=lambda s: (s.started_at or 0, s.id), reverse=filter.order == "desc")
+        found.sort(key=filter.sort_key, reverse=filter.order == "desc")
         found = found[filter.offset :]
         return found if filter.limit is None else found[: filter.limit]
+
+    @hookimpl
+    def count_sessions(self, filter: SessionFilter) -> int:
+        """How many sessions match (limit and offset aside)."""
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if filter.matches(s))
 
     @hookimpl
     def clean(self, before: int) -> int:

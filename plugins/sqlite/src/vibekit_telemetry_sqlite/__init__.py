@@ -548,18 +548,28 @@ class SQLiteStorage:
 
     @hookimpl
     def get_sessions(self, filter: SessionFilter) -> list[Session]:
-        """Matching sessions ordered by start time."""
-        where: list[str] = []
-        params: list[Any] = []
-        _equal_and_range(filter, ("status", "agent", "mode", "parent_id"), "started_at", where, params)
-        if filter.root_only:
-            where.append("parent_id IS NULL")
+        """Matching sessions in the filter's order."""
+        where, params = _session_where(filter)
         direction = "DESC" if filter.order == "desc" else "ASC"
+        column = _SESSION_SORT_SQL[filter.sort]
+        order = f"started_at {direction}, id {direction}"
+        if column != "started_at":  # missing values first, as SessionFilter.sort_key has it
+            order = f"({column}) IS NOT NULL {direction}, {column} {direction}, " + order
         sql = _SELECT_SESSION + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY started_at {direction}, id {direction} LIMIT ? OFFSET ?"
+        sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
         params.extend([-1 if filter.limit is None else filter.limit, filter.offset])
         try:
             return [_session_from_row(row) for row in self._reader().execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    @hookimpl
+    def count_sessions(self, filter: SessionFilter) -> int:
+        """How many sessions match (limit and offset aside)."""
+        where, params = _session_where(filter)
+        sql = "SELECT count(*) FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
+        try:
+            return self._reader().execute(sql, params).fetchone()[0]
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
@@ -644,6 +654,27 @@ class SQLiteStorage:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+#: ``SessionFilter.sort`` names as SQL over the sessions table (fixed strings, never user text).
+_SESSION_SORT_SQL = {
+    "started_at": "started_at", "ended_at": "ended_at", "duration_ms": "ended_at - started_at",
+    "ttft_ms": "first_stream_at - started_at", "event_count": "event_count", "error_count": "error_count",
+    "tokens": "coalesce(input_tokens, 0) + coalesce(output_tokens, 0)", "agent": "agent", "status": "status",
+}
+
+
+def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    _equal_and_range(filter, ("status", "agent", "mode", "parent_id"), "started_at", where, params)
+    if filter.root_only:
+        where.append("parent_id IS NULL")
+    if filter.text:
+        # a substring of the prompt, case-insensitive for ASCII as in SQLite's lower(); encrypted prompts never match
+        where.append("instr(lower(prompt), lower(?)) > 0")
+        params.append(filter.text)
+    return where, params
 
 
 def _equal_and_range(f: Any, columns: tuple[str, ...], time_column: str, where: list[str], params: list[Any]) -> None:
