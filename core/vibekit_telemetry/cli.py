@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -340,12 +341,20 @@ def health(state: _State, detailed: bool, fmt: str) -> None:
 @click.option("--sessions", "count", type=click.IntRange(min=1), default=24, show_default=True,
               help="How many agent sessions to record.")
 @click.option("--seed", type=int, default=None, help="Random seed for a repeatable workload.")
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="End by serving the web dashboard on the demo data (until Ctrl-C).")
+@click.option("--port", type=click.IntRange(0, 65535), default=3000, show_default=True,
+              help="Port for the dashboard (a free one is picked when it is busy).")
+@click.option("--live/--no-live", default=True, show_default=True,
+              help="While serving, keep recording new sessions in real time.")
 @click.pass_obj
-def demo(state: _State, count: int, seed: int | None) -> None:
-    """Record a realistic multi-agent workload into the configured storage and show it."""
+def demo(state: _State, count: int, seed: int | None, serve: bool, port: int, live: bool) -> None:
+    """Record a realistic multi-agent workload into the configured storage, show it, and serve the dashboard."""
     from .demo import describe, run_demo
 
     service = state.service()
+    if serve:
+        _load_installed(service, "analytics")  # the dashboard's metrics, charts and anomalies
     summary = run_demo(service, sessions=count, seed=seed)
     for line in describe(summary):
         click.echo(line)
@@ -356,6 +365,52 @@ def demo(state: _State, count: int, seed: int | None) -> None:
     render([s.to_dict() for s in latest], SESSION_COLUMNS, "table", title="latest sessions")
     click.echo("Next: telemetry sessions | telemetry session <id> --with-events | "
                "telemetry query --category claude --since 1h")
+    if serve:
+        _serve_dashboard(service, port, live, seed)
+
+
+def _load_installed(service: Any, name: str) -> bool:
+    """Load plugin ``name`` when it is installed and not configured; ``False`` when it is not installed."""
+    if name not in {plugin.name for plugin in installed_plugins()}:
+        return False
+    service.require_plugin(name, where="telemetry demo")
+    return True
+
+
+def _serve_dashboard(service: Any, port: int, live: bool, seed: int | None) -> None:
+    """Serve the dashboard in the background and wait for Ctrl-C or SIGTERM (recording live sessions meanwhile)."""
+    import threading
+
+    from .demo import run_live
+
+    if not _load_installed(service, "dashboard"):
+        click.echo("The web dashboard is not installed (pip install 'vibekit-telemetry[api,dashboard]'); not serving.")
+        return
+    options: dict[str, Any] = {"dashboard": True, "rate_limit": {"enabled": False}}
+    try:
+        server = service.start_api_server(port=port, **options)
+    except OSError:
+        server = service.start_api_server(port=0, **options)
+    except TelemetryError as exc:
+        click.echo(f"The dashboard could not start: {exc}", err=True)
+        return
+    click.echo(f"Dashboard: {getattr(server, 'dashboard_url', None) or server.url}  "
+               f"({'recording live sessions; ' if live else ''}Ctrl-C to stop, --no-serve to skip)")
+    stop = threading.Event()
+    recorder = threading.Thread(target=run_live, args=(service, stop), kwargs={"seed": seed}, daemon=True,
+                                name="vibekit-demo-live") if live else None
+    if recorder is not None:
+        recorder.start()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if recorder is not None:
+            recorder.join(5)
+        click.echo("stopped")
 
 
 @cli.command("export")

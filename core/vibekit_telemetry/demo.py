@@ -9,7 +9,10 @@ the last half hour so the data looks live without making the user wait.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
+from typing import Any
+
 import attrs
 
 from .service import TelemetryService
@@ -62,12 +65,10 @@ def run_demo(telemetry: TelemetryService, *, sessions: int = 24, seed: int | Non
     by_status: Counter[str] = Counter()
     tokens = 0
     for index in range(sessions):
-        agent, provider, models = rng.choice(AGENTS)
-        model = rng.choice(models)
-        mode = rng.choice(MODES)
+        agent, mode, prompt, meta = _choose(rng)
+        model = meta["model"]
         t = start + int(span_ms * index / max(1, sessions)) + rng.randint(0, 20_000)
-        meta = {"model": model, "provider": provider, "temperature": rng.choice((0.0, 0.2, 0.7))}
-        sid = telemetry.track_start(agent, mode, rng.choice(PROMPTS), metadata=meta, timestamp=t)
+        sid = telemetry.track_start(agent, mode, prompt, metadata=meta, timestamp=t)
         counts["events"] += 1
         by_agent[agent] += 1
         t += rng.randint(250, 1800)  # time to first token
@@ -82,12 +83,11 @@ def run_demo(telemetry: TelemetryService, *, sessions: int = 24, seed: int | Non
             telemetry.track_stream(sid, text, metadata={"chunk": chunk, "model": model}, timestamp=t)
             counts["events"] += 1
             t += rng.randint(20, 140)
-        input_tokens = rng.randint(400, 6000)
-        usage = {"model": model, "input_tokens": input_tokens, "output_tokens": rng.randint(80, 1200) if not failed else 0,
-                 "cache_read_tokens": rng.randint(0, input_tokens // 2)}
+        usage = _usage(rng, model, failed)
         if failed:
             error_type, message = rng.choice(ERRORS)
-            telemetry.track_error(sid, error_type=error_type, message=message, timestamp=t, metadata={"model": model})
+            telemetry.track_error(sid, error_type=error_type, message=message, stack=_stack(agent, error_type, message),
+                                  timestamp=t, metadata={"model": model})
             telemetry.track_end(sid, "failed", metadata=usage, timestamp=t + 1)
             by_status["failed"] += 1
             counts["events"] += 2
@@ -108,6 +108,58 @@ def run_demo(telemetry: TelemetryService, *, sessions: int = 24, seed: int | Non
     telemetry.flush()
     return DemoSummary(sessions=sessions + 1, tool_calls=counts["tool_sessions"], events=counts["events"],
                        by_agent=dict(by_agent), by_status=dict(by_status), tokens=tokens)
+
+
+def _choose(rng: random.Random) -> tuple[str, str, str, dict[str, Any]]:
+    """An agent, a mode, a prompt and the start metadata (model, provider, temperature)."""
+    agent, provider, models = rng.choice(AGENTS)
+    meta = {"model": rng.choice(models), "provider": provider, "temperature": rng.choice((0.0, 0.2, 0.7))}
+    return agent, rng.choice(MODES), rng.choice(PROMPTS), meta
+
+
+def _stack(agent: str, error_type: str, message: str) -> str:
+    """A traceback shaped like the one a provider's client raises."""
+    return ("Traceback (most recent call last):\n"
+            f'  File "agents/{agent}.py", line 88, in run\n    reply = self.client.stream(messages)\n'
+            '  File "agents/client.py", line 214, in stream\n    raise _error_for(response)\n'
+            f"{error_type}: {message}\n")
+
+
+def _usage(rng: random.Random, model: str, failed: bool) -> dict[str, Any]:
+    input_tokens = rng.randint(400, 6000)
+    return {"model": model, "input_tokens": input_tokens, "output_tokens": rng.randint(80, 1200) if not failed else 0,
+            "cache_read_tokens": rng.randint(0, input_tokens // 2)}
+
+
+def run_live(telemetry: TelemetryService, stop: threading.Event, *, seed: int | None = None,
+             pause: tuple[float, float] = (1.0, 4.0)) -> int:
+    """Record sessions in real time (first chunk after a pause, then chunks as they stream) until ``stop`` is set.
+
+    What ``telemetry demo`` runs while it serves the dashboard, so the pages have something live
+    to show.  Returns how many sessions it recorded.
+    """
+    rng = random.Random(seed)
+    words = ANSWER.split(" ")
+    recorded = 0
+    while not stop.is_set():
+        agent, mode, prompt, meta = _choose(rng)
+        with telemetry.session(agent, mode, prompt, metadata=meta) as session:
+            if stop.wait(rng.uniform(0.25, 1.5)):
+                break
+            failed = rng.random() < 0.1
+            for chunk in range(rng.randint(1, 3) if failed else rng.randint(4, 12)):
+                session.stream(" ".join(words[chunk * 4 : chunk * 4 + 4]) + " ", metadata={"chunk": chunk})
+                if stop.wait(rng.uniform(0.03, 0.2)):
+                    break
+            if failed:
+                error_type, message = rng.choice(ERRORS)
+                session.error(message, error_type=error_type, stack=_stack(agent, error_type, message))
+                session.end("failed", metadata=_usage(rng, meta["model"], True))
+            else:
+                session.end("completed", metadata=_usage(rng, meta["model"], False))
+        recorded += 1
+        stop.wait(rng.uniform(*pause))
+    return recorded
 
 
 def _tool_call(telemetry: TelemetryService, rng: random.Random, parent: str, agent: str, t: int, counts: Counter[str]) -> int:

@@ -1185,23 +1185,30 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         if not self.host.impls("start_api_server"):
-            self.require_plugin("api", where="start_api_server()")
+            self.require_plugin("api", start=False, where="start_api_server()")
         result = self.host.first("start_api_server", service=self, options=dict(options))[1]
         if result is None:
             raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
         return result
 
-    def require_plugin(self, name: str, *, where: str = "require_plugin()") -> None:
+    def require_plugin(self, name: str, *, start: bool = True, where: str = "require_plugin()") -> None:
         """Load the installed plugin ``name`` with its default options, unless one by that name is loaded.
 
-        For features a command asks for (``telemetry api --dashboard``) that the
-        configuration file does not list.  Its ``startup`` hook is not called: that is
-        for plugins the configuration turns on.  A missing or broken plugin is a ``PluginError``.
+        For features a command asks for (``telemetry api --dashboard``, the demo's
+        analytics) that the configuration file does not list.  ``start=False``
+        skips its ``startup`` hook (the api plugin's starts a server).  A missing or
+        broken plugin is a ``PluginError``.
         """
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
         if name in self.host.meta:
             return
         targets = resolve_entry_points([name])
         self._register(name, instantiate(name, targets[name], {}, where=where), source="entry point")
+        if start:
+            for impl in self.host.impls("startup"):
+                if impl.plugin == name:
+                    impl(service=self)
 
     def plugin_names(self) -> list[str]:
         """The registered plugins, in configuration order."""

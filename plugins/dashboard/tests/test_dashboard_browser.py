@@ -1,0 +1,286 @@
+"""The dashboard in a real headless Chromium against a real server: numbers, sessions, live updates, escaping, auth.
+
+Each test saves screenshots under ``test-artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vibekit_telemetry import now_ms
+from vibekit_telemetry.demo import run_demo
+
+ARTIFACTS = Path(os.environ.get("VIBEKIT_TEST_ARTIFACTS", Path(__file__).parents[3] / "test-artifacts")) / "dashboard"
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">Fix </b>this & "that"'
+
+
+def screenshot(tab: Any, name: str) -> Path:
+    """Save a full-page screenshot as a test artifact."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    tab.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, "the screenshot is (nearly) empty"
+    return path
+
+
+def ready(tab: Any, timeout: float = 10_000) -> None:
+    """Wait until the page shown has loaded its data."""
+    tab.wait_for_selector("main[data-ready='true']", timeout=timeout)
+
+
+def pick(data: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        data = data[key]
+    return data
+
+
+def test_overview_numbers_are_get_metrics(make_server, page):
+    service, server = make_server()
+    run_demo(service, sessions=40, seed=11)
+    page.goto(server.dashboard_url)
+    ready(page)
+    page.wait_for_selector("#cards .card")
+    expected = service.get_metrics("24h").to_dict()
+    cards = page.eval_on_selector_all("#cards .card", "els => els.map(e => [e.dataset.metric, e.dataset.value])")
+    assert {metric for metric, _ in cards} >= {"events.total", "sessions.active", "errors.rate", "performance.p50_latency",
+                                               "performance.p95_latency", "performance.p99_latency",
+                                               "performance.p50_ttft", "tokens.total", "tokens.cost"}
+    for metric, shown in cards:
+        want = pick(expected, metric)
+        assert (shown == "") if want is None else float(shown) == pytest.approx(want), metric
+    assert expected["errors"]["total"] > 0 and expected["tokens"]["cost"] > 0, "the demo data has errors and prices"
+    # what a person reads: the formatted text agrees too
+    assert page.inner_text("[data-metric='events.total'] .value") == f"{expected['events']['total']:,}"
+    assert page.inner_text("[data-metric='errors.rate'] .value") == f"{expected['errors']['rate']:.2f}".rstrip("0").rstrip(".") + "%"
+    models = page.eval_on_selector_all("#models tbody tr", "els => els.map(e => [e.dataset.model, Number(e.dataset.tokens)])")
+    assert dict(models) == {model: b["tokens"]["total"] for model, b in expected["by_model"].items()}
+    assert page.locator("#events-chart rect.bar").count() >= 59, "one bar per minute of the last hour"
+    latest = [e.id for e in service.query(limit=25, order="desc")]
+    page.wait_for_selector("#feed li")
+    assert page.eval_on_selector_all("#feed li", "items => items.map(i => i.dataset.id)") == latest
+    screenshot(page, "overview-light")
+    page.click("#theme")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(17, 18, 25)", background
+    screenshot(page, "overview-dark")
+
+
+def test_a_new_event_appears_live_within_two_seconds(make_server, page):
+    service, server = make_server()
+    run_demo(service, sessions=6, seed=2)
+    page.goto(server.dashboard_url)
+    ready(page)
+    page.wait_for_selector("#live[data-state='live']")
+    page.wait_for_selector("[data-metric='sessions.active']")
+    active = int(page.get_attribute("[data-metric='sessions.active']", "data-value"))
+    service.track_start("claude", "chat", "live check 7f3a")
+    page.locator("#feed li", has_text="live check 7f3a").wait_for(timeout=2_000)
+    # the numbers follow without a reload (the metrics message comes every two seconds after a write)
+    page.wait_for_selector(f"[data-metric='sessions.active'][data-value='{active + 1}']", timeout=5_000)
+    screenshot(page, "overview-live")
+
+
+def test_sessions_filter_sort_page_and_detail(make_server, page):
+    service, server = make_server()
+    run_demo(service, sessions=70, seed=5)
+    total = service.count_sessions()
+    page.goto(f"{server.dashboard_url}#/sessions")
+    ready(page)
+    assert page.get_attribute("#page-info", "data-total") == str(total)
+    assert page.locator("#sessions tbody tr").count() == 50
+    page.click("#sessions button[data-sort='duration_ms']")
+    page.wait_for_function("() => location.hash.includes('sort=duration_ms')")
+    ready(page)
+    longest = service.get_sessions(sort="duration_ms", limit=1)[0]
+    assert page.get_attribute("#sessions tbody tr >> nth=0", "data-id") == longest.id
+    assert page.get_attribute("th:has(button[data-sort='duration_ms'])", "aria-sort") == "descending"
+    page.click("button[data-page='next']")
+    page.wait_for_function("() => location.hash.includes('page=1')")
+    ready(page)
+    second = [s.id for s in service.get_sessions(sort="duration_ms", limit=50, offset=50)]
+    assert page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.dataset.id)") == second
+    page.fill("input[name='text']", "websocket")
+    page.wait_for_function("() => location.hash.includes('text=websocket')")
+    ready(page)
+    matching = service.count_sessions(text="websocket")
+    assert 0 < matching < total
+    assert page.get_attribute("#page-info", "data-total") == str(matching)
+    for prompt in page.eval_on_selector_all("#sessions span.prompt-cell", "cells => cells.map(c => c.textContent)"):
+        assert "websocket" in prompt.lower()
+    page.select_option("select[name='status']", "failed")
+    page.wait_for_function("() => location.hash.includes('status=failed')")
+    ready(page)
+    assert page.get_attribute("#page-info", "data-total") == str(service.count_sessions(text="websocket", status="failed"))
+    screenshot(page, "sessions")
+
+    failed = service.get_sessions(status="failed", limit=1)[0]
+    events = service.query(session_id=failed.id, limit=1000, order="asc")
+    page.goto(f"{server.dashboard_url}#/session/{failed.id}")
+    ready(page)
+    assert page.inner_text("#prompt") == failed.prompt
+    assert page.locator("#timeline tr").count() == len(events)
+    streamed = "".join(e.stream_data or "" for e in events if e.event_type == "stream")
+    assert page.eval_on_selector("#response", "el => el.textContent") == streamed
+    error = next(e for e in events if e.event_type == "error")
+    assert error.error_message in page.inner_text("#errors")
+    assert "Traceback (most recent call last)" in page.inner_text("#errors pre")
+    assert '"model"' in page.inner_text("#metadata")
+    assert "\nnull\n" not in f"\n{page.inner_text('main')}\n", "an empty section must leave nothing behind"
+    screenshot(page, "session-detail")
+
+
+def test_session_detail_shows_redaction_counts_and_follows_the_session_live(make_server, page):
+    service, server = make_server({"plugins": ["analytics", "pii"]})
+    sid = service.track_start("claude", "chat", "Mail jane.doe@example.com about the invoice")
+    service.track_stream(sid, "Sure, I will write to ")
+    service.flush()
+    page.goto(f"{server.dashboard_url}#/session/{sid}")
+    ready(page)
+    assert "jane.doe@example.com" not in page.inner_text("main")
+    assert page.locator("#redactions tr[data-kind]").count() >= 1
+    page.wait_for_selector("#live[data-state='live']")
+    service.track_stream(sid, "the customer now.")
+    page.wait_for_function("() => document.querySelector('#response').textContent.includes('the customer')", timeout=2_000)
+    screenshot(page, "session-redactions")
+
+
+def test_event_text_is_shown_as_text_never_run(make_server, page):
+    service, server = make_server()
+    sid = service.track_start(XSS, "chat", XSS, metadata={"model": XSS})
+    service.track_stream(sid, XSS)
+    service.track_error(sid, error_type="Boom<b>", message=XSS, stack=XSS)
+    service.track_end(sid, "failed")
+    service.flush()
+    response = page.goto(server.dashboard_url)
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    ready(page)
+    page.goto(f"{server.dashboard_url}#/sessions")
+    ready(page)
+    assert len(XSS) < 120, "shown whole in the table"
+    assert page.eval_on_selector("#sessions span.prompt-cell", "el => el.textContent") == XSS
+    page.goto(f"{server.dashboard_url}#/session/{sid}")
+    ready(page)
+    assert page.inner_text("#prompt") == XSS
+    assert page.eval_on_selector("#response", "el => el.textContent") == XSS
+    assert XSS in page.inner_text("#errors")
+    page.wait_for_timeout(300)  # an injected <img onerror> would have fired by now
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main script, main img[src='x']").count() == 0
+    screenshot(page, "xss-as-text")
+
+
+def test_auth_asks_for_a_key_and_keeps_it_for_the_tab_only(make_server, browser):
+    service, server = make_server(auth={"enabled": True, "api_keys": ["dash-key-123"]})
+    run_demo(service, sessions=5, seed=3)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.goto(server.dashboard_url)
+    tab.wait_for_selector("#key-dialog[open]")
+    screenshot(tab, "auth-prompt")
+    tab.fill("#key-input", "wrong-key")
+    tab.click("#key-form button[type='submit']")
+    tab.wait_for_selector("#key-error:not([hidden])")
+    tab.fill("#key-input", "dash-key-123")
+    tab.click("#key-form button[type='submit']")
+    ready(tab)
+    tab.wait_for_selector("#cards .card")
+    tab.wait_for_selector("#live[data-state='live']")
+    assert tab.evaluate("sessionStorage.getItem('vibekit.apiKey')") == "dash-key-123"
+    assert tab.evaluate("localStorage.getItem('vibekit.apiKey')") is None, "the key must not outlive the tab"
+    tab.click("#forget-key")
+    assert tab.evaluate("sessionStorage.getItem('vibekit.apiKey')") is None
+    context.close()
+    # a new browser session asks again
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.goto(server.dashboard_url)
+    tab.wait_for_selector("#key-dialog[open]")
+    context.close()
+
+
+def test_narrow_window(make_server, browser):
+    service, server = make_server()
+    run_demo(service, sessions=20, seed=4)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    tab = context.new_page()
+    for name, fragment in (("overview", ""), ("sessions", "#/sessions")):
+        tab.goto(f"{server.dashboard_url}{fragment}")
+        ready(tab)
+        tab.wait_for_timeout(300)
+        overflow = tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name} scrolls sideways by {overflow}px on a phone"
+        screenshot(tab, f"narrow-{name}")
+    context.close()
+
+
+def _spiky_history(service) -> None:
+    """Three hours of steady traffic (about ten sessions a minute) with a burst twenty minutes ago."""
+    end = now_ms() - now_ms() % 60_000
+    events = []
+    for minute in range(180, 0, -1):
+        t = end - minute * 60_000
+        burst = 25 if minute == 20 else 1
+        for i in range(10 * burst):
+            sid = f"h{minute}-{i}"
+            events.append({"event_type": "start", "category": "claude", "action": "chat", "session_id": sid,
+                           "prompt": "steady work", "timestamp": t + i * 50})
+            events.append({"event_type": "end", "category": "claude", "action": "chat", "session_id": sid,
+                           "status": "completed", "timestamp": t + i * 50 + 1_000 + (i % 5) * 100})
+    result = service.track_batch(events)
+    assert not result.rejected and not result.dropped
+    service.flush()
+
+
+def test_anomalies_page_charts_each_anomaly(make_server, page):
+    service, server = make_server()
+    _spiky_history(service)
+    found = service.detect_anomalies(["throughput"], "6h")
+    assert found, "the burst is an anomaly"
+    page.goto(f"{server.dashboard_url}#/anomalies?since=6h")
+    ready(page, timeout=20_000)
+    cards = page.locator("#anomalies section.anomaly")
+    assert cards.count() == len(service.detect_anomalies(time_range="6h"))
+    burst = page.locator("#anomalies section.anomaly[data-metric='throughput']").first
+    assert burst.locator("svg.chart polyline.line").count() == 1
+    assert burst.locator("svg.chart circle.mark").count() == 1
+    assert burst.locator("svg.chart rect.band").count() == 1
+    screenshot(page, "anomalies")
+
+
+def test_paging_over_100k_sessions(make_server, page):
+    service, server = make_server({"plugins": []})  # storage only: no analytics to feed
+    base = now_ms() - 3_600_000
+    for chunk in range(10):
+        events = []
+        for i in range(chunk * 10_000, (chunk + 1) * 10_000):
+            events.append({"event_type": "start", "category": ("claude", "codex", "gemini")[i % 3], "action": "chat",
+                           "session_id": f"s{i:06d}", "prompt": f"task number {i}", "timestamp": base + i * 30})
+            if i % 2:
+                events.append({"event_type": "end", "category": "x", "session_id": f"s{i:06d}", "status": "completed",
+                               "timestamp": base + i * 30 + (i % 997) * 10})
+        service.track_batch(events)
+    service.flush()
+    assert service.count_sessions() == 100_000
+    page.goto(f"{server.dashboard_url}#/sessions")
+    ready(page, timeout=20_000)
+    assert page.inner_text("#page-info") == "1–50 of 100,000"
+    page.click("button[data-page='last']")
+    page.wait_for_function("() => location.hash.includes('page=1999')")
+    ready(page, timeout=20_000)
+    assert page.inner_text("#page-info") == "99,951–100,000 of 100,000"
+    assert page.get_attribute("#sessions tbody tr >> nth=-1", "data-id") == "s000000"
+    page.click("#sessions button[data-sort='duration_ms']")
+    ready(page, timeout=20_000)
+    longest = service.get_sessions(sort="duration_ms", limit=1)[0]
+    assert page.get_attribute("#sessions tbody tr >> nth=0", "data-id") == longest.id
+    page.select_option("select[name='status']", "active")
+    page.wait_for_function("() => location.hash.includes('status=active')")
+    ready(page, timeout=20_000)
+    assert page.inner_text("#page-info") == "1–50 of 50,000"
+    screenshot(page, "sessions-100k")
