@@ -45,7 +45,8 @@ def make_server(clean_env) -> Iterator[Callable[..., tuple[TelemetryService, Any
         started.append(service)
         api_options.setdefault("rate_limit", {"enabled": False})
         api_options.setdefault("dashboard", True)
-        return service, service.start_api_server(port=0, **api_options)
+        api_options.setdefault("port", 0)
+        return service, service.start_api_server(**api_options)
 
     yield make
     for service in started:

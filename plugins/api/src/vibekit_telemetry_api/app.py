@@ -626,8 +626,9 @@ def plugin_mounts(service: TelemetryService, config: APIConfig) -> list[Mounted]
             if not path.startswith("/") or path.endswith("/") or path.startswith(("/api", "/v1", "/ws", "/health")):
                 raise PluginError(f"plugin {_plugin!r} registered {path!r}: a mount path starts with '/', "
                                   "does not end with one, and stays out of /api, /v1, /ws and /health")
-            if any(m.path == path for m in mounts):
-                raise PluginError(f"plugin {_plugin!r} registered {path!r}, which another plugin has")
+            taken = next((m for m in mounts if m.path == path), None)
+            if taken is not None:
+                raise PluginError(f"plugins {taken.plugin!r} and {_plugin!r} both registered {path!r}")
             mounts.append(Mounted(path, app, name, _plugin, public))
 
         impl(service=service, register=register)

@@ -1,0 +1,80 @@
+"""What the dashboard reads: sessions sorted, searched and counted; metric series; metrics over the live stream."""
+
+from __future__ import annotations
+
+import httpx
+from httpx_sse import connect_sse
+
+from vibekit_telemetry import now_ms
+
+
+def _seed(service):
+    base = now_ms() - 600_000
+    ids = []
+    for i, (prompt, length) in enumerate([("Fix the parser", 3_000), ("Write docs", 9_000), ("parser bench", 1_000)]):
+        sid = service.track_start("claude" if i else "codex", "chat", prompt, timestamp=base + i * 1000)
+        service.track_end(sid, timestamp=base + i * 1000 + length, metadata={"input_tokens": 10 * (i + 1)})
+        ids.append(sid)
+    service.flush()
+    return ids
+
+
+def test_sessions_sort_search_and_total(make_server):
+    service, _, client = make_server(service_options={"plugins": ["analytics"]})
+    ids = _seed(service)
+    body = client.get("/api/sessions", params={"sort": "duration_ms", "limit": 2, "count": "true"}).json()
+    assert [s["id"] for s in body["sessions"]] == [ids[1], ids[0]]
+    assert body["total"] == 3 and body["next_offset"] == 2
+    last = client.get("/api/sessions", params={"sort": "duration_ms", "limit": 2, "offset": 2, "count": "true"}).json()
+    assert [s["id"] for s in last["sessions"]] == [ids[2]] and last["next_offset"] is None
+    found = client.get("/api/sessions", params={"text": "PARSER", "count": "true", "order": "asc"}).json()
+    assert [s["id"] for s in found["sessions"]] == [ids[0], ids[2]] and found["total"] == 2
+    assert "total" not in client.get("/api/sessions").json()
+    bad = client.get("/api/sessions", params={"sort": "prompt; DROP TABLE sessions"})
+    assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "sort"
+
+
+def test_series_endpoint(make_server):
+    service, _, client = make_server(service_options={"plugins": ["analytics"]})
+    _seed(service)
+    body = client.get("/api/series", params={"metric": "throughput", "since": "1h"}).json()
+    assert body["metric"] == "throughput" and body["step"] == "1m"
+    assert sum(v for _, v in body["points"]) == 6
+    assert [p[0] for p in body["points"]] == sorted(p[0] for p in body["points"])
+    assert client.get("/api/series", params={"metric": "nope"}).json()["details"][0]["field"] == "metric"
+    too_many = client.get("/api/series", params={"since": "1", "step": "1m"})
+    assert too_many.status_code == 400 and "steps" in too_many.json()["details"][0]["message"]
+
+
+def test_the_live_stream_carries_metrics_when_asked(make_server):
+    service, server, _ = make_server(service_options={"plugins": ["analytics"]})
+    _seed(service)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with connect_sse(client, "GET", "/api/stream", params={"metrics": "24h"}) as source:
+            messages = source.iter_sse()
+            first = next(messages)
+            assert first.event == "metrics"
+            payload = first.json()
+            assert payload["metrics"] == service.get_metrics("24h").to_dict() | {"start": payload["metrics"]["start"],
+                                                                                 "end": payload["metrics"]["end"]}
+            assert len(payload["events_per_minute"]) >= 60
+            service.track_start("codex", "chat", "one more")
+            kinds = []
+            for message in messages:
+                kinds.append(message.event)
+                if message.event == "metrics":
+                    assert message.json()["metrics"]["sessions"]["started"] == 4
+                    break
+            assert "start" in kinds
+
+
+def test_a_bad_metrics_window_is_a_400(make_server):
+    _, _, client = make_server(service_options={"plugins": ["analytics"]})
+    response = client.get("/api/stream", params={"metrics": "soon"})
+    assert response.status_code == 400 and response.json()["details"][0]["field"] == "metrics"
+
+
+def test_metrics_on_the_stream_need_analytics(make_server):
+    _, _, client = make_server()
+    response = client.get("/api/stream", params={"metrics": "24h"})
+    assert response.status_code == 400 and "analytics" in response.json()["details"][0]["message"]
