@@ -32,7 +32,7 @@ def run(cwd, *args, check=True, env=None, timeout=60):
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
-    result = run(cwd, "demo", "--seed", "11", "--sessions", "30")
+    result = run(cwd, "demo", "--seed", "11", "--sessions", "30", "--no-serve")
     assert "Recorded 31 agent sessions" in result.stdout
     assert ".vibekit/telemetry.db" in result.stdout
     return cwd

@@ -85,7 +85,8 @@ class APIPlugin:
     def health(self) -> dict[str, Any]:
         """The servers' addresses and live subscribers."""
         return {"healthy": True, "issues": [], "servers": [
-            {"url": s.url, "running": s.running, "live_clients": len(s.app.state.ctx.live.streams)} for s in self.servers]}
+            {"url": s.url, "dashboard": s.dashboard_url, "running": s.running,
+             "live_clients": len(s.app.state.ctx.live.streams)} for s in self.servers]}
 
     @hookimpl
     @staticmethod

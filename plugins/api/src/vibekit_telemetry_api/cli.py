@@ -82,6 +82,8 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
     def ready(url: str) -> None:
         click.echo(f"telemetry API for {service.service_name} listening on {url} "
                    f"(auth {'on, ' + str(keys) + ' key(s)' if keys else 'off'}; Ctrl-C to stop)", err=True)
+        if server.dashboard_url:
+            click.echo(f"dashboard: {server.dashboard_url}", err=True)
 
     try:
         server.serve(ready)
