@@ -232,6 +232,30 @@ def read_paths(path: Path, repeat: int) -> dict[str, Any]:
     return out
 
 
+def session_pages(path: Path, repeat: int) -> dict[str, Any]:
+    """What the dashboard's sessions table asks for, through the service and as raw SQL: 50 rows plus the total."""
+    from vibekit_telemetry import SessionFilter
+    from vibekit_telemetry_sqlite import session_page_sql
+
+    service = _service(path)
+    conn = sqlite3.connect(path)
+    total = service.count_sessions()
+    last = max(0, total - 50)
+    cases = {"first": {"limit": 50}, "last": {"limit": 50, "offset": last},
+             "by_duration": {"limit": 50, "sort": "duration_ms"}}
+    out: dict[str, Any] = {"sessions": total}
+    for name, flt in cases.items():
+        sql, params = session_page_sql(SessionFilter(**flt))  # the raw side runs the same SQL, without the service
+        out[f"sessions_{name}"], out[f"sessions_{name}_raw"] = paired_us(
+            lambda flt=flt: (service.get_sessions(**flt), service.count_sessions(**flt)),
+            lambda sql=sql, params=params: (conn.execute(sql, params).fetchall(),
+                                            conn.execute("SELECT count(*) FROM sessions").fetchone()), repeat)
+    assert len(service.get_sessions(limit=50, offset=last)) == min(50, total)
+    conn.close()
+    service.shutdown()
+    return out
+
+
 def analytics_paths(path: Path, repeat: int) -> dict[str, Any] | None:
     """get_metrics() for the last 24 h from the analytics rollups, next to a full-scan SQL aggregate."""
     try:
@@ -351,6 +375,13 @@ def run(quick: bool) -> dict[str, Any]:
                                         "p99": value["p99"]}
         for name in ("get_session", "session_events", "latest_100"):
             figures[f"{name}_vs_raw_ratio"] = {"median": reads[name]["p50"] / reads[f"{name}_raw"]["p50"]}
+        pages = session_pages(last_db, max(20, sizes["read_repeat"] // 40))
+        sizes["sessions"] = pages.pop("sessions")
+        for key, value in pages.items():
+            figures[f"{key}_p50_us"] = {"median": value["p50"], "min": value["p50"], "max": value["p99"], "runs": 1,
+                                        "p99": value["p99"]}
+        for name in ("sessions_first", "sessions_last", "sessions_by_duration"):
+            figures[f"{name}_vs_raw_ratio"] = {"median": pages[name]["p50"] / pages[f"{name}_raw"]["p50"]}
 
         print(f"exports of the {sizes['ingest_n']:,}-event database (JSONL, CSV, Parquet, raw dump) ...", flush=True)
         from benchmarks import export_bench
@@ -418,6 +449,16 @@ GOALS = [
     ("latest 100 events of a category in the last hour p50", "latest_100_p50_us", "µs", "under 2 ms", lambda v: v < 2000),
     ("  same SQL with sqlite3", "latest_100_raw_p50_us", "µs", "", None),
     ("  latest 100 / raw SQL", "latest_100_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("sessions table: first 50 by start time, with the total (dashboard)", "sessions_first_p50_us", "µs",
+     "under 10 ms", lambda v: v < 10_000),
+    ("  same SQL with sqlite3", "sessions_first_raw_p50_us", "µs", "", None),
+    ("  first page / raw SQL", "sessions_first_vs_raw_ratio", "x", "", None),
+    ("sessions table: last page (offset to the end), with the total", "sessions_last_p50_us", "µs",
+     "under 100 ms", lambda v: v < 100_000),
+    ("  last page / raw SQL", "sessions_last_vs_raw_ratio", "x", "", None),
+    ("sessions table: 50 longest sessions, with the total", "sessions_by_duration_p50_us", "µs",
+     "under 300 ms", lambda v: v < 300_000),
+    ("  longest / raw SQL", "sessions_by_duration_vs_raw_ratio", "x", "", None),
     ("full-text index catch-up after the bulk load", "fts_catch_up_rows_per_s", "rows/s", "", None),
     ("text search, 100 newest matches p50", "text_query_p50_us", "µs", "", None),
     ("get_metrics() last 24 h on 1M events (from rollups)", "get_metrics_24h_ms", "ms", "under 50 ms", lambda v: v < 50),
@@ -472,7 +513,9 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
         f"x {s['ingest_runs']} runs (the service with its defaults: writes start at {s['batch_size']} waiting events and "
         f"grow to {s['max_batch_size']} under a backlog; the raw baseline inserts {s['max_batch_size']} rows per "
         "transaction; sessions of 12 events: start, 10 chunks, end); "
-        f"reads repeated {s['read_repeat']:,} times on the ingested database.",
+        f"reads repeated {s['read_repeat']:,} times on the ingested database"
+        + (f" ({s['sessions']:,} sessions; the sessions table's pages {max(20, s['read_repeat'] // 40)} times)."
+           if "sessions" in s else "."),
         "",
         "Each figure is the median of the runs, with [min – max]; read latencies show [p50 – p99] of one run, "
         "the service's call and the raw SQL alternating call by call. Ratios are computed run by run, in the same "
