@@ -104,6 +104,15 @@ def test_sessions_filter_sort_page_and_detail(make_server, page):
     ready(page)
     second = [s.id for s in service.get_sessions(sort="duration_ms", limit=50, offset=50)]
     assert page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.dataset.id)") == second
+    page.check("input[name='root_only']")
+    page.wait_for_function("() => location.hash.includes('root_only=true')")
+    ready(page)
+    top_level = service.count_sessions(root_only=True)
+    assert top_level < total, "the demo's tool calls are child sessions"
+    assert page.get_attribute("#page-info", "data-total") == str(top_level)
+    page.uncheck("input[name='root_only']")
+    page.wait_for_function("() => !location.hash.includes('root_only')")
+    ready(page)
     page.fill("input[name='text']", "websocket")
     page.wait_for_function("() => location.hash.includes('text=websocket')")
     ready(page)

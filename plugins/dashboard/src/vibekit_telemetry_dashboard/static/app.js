@@ -529,14 +529,16 @@ function sessionsPage(view, params) {
       select("status", [["", "any"], ["active", "active"], ["completed", "completed"], ["failed", "failed"],
         ["cancelled", "cancelled"], ["timeout", "timeout"]], "Status"),
       select("since", [["", "all time"], ["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"],
-        ["30d", "last 30 days"]], "Started")),
+        ["30d", "last 30 days"]], "Started"),
+      h("label", { class: "check" }, h("input", { type: "checkbox", name: "root_only", checked: params.get("root_only") === "true",
+        onchange: (event) => update({ root_only: event.target.checked ? "true" : "" }) }), "Top-level only")),
     newer,
     h("section", { class: "panel" }, h("div", { class: "scroll" }, h("table", { id: "sessions" }, h("thead", {}, head), body)), pager));
 
   let total = 0;
   async function load() {
     const query = { limit: PAGE_SIZE, offset: page * PAGE_SIZE, count: "true", sort, order };
-    for (const name of ["agent", "status", "since", "text"]) query[name] = params.get(name);
+    for (const name of ["agent", "status", "since", "text", "root_only"]) query[name] = params.get(name);
     view.dataset.ready = "false";
     try {
       const result = await api("/api/sessions", query);
