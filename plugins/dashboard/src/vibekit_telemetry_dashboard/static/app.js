@@ -353,11 +353,11 @@ function modelTable(m) {
   if (!rows.length) return h("p", { class: "empty" }, "No model usage in this window.");
   return h("div", { class: "scroll" }, h("table", { id: "models" },
     h("thead", {}, h("tr", {}, h("th", {}, "Model"), h("th", { class: "num" }, "Sessions"),
-      h("th", { class: "num wide-only" }, "Events"), h("th", { class: "num" }, "p95 latency"),
+      h("th", { class: "num wide-only" }, "Events"), h("th", { class: "num wide-only" }, "p95 latency"),
       h("th", { class: "num" }, "Tokens"), h("th", { class: "num" }, "Est. cost"))),
     h("tbody", {}, rows.map(([model, b]) => h("tr", { dataset: { model, tokens: b.tokens.total, cost: b.tokens.cost ?? "" } },
       h("td", {}, model), h("td", { class: "num" }, num(b.sessions.started)),
-      h("td", { class: "num wide-only" }, num(b.events)), h("td", { class: "num" }, ms(b.performance.p95_latency)),
+      h("td", { class: "num wide-only" }, num(b.events)), h("td", { class: "num wide-only" }, ms(b.performance.p95_latency)),
       h("td", { class: "num" }, num(b.tokens.total)), h("td", { class: "num" }, dollars(b.tokens.cost)))))));
 }
 
@@ -373,7 +373,7 @@ function feedItem(e) {
   return h("li", { class: "fresh", dataset: { id: e.id, type: e.event_type } },
     h("span", { class: "muted mono" }, when(e.timestamp)),
     badge(e.event_type),
-    h("span", {}, e.category),
+    h("span", { class: "wide-only" }, e.category),
     h("span", { class: "text" }, clip(eventSummary(e), 160)),
     e.session_id ? sessionLink(e.session_id) : null);
 }
