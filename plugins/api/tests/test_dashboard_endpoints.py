@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
+import websockets
 from httpx_sse import connect_sse
 
 from vibekit_telemetry import now_ms
@@ -66,6 +70,28 @@ def test_the_live_stream_carries_metrics_when_asked(make_server):
                     assert message.json()["metrics"]["sessions"]["started"] == 4
                     break
             assert "start" in kinds
+
+
+def test_the_websocket_carries_metrics_too(make_server):
+    service, server, _ = make_server(service_options={"plugins": ["analytics"]})
+    _seed(service)
+
+    async def listen():
+        url = server.url.replace("http://", "ws://") + "/ws/events?metrics=1h"
+        async with websockets.connect(url) as ws:
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert first["type"] == "metrics" and first["window"] == "1h"
+            assert first["metrics"]["sessions"]["started"] == 3
+            service.track_start("codex", "chat", "over the socket")
+            seen = []
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                seen.append(message["type"])
+                if message["type"] == "metrics":
+                    assert message["metrics"]["sessions"]["started"] == 4
+                    return seen
+
+    assert "event" in asyncio.run(listen())
 
 
 def test_a_bad_metrics_window_is_a_400(make_server):

@@ -346,8 +346,8 @@ async def get_series(request: Request) -> Response:
     window = _window(query.since, query.until)
     try:
         points = await run_in_threadpool(ctx.service.metric_series, query.metric, window, query.step)
-    except ValueError as exc:
-        field = "step" if "step" in str(exc) else "metric"
+    except ValueError as exc:  # an unknown metric is an InvalidQueryError naming it; the rest are about the step
+        field = getattr(exc, "field", "step")
         raise validation_error("Invalid query parameters", [{"field": field, "message": str(exc)}]) from None
     return json_response({"metric": query.metric, "step": query.step, "points": points})
 

@@ -136,20 +136,27 @@ class _MetricsFeed:
         elapsed = time.monotonic() - self.sent_at
         return elapsed >= METRICS_EVERY and (self.ctx.metrics.flushes != self.sent_flushes or elapsed >= 60)
 
-    def _compute(self) -> bytes:
+    def _compute(self) -> dict[str, Any]:
         service = self.ctx.service
         metrics = service.get_metrics(time_range((self.window, None)))
         now = now_ms()
         hour_end = now - now % 60_000 + 60_000
         per_minute = service.metric_series("throughput", (hour_end - 3_600_000, hour_end), "1m")
-        return orjson.dumps({"window": self.window, "metrics": metrics.to_dict(), "events_per_minute": per_minute},
-                            option=orjson.OPT_NON_STR_KEYS)
+        return {"window": self.window, "metrics": metrics.to_dict(), "events_per_minute": per_minute}
 
-    async def message(self) -> bytes:
+    async def payload(self) -> dict[str, Any]:
+        """The message's content (computed on a worker thread)."""
         self.sent_flushes = self.ctx.metrics.flushes
         self.sent_at = time.monotonic()
-        data = await run_in_threadpool(self._compute)
-        return b"event: metrics\ndata: %s\n\n" % data
+        return await run_in_threadpool(self._compute)
+
+    async def sse(self) -> bytes:
+        """As a Server-Sent Event."""
+        return b"event: metrics\ndata: %s\n\n" % orjson.dumps(await self.payload(), option=orjson.OPT_NON_STR_KEYS)
+
+    async def websocket(self) -> str:
+        """As a WebSocket text message."""
+        return orjson.dumps({"type": "metrics", **await self.payload()}, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 async def sse(request: Request) -> StreamingResponse:
@@ -164,11 +171,10 @@ async def sse(request: Request) -> StreamingResponse:
         try:
             yield b": connected\n\n"
             if feed is not None:
-                yield await feed.message()
-            idle_s = METRICS_EVERY if feed is not None else None
-            async for events, skipped in _batches(ctx, stream, "sse", idle_s):
+                yield await feed.sse()
+            async for events, skipped in _batches(ctx, stream, "sse", METRICS_EVERY if feed is not None else None):
                 if feed is not None and feed.due():
-                    yield await feed.message()
+                    yield await feed.sse()
                 if not events and not skipped:
                     yield b": ping\n\n"
                     continue
@@ -189,12 +195,14 @@ async def sse(request: Request) -> StreamingResponse:
 async def websocket_events(websocket: WebSocket) -> None:
     """``/ws/events``: new events as JSON text messages ``{"type": "event", "event": {...}}``.
 
+    With ``?metrics=24h``, also ``{"type": "metrics", ...}`` messages, as on the SSE stream.
+
     The client may send ``{"type": "ping"}`` (answered with ``pong``); anything
     else is ignored.  Closing either side ends the subscription.
     """
     ctx: APIContext = websocket.app.state.ctx
     try:
-        stream, _ = ctx.live.open(dict(websocket.query_params))
+        stream, query = ctx.live.open(dict(websocket.query_params))
     except APIError as exc:
         await websocket.close(code=1008 if exc.status < 500 else 1013, reason=exc.message[:120])
         return
@@ -217,10 +225,15 @@ async def websocket_events(websocket: WebSocket) -> None:
                     await websocket.send_text('{"type":"pong"}')
 
     listener = asyncio.create_task(listen())
+    feed = _MetricsFeed(ctx, query.metrics) if query.metrics is not None else None
     try:
-        async for events, skipped in _batches(ctx, stream, "websocket"):
+        if feed is not None:
+            await websocket.send_text(await feed.websocket())
+        async for events, skipped in _batches(ctx, stream, "websocket", METRICS_EVERY if feed is not None else None):
             if listener.done():
                 break
+            if feed is not None and feed.due():
+                await websocket.send_text(await feed.websocket())
             if not events and not skipped:
                 await websocket.send_text('{"type":"ping"}')
                 continue
