@@ -873,10 +873,24 @@ class TelemetryService:
 
     def export_formats(self) -> list[str]:
         """The export formats the installed plugins handle."""
+        return self._formats("export_formats")
+
+    def _formats(self, hook: str) -> list[str]:
+        """What ``hook`` (``export_formats``/``import_formats``) lists, plus the installed format entry points."""
         found: list[str] = list(named_entry_points(FORMAT_GROUP))
-        for _, formats in self.host.each("export_formats", self._plugin_failure):
+        for _, formats in self.host.each(hook, self._plugin_failure):
             found.extend(formats or ())
         return sorted(set(found))
+
+    def _require_format(self, hook: str, format: str, hint: str = "") -> None:
+        """Load the plugin for ``format`` on first use; a ``PluginError`` naming the choices when none has it."""
+        if not self._provides(hook, format):
+            self._load_on_demand(FORMAT_GROUP, format)
+        known = self._formats(hook)
+        if format not in known:
+            verb = "exports" if hook == "export_formats" else "imports"
+            raise PluginError(f"no plugin {verb} format {format!r} (available: {', '.join(known) or 'none installed'})"
+                              + hint)
 
     def _load_on_demand(self, group: str, name: str) -> None:
         """Register the installed plugin that provides format (or URL scheme) ``name``, once, on first use.
@@ -921,12 +935,7 @@ class TelemetryService:
             compression = compression or named_compression
         if not format:
             raise ValueError("name an export format (or an output file whose name says it, such as events.jsonl)")
-        if not self._provides("export_formats", format):
-            self._load_on_demand(FORMAT_GROUP, format)
-        known = self.export_formats()
-        if format not in known:
-            raise PluginError(f"no plugin exports format {format!r} (available: {', '.join(known) or 'none installed'}); "
-                              "install an exporter plugin such as vibekit-telemetry-json")
+        self._require_format("export_formats", format, "; install an exporter plugin such as vibekit-telemetry-json")
         if compression is not None and compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         level = options.pop("compression_level", None)
@@ -984,10 +993,7 @@ class TelemetryService:
 
     def import_formats(self) -> list[str]:
         """The formats the installed plugins can read back."""
-        found: list[str] = list(named_entry_points(FORMAT_GROUP))
-        for _, formats in self.host.each("import_formats", self._plugin_failure):
-            found.extend(formats or ())
-        return sorted(set(found))
+        return self._formats("import_formats")
 
     def import_events(self, source: str | os.PathLike[str] | BinaryIO, format: str | None = None,
                       **options: Any) -> ImportResult:
@@ -1002,11 +1008,7 @@ class TelemetryService:
             format = infer_from_name(name)[0]
         if not format:
             raise ValueError("name the import format (json, jsonl, csv, parquet, otlp ...)")
-        if not self._provides("import_formats", format):
-            self._load_on_demand(FORMAT_GROUP, format)
-        known = self.import_formats()
-        if format not in known:
-            raise PluginError(f"no plugin imports format {format!r} (available: {', '.join(known) or 'none installed'})")
+        self._require_format("import_formats", format)
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
             stream = decompressed_reader(raw)  # type: ignore[arg-type]

@@ -45,7 +45,27 @@ def test_pages_are_static_revalidated_and_guarded_by_headers(make_server):
         assert client.head("/dashboard/app.css").headers["content-length"] == str(len(client.get("/dashboard/app.css").content))
         assert client.get("/dashboard/nothing.js").status_code == 404
         assert client.get("/dashboard/../health").status_code in (200, 404)  # normalised by the client, never a file read
+        # escaped so that no client normalises it: the server must not serve the package's source next to the pages
+        assert client.get("/dashboard/%2e%2e/pages.py").status_code == 404
+        assert client.get("/dashboard/..%2fpages.py").status_code == 404
         assert client.post("/dashboard/").status_code == 405
+
+
+def test_a_websocket_to_the_pages_is_closed(make_server):
+    # the synchronous client: Playwright's sync API keeps an event loop running in this thread
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    _, server = make_server()
+    try:
+        with connect(server.url.replace("http://", "ws://") + "/dashboard/", open_timeout=5) as ws:
+            ws.recv(timeout=5)
+        code = None
+    except ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd else None
+    except InvalidStatus as exc:
+        code = exc.response.status_code
+    assert code in (1008, 403)
 
 
 def test_pages_need_no_key_but_the_data_does(make_server):

@@ -652,10 +652,8 @@ class _OnlyOnPort:
         await self.app(scope, receive, send)
 
 
-def _home(target: str | None) -> Callable[[Request], Any]:
+def _home(target: str) -> Callable[[Request], Any]:
     async def home(request: Request) -> Response:
-        if target is None:
-            raise HTTPException(404)
         return RedirectResponse(target, 307)
 
     return home
@@ -702,7 +700,8 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
             else mount.app
         routes.append(Mount(mount.path, app=app_, name=mount.name))
     dashboard = next((m for m in mounts if m.name == "dashboard"), None)
-    routes.append(Route("/", _home(f"{dashboard.path}/" if dashboard else None), methods=["GET"]))
+    if dashboard is not None:
+        routes.append(Route("/", _home(f"{dashboard.path}/"), methods=["GET"]))
     limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
                            "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)})
     auth = Authenticator(credentials)

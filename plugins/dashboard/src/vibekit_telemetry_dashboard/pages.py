@@ -1,4 +1,4 @@
-"""Serving the dashboard's static files: from memory, with ETags, and a redirect to the trailing slash.
+"""Serving the dashboard's static files: from memory, with ETags.
 
 The files are few and small, so they are read once when the server is built.
 Every response revalidates (``no-cache`` plus an ETag) so an upgraded package
@@ -11,7 +11,8 @@ import hashlib
 import mimetypes
 from typing import Any
 
-from starlette.responses import RedirectResponse, Response
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"}
@@ -32,13 +33,13 @@ class Pages:
             raise FileNotFoundError(f"the dashboard's index.html is missing from {directory}")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
             return
+        # the router mounts this under the prefix (``/dashboard`` itself is redirected to ``/dashboard/`` there);
+        # files are looked up by name in a dict, so no path reaches the file system
         root = scope.get("root_path", "")
         path = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
-        if path == "":
-            await RedirectResponse(f"{root}/", 307)(scope, receive, send)
-            return
         name = path.lstrip("/") or "index.html"
         found = self.files.get(name)
         if scope["method"] not in ("GET", "HEAD"):
@@ -48,7 +49,7 @@ class Pages:
         else:
             body, kind, etag = found
             headers = {"etag": etag, "cache-control": "no-cache"}
-            if _header(scope, b"if-none-match") == etag:
+            if Headers(scope=scope).get("if-none-match") == etag:
                 response = Response(status_code=304, headers=headers)
             else:
                 response = Response(body if scope["method"] == "GET" else b"", headers=headers, media_type=kind)
@@ -56,9 +57,3 @@ class Pages:
                     response.headers["content-length"] = str(len(body))
         await response(scope, receive, send)
 
-
-def _header(scope: Any, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -673,9 +673,9 @@ def session_page_sql(filter: SessionFilter) -> tuple[str, list[Any]]:
     if column == "started_at":
         return f"{_SELECT_SESSION}{condition} ORDER BY started_at {direction}, id {direction} LIMIT ? OFFSET ?", params
     keys = f"page.sort_key {direction}, page.start {direction}, page.sid {direction}"
-    return (f"{_SELECT_SESSION} JOIN (SELECT rowid AS row, {column} AS sort_key, started_at AS start, id AS sid "
+    return (f"{_SELECT_SESSION} JOIN (SELECT rowid AS row_id, {column} AS sort_key, started_at AS start, id AS sid "
             f"FROM sessions{condition} ORDER BY {keys.replace('page.', '')} LIMIT ? OFFSET ?) AS page "
-            f"ON sessions.rowid = page.row ORDER BY {keys}"), params
+            f"ON sessions.rowid = page.row_id ORDER BY {keys}"), params
 
 
 def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:

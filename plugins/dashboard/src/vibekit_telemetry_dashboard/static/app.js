@@ -19,7 +19,6 @@ const state = {
   metrics: null,
   source: null,
   handlers: new Set(),
-  route: null,
 };
 
 // ---------------------------------------------------------------- DOM helpers
@@ -318,10 +317,6 @@ function lineChart(points, { mark, band, label }) {
 }
 
 // ---------------------------------------------------------------- pages
-
-function pick(object, path) {
-  return path.split(".").reduce((value, key) => (value === null || value === undefined ? undefined : value[key]), object);
-}
 
 function card(label, metric, value, text, sub) {
   return h("div", { class: "card", dataset: { metric, value: value === null || value === undefined ? "" : String(value) } },
