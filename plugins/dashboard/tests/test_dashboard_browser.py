@@ -230,7 +230,8 @@ def test_narrow_window(make_server, browser):
 
 def _spiky_history(service) -> None:
     """Three hours of steady traffic (about ten sessions a minute) with a burst twenty minutes ago."""
-    end = now_ms() - now_ms() % 60_000
+    clock = now_ms()  # read once: two reads can straddle a minute boundary
+    end = clock - clock % 60_000
     events = []
     for minute in range(180, 0, -1):
         t = end - minute * 60_000
