@@ -358,6 +358,41 @@ def test_continuous_detection_fires_on_anomaly_for_new_minutes(in_tmp, monkeypat
     assert [(a.metric, a.timestamp, a.value) for a in seen] == [("throughput", base + 110 * 60_000, 60.0)]
 
 
+def test_the_first_traffic_of_a_new_installation_is_no_anomaly(in_tmp, monkeypatch):
+    """Minutes before anything was recorded are no history: steady traffic that starts is not flagged."""
+    import vibekit_telemetry_analytics as module
+
+    real_now = now_ms()
+    base = real_now - real_now % 60_000 - 200 * 60_000
+    rng = random.Random(3)
+    with _service(analytics={"enabled": True, "anomaly": {"enabled": True, "metrics": ["throughput", "tokens"],
+                                                         "interval": 3_600_000}}) as t:
+        seen = []
+        t.on("anomaly", seen.append)
+        plugin = t.host.meta["analytics"]["object"]
+        monkeypatch.setattr(module, "now_ms", lambda: base + 100 * 60_000 + 5)
+        plugin._watch()  # an hour of nothing: the installation is new
+        for minute in range(100, 160):
+            for i in range(rng.randrange(4, 7)):
+                t.track({"category": "c", "timestamp": base + minute * 60_000 + i,
+                         "metadata": {"input_tokens": rng.randrange(90, 110)}})
+        t.flush()
+        monkeypatch.setattr(module, "now_ms", lambda: base + 160 * 60_000 + 5)
+        plugin._watch()
+        assert seen == [], "the live watcher judged the first traffic from the silence before it"
+        history = t.detect_anomalies(["throughput", "tokens"], (base, base + 160 * 60_000))
+        assert history == [], "the stored history was judged from the silence before it"
+        # a burst after the traffic began is still found, live and in the history
+        for i in range(80):
+            t.track({"category": "c", "timestamp": base + 160 * 60_000 + i})
+        t.flush()
+        monkeypatch.setattr(module, "now_ms", lambda: base + 161 * 60_000 + 5)
+        plugin._watch()
+        assert [a.timestamp for a in seen if a.metric == "throughput"] == [base + 160 * 60_000]
+        later = t.detect_anomalies(["throughput"], (base, base + 161 * 60_000))
+        assert [a.timestamp for a in later] == [base + 160 * 60_000]
+
+
 def test_rollups_left_by_a_crash_are_recounted_at_the_next_start(in_tmp):
     script = in_tmp / "crash.py"
     script.write_text(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import websockets
 from httpx_sse import connect_sse
 
-from vibekit_telemetry import now_ms
+from vibekit_telemetry import Anomaly, now_ms
 
 
 def _seed(service):
@@ -104,3 +105,68 @@ def test_metrics_on_the_stream_need_analytics(make_server):
     _, _, client = make_server()
     response = client.get("/api/stream", params={"metrics": "24h"})
     assert response.status_code == 400 and "analytics" in response.json()["details"][0]["message"]
+
+
+def _anomaly(value):
+    return Anomaly(metric="throughput", timestamp=now_ms() - 60_000, value=value, expected_low=2.0, expected_high=9.0,
+                   score=0.999, severity="high", description=f"throughput {value}/min", detector="likelihood")
+
+
+def _anomaly_listeners(service):
+    return len(service._handlers.get("anomaly", ()))
+
+
+def test_the_live_stream_pushes_anomalies_as_they_are_found(make_server):
+    service, server, _ = make_server(service_options={"plugins": ["analytics"]})
+    _seed(service)
+    before = _anomaly_listeners(service)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with connect_sse(client, "GET", "/api/stream", params={"metrics": "24h"}) as source:
+            messages = source.iter_sse()
+            assert next(messages).event == "metrics"
+            assert _anomaly_listeners(service) == before + 1
+            service.emit("anomaly", _anomaly(60.0))  # what the analytics watcher does when a minute is anomalous
+            service.emit("anomaly", {"metric": "cost", "timestamp": now_ms(), "value": 9.5})  # a plugin's plain dict
+            found = []
+            for message in messages:
+                if message.event == "anomaly":
+                    found.append(message.json())
+                    if len(found) == 2:
+                        break
+    assert found[0] == {"metric": "throughput", "timestamp": found[0]["timestamp"], "value": 60.0, "expected_low": 2.0,
+                        "expected_high": 9.0, "score": 0.999, "severity": "high",
+                        "description": "throughput 60.0/min", "detector": "likelihood"}
+    assert found[1]["metric"] == "cost"
+    deadline = now_ms() + 5_000
+    while _anomaly_listeners(service) != before and now_ms() < deadline:  # the server notices the close on its next write
+        time.sleep(0.05)
+    assert _anomaly_listeners(service) == before, "a closed stream stops listening"
+
+
+def test_a_stream_without_metrics_gets_no_anomalies(make_server):
+    service, server, _ = make_server(service_options={"plugins": ["analytics"]})
+    before = _anomaly_listeners(service)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with connect_sse(client, "GET", "/api/stream") as source:
+            messages = source.iter_sse()
+            service.emit("anomaly", _anomaly(60.0))
+            assert _anomaly_listeners(service) == before
+            service.track_start("codex", "chat", "after the anomaly")
+            assert next(messages).event == "start"
+
+
+def test_the_websocket_pushes_anomalies_too(make_server):
+    service, server, _ = make_server(service_options={"plugins": ["analytics"]})
+
+    async def listen():
+        url = server.url.replace("http://", "ws://") + "/ws/events?metrics=1h"
+        async with websockets.connect(url) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "metrics"
+            service.emit("anomaly", _anomaly(42.0))
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if message["type"] == "anomaly":
+                    return message["anomaly"]
+
+    anomaly = asyncio.run(listen())
+    assert anomaly["value"] == 42.0 and anomaly["severity"] == "high"

@@ -53,9 +53,13 @@ def make_server(clean_env) -> Iterator[Callable[..., tuple[TelemetryService, Any
         service.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole run."""
+    """One headless Chromium per test module.
+
+    Not per session: Playwright's sync API keeps an asyncio loop running in
+    this thread while it lives, and other plugins' tests call ``asyncio.run``.
+    """
     if not shutil.which(CHROMIUM):
         message = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set VIBEKIT_CHROMIUM)"
         if os.environ.get("VIBEKIT_REQUIRE_BROWSER") == "1":

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vibekit_telemetry import now_ms
+from vibekit_telemetry import Anomaly, now_ms
 from vibekit_telemetry.demo import run_demo
 
 ARTIFACTS = Path(os.environ.get("VIBEKIT_TEST_ARTIFACTS", Path(__file__).parents[3] / "test-artifacts")) / "dashboard"
@@ -261,6 +261,95 @@ def test_anomalies_page_charts_each_anomaly(make_server, page):
     assert burst.locator("svg.chart circle.mark").count() == 1
     assert burst.locator("svg.chart rect.band").count() == 1
     screenshot(page, "anomalies")
+
+
+def _anomaly(metric: str, minutes_ago: int, value: float) -> Anomaly:
+    """An anomaly as the analytics plugin's live watcher emits it (``service.emit("anomaly", ...)``)."""
+    clock = now_ms()
+    return Anomaly(metric=metric, timestamp=clock - clock % 60_000 - minutes_ago * 60_000, value=value,
+                   expected_low=3.0, expected_high=12.0, score=0.9995, severity="high",
+                   description=f"{metric} was {value:g}, expected 3 to 12", detector="likelihood")
+
+
+def test_anomalies_found_live_reach_the_open_pages(make_server, page):
+    service, server = make_server()
+    service.track_end(service.track_start("claude", "chat", "quiet so far"))
+    service.flush()
+    page.goto(server.dashboard_url)
+    ready(page)
+    page.wait_for_selector("#live[data-state='live']")
+    page.locator("#recent-anomalies", has_text="No anomalies in the last 6 hours").wait_for()
+    assert page.is_hidden("#anomaly-count")
+    service.emit("anomaly", _anomaly("throughput", 1, 61))
+    item = page.locator("#recent-anomalies li[data-metric='throughput']")
+    item.wait_for(timeout=3_000)  # pushed over the open stream, no reload
+    assert "throughput was 61" in item.inner_text() and "fresh" in item.get_attribute("class")
+    page.wait_for_selector("#anomaly-count:not([hidden])")
+    assert page.inner_text("#anomaly-count") == "1"
+    service.emit("anomaly", _anomaly("error_rate", 2, 40))
+    page.wait_for_function("() => document.querySelector('#anomaly-count').textContent === '2'", timeout=3_000)
+    metrics = page.eval_on_selector_all("#recent-anomalies li", "items => items.map(i => i.dataset.metric)")
+    assert metrics[:2] == ["throughput", "error_rate"], "newest first"
+    screenshot(page, "overview-live-anomaly")
+    page.click("nav a[data-nav='anomalies']")
+    ready(page, timeout=20_000)
+    assert page.is_hidden("#anomaly-count"), "opening the page marks them seen"
+    assert page.is_hidden("#new-anomalies")
+    service.emit("anomaly", _anomaly("cost", 0, 9))
+    page.wait_for_selector("#new-anomalies:not([hidden])", timeout=3_000)
+    assert "1 new anomaly found live (latest: cost" in page.inner_text("#new-anomalies")
+    assert page.is_hidden("#anomaly-count")
+
+
+def test_sessions_in_a_custom_time_range(make_server, page):
+    service, server = make_server({"plugins": []})
+    clock = now_ms()
+    hour = 3_600_000
+    for i in range(48):  # one session every half hour over the last day
+        sid = service.track_start("claude", "chat", f"task {i}", timestamp=clock - i * hour // 2 - 60_000)
+        service.track_end(sid, timestamp=clock - i * hour // 2 - 30_000)
+    service.flush()
+    page.goto(f"{server.dashboard_url}#/sessions")
+    ready(page)
+    assert page.is_hidden("input[name='from']")
+    page.select_option("select[name='since']", "custom")
+    page.wait_for_function("() => /since=\\d+/.test(location.hash)")
+    ready(page)
+    assert page.input_value("select[name='since']") == "custom"
+    assert page.is_visible("input[name='from']") and page.input_value("input[name='to']") == ""
+
+    def shown_range() -> dict[str, int | None]:
+        return page.evaluate("""() => {
+            const q = new URLSearchParams(location.hash.split('?')[1]);
+            return { since: q.get('since') && Number(q.get('since')), until: q.get('until') && Number(q.get('until')) };
+        }""")
+
+    got = shown_range()
+    assert abs(got["since"] - (now_ms() - 24 * hour)) < 120_000 and got["until"] is None, "custom starts as the last 24 h"
+    assert page.get_attribute("#page-info", "data-total") == str(service.count_sessions(since=got["since"]))
+    # from 10 hours ago to 4 hours ago, typed into the inputs (the browser's local time)
+    for name, hours in (("from", 10), ("to", 4)):
+        value = page.evaluate("(t) => { const d = new Date(t); d.setSeconds(0, 0); "
+                              "return new Date(d - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }",
+                              clock - hours * hour)
+        page.fill(f"input[name='{name}']", value)
+        page.wait_for_function("(v) => document.querySelector(`input[name='${v[0]}']`).value === v[1] && "
+                               "document.querySelector('main').dataset.ready === 'true'", arg=[name, value])
+    page.wait_for_function("() => location.hash.includes('until=')")
+    ready(page)
+    got = shown_range()
+    assert 5.9 * hour < got["until"] - got["since"] <= 6 * hour
+    expected = service.count_sessions(since=got["since"], until=got["until"])
+    assert expected in (11, 12, 13)
+    assert page.get_attribute("#page-info", "data-total") == str(expected)
+    shown = page.eval_on_selector_all("#sessions tbody tr", "rows => rows.map(r => r.dataset.id)")
+    assert shown == [x.id for x in service.get_sessions(since=got["since"], until=got["until"], limit=50)]
+    screenshot(page, "sessions-custom-range")
+    page.select_option("select[name='since']", "7d")
+    page.wait_for_function("() => location.hash.includes('since=7d') && !location.hash.includes('until')")
+    ready(page)
+    assert page.is_hidden("input[name='from']")
+    assert page.get_attribute("#page-info", "data-total") == "48"
 
 
 def test_paging_over_100k_sessions(make_server, page):

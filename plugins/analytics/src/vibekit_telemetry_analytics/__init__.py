@@ -419,6 +419,8 @@ class AnalyticsPlugin:
         threshold = THRESHOLDS[sensitivity]
         found: list[Anomaly] = []
         quiet_until = -1
+        if self._zero_filled(metric):
+            points = _from_first_activity(points)
         for index, (ts, value) in enumerate(points):
             low, high = detector.expected()
             score = detector.update(value)
@@ -426,6 +428,11 @@ class AnalyticsPlugin:
                 found.append(_anomaly(metric, ts, value, low, high, score, threshold))
                 quiet_until = index + 30
         return found
+
+    def _zero_filled(self, metric: str) -> bool:
+        """Whether a minute without events reads 0 in this metric's series (rather than being left out)."""
+        return metric in ("throughput", "tokens") or (
+            metric not in _AVERAGED and self.definitions.get(metric, {}).get("type") in (None, "counter"))
 
     def _watch(self) -> None:
         """Feed the live detectors the minutes completed since the last look; emit what they find."""
@@ -441,6 +448,8 @@ class AnalyticsPlugin:
             with self._lock:
                 points = _series(metric, self.rollups.series(ALL, start, end, MINUTE), self.definitions) or []
             detector = self._watchers.setdefault(metric, LikelihoodDetector(warmup=30))
+            if detector.n == 0 and self._zero_filled(metric):
+                points = _from_first_activity(points)
             for ts, value in points:
                 low, high = detector.expected()
                 score = detector.update(value)
@@ -482,6 +491,23 @@ def _change(before: float | None, after: float | None) -> dict[str, float | None
     if before is not None and after is not None and before:
         pct = round(100 * (after - before) / before, 2)
     return {"previous": before, "current": after, "change_pct": pct}
+
+
+#: built-in metrics whose series skip the minutes without data
+_AVERAGED = ("response_time", "ttft", "error_rate")
+
+
+def _from_first_activity(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The series from its first non-zero point on.
+
+    For a zero-filled metric (throughput, tokens, counters) the minutes before
+    anything was recorded are no history: judged from that silence, the first
+    traffic of a new installation would look like an anomaly.
+    """
+    for index, (_, value) in enumerate(points):
+        if value:
+            return points[index:]
+    return []
 
 
 def _series(metric: str, points: list[tuple[int, Agg | None]], definitions: dict[str, Any]) -> list[tuple[int, float]] | None:

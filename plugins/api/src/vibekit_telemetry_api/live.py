@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -118,12 +120,17 @@ def _event_json(event: TelemetryEvent) -> bytes:
     return orjson.dumps(event.to_dict())
 
 
+#: anomalies a metrics subscriber may have waiting; older ones give way
+MAX_PENDING_ANOMALIES = 50
+
+
 class _MetricsFeed:
-    """A window's metrics and the last hour's events per minute, for an SSE subscriber that asked (``metrics=24h``).
+    """A window's metrics and the last hour's events per minute, for a subscriber that asked (``metrics=24h``).
 
     Sent at most every ``METRICS_EVERY`` seconds, and only when a batch was
     written since (or a minute passed, so the window slides): a dashboard stays
-    current over one connection instead of polling.
+    current over one connection instead of polling.  The anomalies the service
+    emits meanwhile (the analytics plugin's live detectors) go along as they come.
     """
 
     def __init__(self, ctx: APIContext, window: str) -> None:
@@ -131,6 +138,33 @@ class _MetricsFeed:
         self.window = window
         self.sent_at = -math.inf
         self.sent_flushes = -1
+        self.anomalies: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ANOMALIES)
+        ctx.service.on("anomaly", self._heard)
+
+    def _heard(self, anomaly: Any) -> None:
+        # called on whichever thread found it; deque appends are atomic
+        if attrs.has(type(anomaly)):
+            self.anomalies.append(attrs.asdict(anomaly))
+        elif isinstance(anomaly, dict):
+            self.anomalies.append(dict(anomaly))
+
+    def close(self) -> None:
+        """Stop listening for anomalies."""
+        self.ctx.service.off("anomaly", self._heard)
+
+    def _found(self) -> list[dict[str, Any]]:
+        found = []
+        while self.anomalies:
+            found.append(self.anomalies.popleft())
+        return found
+
+    def anomalies_sse(self) -> bytes:
+        """The anomalies heard since the last call, as Server-Sent Events (``event: anomaly``)."""
+        return b"".join(b"event: anomaly\ndata: %s\n\n" % orjson.dumps(a, default=str) for a in self._found())
+
+    def anomalies_websocket(self) -> list[str]:
+        """The anomalies heard since the last call, as WebSocket messages ``{"type": "anomaly", "anomaly": {...}}``."""
+        return [orjson.dumps({"type": "anomaly", "anomaly": a}, default=str).decode() for a in self._found()]
 
     def due(self) -> bool:
         elapsed = time.monotonic() - self.sent_at
@@ -163,18 +197,22 @@ async def sse(request: Request) -> StreamingResponse:
     """``GET /api/stream``: new events as Server-Sent Events (``event:`` is the event type, ``id:`` its id)."""
     ctx: APIContext = request.app.state.ctx
     stream, query = ctx.live.open(dict(request.query_params))
-    feed = _MetricsFeed(ctx, query.metrics) if query.metrics is not None else None
     gauge = ctx.metrics.stream_clients.labels("sse")
 
     async def body() -> AsyncIterator[bytes]:
         gauge.inc()
+        # made here, where the finally below ends it
+        feed = _MetricsFeed(ctx, query.metrics) if query.metrics is not None else None
         try:
             yield b": connected\n\n"
             if feed is not None:
                 yield await feed.sse()
             async for events, skipped in _batches(ctx, stream, "sse", METRICS_EVERY if feed is not None else None):
-                if feed is not None and feed.due():
-                    yield await feed.sse()
+                if feed is not None:
+                    if found := feed.anomalies_sse():
+                        yield found
+                    if feed.due():
+                        yield await feed.sse()
                 if not events and not skipped:
                     yield b": ping\n\n"
                     continue
@@ -187,6 +225,8 @@ async def sse(request: Request) -> StreamingResponse:
         finally:
             gauge.dec()
             ctx.live.close(stream)
+            if feed is not None:
+                feed.close()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"cache-control": "no-store", "x-accel-buffering": "no"})
@@ -195,7 +235,8 @@ async def sse(request: Request) -> StreamingResponse:
 async def websocket_events(websocket: WebSocket) -> None:
     """``/ws/events``: new events as JSON text messages ``{"type": "event", "event": {...}}``.
 
-    With ``?metrics=24h``, also ``{"type": "metrics", ...}`` messages, as on the SSE stream.
+    With ``?metrics=24h``, also ``{"type": "metrics", ...}`` and ``{"type": "anomaly", "anomaly": {...}}``
+    messages, as on the SSE stream.
 
     The client may send ``{"type": "ping"}`` (answered with ``pong``); anything
     else is ignored.  Closing either side ends the subscription.
@@ -232,8 +273,11 @@ async def websocket_events(websocket: WebSocket) -> None:
         async for events, skipped in _batches(ctx, stream, "websocket", METRICS_EVERY if feed is not None else None):
             if listener.done():
                 break
-            if feed is not None and feed.due():
-                await websocket.send_text(await feed.websocket())
+            if feed is not None:
+                for message in feed.anomalies_websocket():
+                    await websocket.send_text(message)
+                if feed.due():
+                    await websocket.send_text(await feed.websocket())
             if not events and not skipped:
                 await websocket.send_text('{"type":"ping"}')
                 continue
@@ -248,6 +292,8 @@ async def websocket_events(websocket: WebSocket) -> None:
         listener.cancel()
         gauge.dec()
         ctx.live.close(stream)
+        if feed is not None:
+            feed.close()
         if websocket.client_state == WebSocketState.CONNECTED:
             try:
                 await websocket.close(code=1001 if ctx.live.stopping else 1008 if stream.dropped else 1000)

@@ -19,6 +19,7 @@ const state = {
   metrics: null,
   source: null,
   handlers: new Set(),
+  unseenAnomalies: 0,
 };
 
 // ---------------------------------------------------------------- DOM helpers
@@ -229,6 +230,11 @@ function connectLive() {
     state.metrics = JSON.parse(message.data);
     emit("metrics", state.metrics);
   });
+  source.addEventListener("anomaly", (message) => {
+    const anomaly = JSON.parse(message.data);
+    if (document.body.dataset.page !== "anomalies") showUnseenAnomalies(state.unseenAnomalies + 1);
+    emit("anomaly", anomaly);
+  });
   for (const type of ["start", "stream", "end", "error", "custom"]) {
     source.addEventListener(type, (message) => emit("event", JSON.parse(message.data)));
   }
@@ -246,6 +252,15 @@ function connectLive() {
       setLive("offline", "Reconnecting");
     }
   });
+}
+
+// the number on the Anomalies link: anomalies found live since that page was last open
+function showUnseenAnomalies(count) {
+  state.unseenAnomalies = count;
+  const el = document.getElementById("anomaly-count");
+  el.textContent = count > 99 ? "99+" : String(count);
+  el.hidden = count === 0;
+  el.title = `${count} new ${count === 1 ? "anomaly" : "anomalies"} found live`;
 }
 
 // ---------------------------------------------------------------- charts (plain SVG)
@@ -407,7 +422,7 @@ function overviewPage(view) {
   } else {
     if (state.metrics) render(state.metrics);
     stops.push(on("metrics", render));
-    loadRecentAnomalies(anomalies);
+    stops.push(recentAnomalies(anomalies));
   }
   const shown = new Set();
   const add = (e, fresh) => {
@@ -428,19 +443,30 @@ function overviewPage(view) {
   return () => stops.forEach((stop) => stop());
 }
 
-async function loadRecentAnomalies(target) {
-  try {
-    const result = await api("/api/anomalies", { since: "6h" });
-    const items = result.anomalies.sort((a, b) => b.timestamp - a.timestamp).slice(0, 6);
+// the last 6 hours' anomalies, newest first, and those the live detectors find while the page is open
+function recentAnomalies(target) {
+  const SHOWN = 6;
+  let items = [];
+  const key = (a) => `${a.metric}@${a.timestamp}`;
+  const render = (fresh) => {
     clear(target).append(items.length
-      ? h("ul", { class: "feed" }, items.map((a) => h("li", {},
-        h("span", { class: "muted mono" }, when(a.timestamp)), badge(a.severity), h("span", {}, a.metric),
-        h("span", { class: "text" }, a.description))))
+      ? h("ul", { class: "feed" }, items.slice(0, SHOWN).map((a) => h("li", { class: fresh.has(key(a)) ? "fresh" : null,
+        dataset: { metric: a.metric, timestamp: a.timestamp } },
+      h("span", { class: "muted mono" }, when(a.timestamp)), badge(a.severity || "medium"), h("span", {}, a.metric),
+      h("span", { class: "text" }, a.description || `${a.metric} = ${num(a.value, 3)}`))))
       : h("p", { class: "empty" }, "No anomalies in the last 6 hours."),
     h("p", {}, h("a", { href: "#/anomalies" }, "All anomalies →")));
-  } catch (err) {
-    clear(target).append(h("p", { class: "error" }, `Could not load anomalies: ${err.message}`));
-  }
+  };
+  const add = (list, fresh) => {
+    const known = new Set(items.map(key));
+    items = items.concat(list.filter((a) => !known.has(key(a)))).sort((a, b) => b.timestamp - a.timestamp);
+    render(fresh ? new Set(list.map(key)) : new Set());
+  };
+  const stop = on("anomaly", (a) => add([a], true));
+  api("/api/anomalies", { since: "6h" })
+    .then((result) => add(result.anomalies, false))
+    .catch((err) => { clear(target).append(h("p", { class: "error" }, `Could not load anomalies: ${err.message}`)); });
+  return stop;
 }
 
 // -- sessions
@@ -468,6 +494,48 @@ function setParams(path, params) {
   const query = new URLSearchParams([...params].filter(([, v]) => v !== "" && v !== null));
   const text = query.toString();
   location.hash = `#${path}${text ? `?${text}` : ""}`;
+}
+
+const STARTED_PRESETS = [["", "all time"], ["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"],
+  ["30d", "last 30 days"], ["custom", "custom range…"]];
+
+// a datetime-local input's value (local time, to the minute) for an epoch-ms time, and back
+function localInputValue(epochMs) {
+  const d = new Date(epochMs);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+function fromLocalInput(value) {
+  const t = value ? new Date(value).getTime() : NaN;
+  return Number.isFinite(t) ? String(t) : "";
+}
+
+// "Started": a preset window, or a custom from/to range (since/until in epoch ms in the URL)
+function startedFilter(params, update) {
+  const since = params.get("since") || "";
+  const until = params.get("until") || "";
+  const custom = /^\d+$/.test(since) || /^\d+$/.test(until);
+  const from = h("input", { type: "datetime-local", name: "from", "aria-label": "Started from",
+    value: /^\d+$/.test(since) ? localInputValue(Number(since)) : "" });
+  const to = h("input", { type: "datetime-local", name: "to", "aria-label": "Started before",
+    value: /^\d+$/.test(until) ? localInputValue(Number(until)) : "" });
+  const range = h("span", { class: "range", hidden: !custom }, h("label", {}, "From", from), h("label", {}, "To", to));
+  const apply = () => {
+    if (from.value || to.value) update({ since: fromLocalInput(from.value), until: fromLocalInput(to.value) });
+  };
+  from.addEventListener("change", apply);
+  to.addEventListener("change", apply);
+  const choice = h("select", { name: "since", "aria-label": "Started", onchange: () => {
+    if (choice.value !== "custom") {
+      update({ since: choice.value, until: "" });
+      return;
+    }
+    // start from the last 24 hours as fixed times; the page comes back with both inputs to adjust
+    if (!from.value) from.value = localInputValue(Date.now() - 86_400_000);
+    apply();
+  } }, STARTED_PRESETS.map(([value, text]) => h("option", { value, selected: custom ? value === "custom" : value === since }, text)));
+  return h("span", { class: "started" }, h("label", {}, "Started", choice), range);
 }
 
 function sessionsPage(view, params) {
@@ -523,8 +591,7 @@ function sessionsPage(view, params) {
       h("label", {}, "Agent", agentInput, h("datalist", { id: "agent-list" }, agents.map((a) => h("option", { value: a })))),
       select("status", [["", "any"], ["active", "active"], ["completed", "completed"], ["failed", "failed"],
         ["cancelled", "cancelled"], ["timeout", "timeout"]], "Status"),
-      select("since", [["", "all time"], ["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"],
-        ["30d", "last 30 days"]], "Started"),
+      startedFilter(params, update),
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "root_only", checked: params.get("root_only") === "true",
         onchange: (event) => update({ root_only: event.target.checked ? "true" : "" }) }), "Top-level only")),
     newer,
@@ -533,7 +600,7 @@ function sessionsPage(view, params) {
   let total = 0;
   async function load() {
     const query = { limit: PAGE_SIZE, offset: page * PAGE_SIZE, count: "true", sort, order };
-    for (const name of ["agent", "status", "since", "text", "root_only"]) query[name] = params.get(name);
+    for (const name of ["agent", "status", "since", "until", "text", "root_only"]) query[name] = params.get(name);
     view.dataset.ready = "false";
     try {
       const result = await api("/api/sessions", query);
@@ -677,16 +744,25 @@ function anomaliesPage(view, params) {
     } }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
     return h("label", {}, label, el);
   };
+  let heard = 0;
+  const newer = h("div", { class: "notice", id: "new-anomalies", hidden: true },
+    h("button", { type: "button", class: "quiet", onclick: route }));
   view.append(h("h1", {}, "Anomalies"),
     h("div", { class: "filters" },
       choose("since", [["6h", "last 6 hours"], ["24h", "last 24 hours"], ["7d", "last 7 days"]], since, "Window"),
       choose("sensitivity", [["low", "low"], ["medium", "medium"], ["high", "high"]], sensitivity, "Sensitivity")),
-    list);
+    newer, list);
+  showUnseenAnomalies(0);
   if (!state.analytics) {
     clear(list).append(h("p", { class: "empty" }, "Anomaly detection needs the analytics plugin."));
     view.dataset.ready = "true";
     return null;
   }
+  const stop = on("anomaly", (a) => {
+    heard += 1;
+    newer.firstChild.textContent = `${heard} new ${heard === 1 ? "anomaly" : "anomalies"} found live (latest: ${a.metric} at ${when(a.timestamp)}): refresh`;
+    newer.hidden = false;
+  });
   (async () => {
     try {
       const step = STEPS[since];
@@ -721,7 +797,7 @@ function anomaliesPage(view, params) {
     }
     view.dataset.ready = "true";
   })();
-  return null;
+  return stop;
 }
 
 // ---------------------------------------------------------------- routing and start
