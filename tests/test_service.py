@@ -368,7 +368,9 @@ def test_export_and_detect_through_plugins(in_tmp):
         seen = []
         t.on("anomaly", seen.append)
         found = t.detect("latency", [(1, 1.0), (2, 50.0), (3, 2.0)])
-        assert [(a.timestamp, a.detector) for a in found] == [(2, "threshold")] and seen == found
+        assert [(a.timestamp, a.detector) for a in found] == [(2, "threshold")]
+        assert seen == [], "an on-demand check returns its findings without announcing them"
+        assert t.detect("latency", [(1, 1.0), (2, 50.0), (3, 2.0)], emit=True) == found and seen == found
 
 
 def test_seed_style_track_stream_mapping(memory_telemetry):

@@ -1028,16 +1028,23 @@ class TelemetryService:
         self.audit("import", "events", {"format": format, "source": name, "imported": imported, "rejected": rejected})
         return ImportResult(read=read, imported=imported, rejected=rejected, errors=errors)
 
-    def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str = "medium") -> list[Anomaly]:
-        """Run every installed anomaly detector over a metric series and return what they found."""
+    def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str = "medium", *,
+               emit: bool = False) -> list[Anomaly]:
+        """Run every installed anomaly detector over a metric series and return what they found.
+
+        An on-demand check returns its findings without announcing them: ``on("anomaly")`` (the alert
+        channels, the API's live subscribers) hears the continuous detectors' new findings, not the
+        same history found again each time someone looks.  ``emit=True`` announces these too.
+        """
         if sensitivity not in ("low", "medium", "high"):
             raise ValueError(f"sensitivity must be low, medium or high, got {sensitivity!r}")
         found: list[Anomaly] = []
         for _, result in self.host.each("detect", self._plugin_failure, metric=metric, points=points,
                                         sensitivity=sensitivity):
             found.extend(result or ())
-        for anomaly in found:
-            self._emit("anomaly", anomaly)
+        if emit:
+            for anomaly in found:
+                self._emit("anomaly", anomaly)
         return found
 
     def _analytics(self, hook: str, **kwargs: Any) -> Any:
@@ -1097,13 +1104,17 @@ class TelemetryService:
         return self._analytics("metric_series", metric=metric, start=start, end=end, step=step_ms)
 
     def detect_anomalies(self, metrics: list[str] | tuple[str, ...] = ("response_time", "error_rate", "throughput"),
-                         time_range: Any = None, sensitivity: str = "medium", step: Any = "1m") -> list[Anomaly]:
-        """Run the installed detectors over stored metric history (default the last 24 h, per minute)."""
+                         time_range: Any = None, sensitivity: str = "medium", step: Any = "1m", *,
+                         emit: bool = False) -> list[Anomaly]:
+        """Run the installed detectors over stored metric history (default the last 24 h, per minute).
+
+        Returns the findings; ``emit=True`` also announces them to ``on("anomaly")`` (see :meth:`detect`).
+        """
         if isinstance(metrics, str):
             metrics = [metrics]
         found: list[Anomaly] = []
         for metric in metrics:
-            found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity))
+            found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity, emit=emit))
         return found
 
     def rewrite(self, events: list[TelemetryEvent]) -> int:

@@ -233,6 +233,8 @@ def test_detect_anomalies_over_stored_history_and_on_anomaly(in_tmp):
         seen = []
         t.on("anomaly", seen.append)
         found = t.detect_anomalies(["throughput"], (now - 120 * 60_000, now), sensitivity="medium")
+        assert seen == [], "looking at the history announces nothing (the alerts would repeat at every look)"
+        assert t.detect_anomalies(["throughput"], (now - 120 * 60_000, now), emit=True) == found
     assert [a.timestamp for a in found] == [now - 10 * 60_000]
     assert found[0].value == 60 and found[0].expected_high < 60 and "throughput" in found[0].description
     assert seen == found
@@ -305,6 +307,32 @@ def test_cli_metrics_and_analytics_commands(in_tmp):
         result = _telemetry(*args)
         assert result.returncode == 0, (args, result.stderr)
         assert expected in result.stdout
+
+
+def test_looking_at_anomalies_sends_no_alerts(in_tmp):
+    """The history found again at every look (CLI, API, dashboard) must not reach the alert channels again."""
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received = []
+    (in_tmp / "telemetry.toml").write_text(
+        "[analytics.alerts]\nenabled = true\n[[analytics.alerts.channels]]\n"
+        f'type = "webhook"\nurl = "http://127.0.0.1:{server.server_port}/hook"\n')
+    try:
+        clock = now_ms()
+        now = clock - clock % 60_000
+        rng = random.Random(5)
+        with TelemetryService() as t:
+            for minute in range(120, 0, -1):
+                for i in range(60 if minute == 10 else rng.randrange(4, 7)):
+                    t.track({"category": "c", "timestamp": now - minute * 60_000 + i})
+        looked = _telemetry("analytics", "anomalies", "--since", "3h", "--metric", "throughput", "--format", "json")
+        assert looked.returncode == 0, looked.stderr
+        assert [a["timestamp"] for a in json.loads(looked.stdout)] == [now - 10 * 60_000]
+        with TelemetryService(analytics={"enabled": True}) as t:  # as the CLI starts it; announced, it is sent
+            t.emit("anomaly", Anomaly(metric="throughput", timestamp=now, value=60.0, severity="high"))
+    finally:
+        server.shutdown()
+    assert [(path, body["timestamp"]) for path, body, _ in _Hook.received] == [("/hook", now)]
 
 
 def test_nab_scorer_on_a_hand_made_series(tmp_path):

@@ -260,6 +260,10 @@ def test_anomalies_page_charts_each_anomaly(make_server, page):
     assert burst.locator("svg.chart polyline.line").count() == 1
     assert burst.locator("svg.chart circle.mark").count() == 1
     assert burst.locator("svg.chart rect.band").count() == 1
+    # finding the history again announces nothing: no "found live" notice, no count on the link
+    page.wait_for_selector("#live[data-state='live']")
+    page.wait_for_timeout(2_500)
+    assert page.is_hidden("#new-anomalies") and page.is_hidden("#anomaly-count")
     screenshot(page, "anomalies")
 
 

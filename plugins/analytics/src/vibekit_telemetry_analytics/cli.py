@@ -126,7 +126,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def anomalies(ctx: click.Context, since: str, until: str | None, sensitivity: str, metric_names: tuple[str, ...],
                   fmt: str) -> None:
-        """Run the anomaly detectors over the stored per-minute history."""
+        """Run the anomaly detectors over the stored per-minute history (alerts come from continuous detection)."""
         service = _service(ctx)
         found = service.detect_anomalies(list(metric_names), _window(since, until), sensitivity)
         if fmt == "json":
