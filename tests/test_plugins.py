@@ -36,6 +36,17 @@ def test_unknown_plugin_lists_installed_and_suggests_a_package(in_tmp):
 def test_duplicate_plugin_names_are_an_error(in_tmp):
     with pytest.raises(PluginError, match="more than once"):
         TelemetryService(storage=[{"type": "memory"}], plugins=["memory"])
+    with pytest.raises(PluginError, match="more than once"):
+        TelemetryService(storage=[{"type": "memory"}], plugins=["analytics", "analytics"])
+
+
+def test_a_plugin_both_listed_and_enabled_by_its_section_loads_once(in_tmp):
+    """``plugins = ["analytics"]`` with ``[analytics] enabled = true``: one plugin, both option sets."""
+    with TelemetryService(storage=[{"type": "memory"}], analytics={"enabled": True, "minute_retention": "3d"},
+                          plugins=[{"name": "analytics", "options": {"hour_retention": "30d"}}]) as t:
+        assert t.host.order.count("analytics") == 1
+        plugin = t.host.meta["analytics"]["object"]
+        assert (plugin.config.minute_retention, plugin.config.hour_retention) == ("3d", "30d")
 
 
 def test_plugin_that_fails_to_import_names_distribution_version_and_cause(in_tmp, install_plugin):

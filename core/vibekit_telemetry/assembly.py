@@ -93,7 +93,15 @@ def assemble(loaded: LoadedConfig) -> Assembly:
             raise ConfigError(f"streaming.provider: expected one of {', '.join(STREAMING_PROVIDERS)}, got {provider!r}")
         if not any(name == plugin for name, *_ in wanted):  # the api plugin already serves SSE and WebSocket
             wanted.append((plugin, dict(streaming.get("options") or {}), "streaming.options", False))
+    from_sections = {name: i for i, (name, _, where, is_storage) in enumerate(wanted)
+                     if not is_storage and not where.startswith("storage")}
     for index, spec in enumerate(cfg.plugins):
+        if spec.name in from_sections:
+            # `plugins = ["analytics"]` and `[analytics] enabled = true` ask for the same plugin: one instance
+            i = from_sections.pop(spec.name)
+            name, opts, where, _ = wanted[i]
+            wanted[i] = (name, deep_merge(opts, dict(spec.options)), f"{where} + plugins[{index}].options", False)
+            continue
         wanted.append((spec.name, dict(spec.options), f"plugins[{index}].options", False))
     targets = resolve_entry_points([name for name, *_ in wanted])
     source = " + ".join(loaded.sources) or "defaults"

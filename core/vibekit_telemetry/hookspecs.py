@@ -295,6 +295,14 @@ def get_insights(start: int, end: int, categories: list[str] | None) -> Any | No
 
 
 @hookspec(firstresult=True)
+def get_alerts(limit: int) -> dict[str, Any] | None:
+    """Return the alerting state: ``{"enabled", "channels", "counts", "recent"}``, the latest ``limit`` deliveries first.
+
+    Channels carry no secret (no URL path, no headers).  ``None`` when this plugin sends no alerts.
+    """
+
+
+@hookspec(firstresult=True)
 def define_metric(name: str, type: str, unit: str | None, description: str | None) -> Any | None:
     """Register a custom metric fed by events with ``category="metrics"`` and ``action=name``; return its definition."""
 

@@ -1079,6 +1079,19 @@ class TelemetryService:
         start, end = _time_range(time_range)
         return self._analytics("get_insights", start=start, end=end, categories=list(categories) if categories else None)
 
+    def get_alerts(self, limit: int = 50) -> dict[str, Any]:
+        """Where anomaly alerts go and how their delivery went: channels, counts and the latest deliveries.
+
+        ``{"enabled": False, ...}`` when no installed plugin sends alerts.
+        """
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        for impl in self.host.impls("get_alerts"):
+            result = impl(limit=limit)
+            if result is not None:
+                return result
+        return {"enabled": False, "channels": [], "counts": {}, "recent": []}
+
     def define_metric(self, name: str, type: str = "counter", unit: str | None = None,
                       description: str | None = None) -> Any:
         """Declare a custom metric, fed by ``track(category="metrics", action=name, value=...)``."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import websockets
@@ -37,6 +39,8 @@ def test_sessions_sort_search_and_total(make_server):
     assert "total" not in client.get("/api/sessions").json()
     bad = client.get("/api/sessions", params={"sort": "prompt; DROP TABLE sessions"})
     assert bad.status_code == 400 and bad.json()["details"][0]["field"] == "sort"
+    for params, field in (({"limit": 0}, "limit"), ({"offset": -1}, "offset")):  # class-level checks name their field
+        assert client.get("/api/sessions", params=params).json()["details"][0]["field"] == field
 
 
 def test_series_endpoint(make_server):
@@ -170,3 +174,60 @@ def test_the_websocket_pushes_anomalies_too(make_server):
 
     anomaly = asyncio.run(listen())
     assert anomaly["value"] == 42.0 and anomaly["severity"] == "high"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook that answers 200 on /ok/... and 500 elsewhere."""
+
+    posted: list = []
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        type(self).posted.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+        self.send_response(200 if self.path.startswith("/ok/") else 500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alerts_endpoint_reports_channels_and_deliveries_without_secrets(make_server):
+    receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    _Receiver.posted = []
+    base = f"http://127.0.0.1:{receiver.server_port}"
+    alerts = {"enabled": True, "channels": [
+        {"type": "webhook", "url": f"{base}/ok/T0PSECRET"},
+        {"type": "slack", "url": f"{base}/services/T0PSECRET2", "max_attempts": 2, "min_severity": "medium"}]}
+    try:
+        service, _, client = make_server(service_options={"plugins": ["analytics"],
+                                                          "analytics": {"enabled": True, "alerts": alerts}})
+        assert "/api/alerts" in client.get("/openapi.json").json()["paths"]
+        quiet = client.get("/api/alerts").json()
+        assert quiet["enabled"] and quiet["recent"] == [] and quiet["counts"]["sent"] == 0
+        assert [(c["type"], c["target"], c["min_severity"]) for c in quiet["channels"]] == [
+            ("webhook", base, "low"), ("slack", base, "medium")]
+        service.emit("anomaly", _anomaly(61.0))
+        service.emit("anomaly", _anomaly(62.0))  # the same metric and severity within the window: deduplicated
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            body = client.get("/api/alerts", params={"limit": 10}).json()
+            if body["counts"]["sent"] + body["counts"]["failed"] == 2:
+                break
+            time.sleep(0.05)
+    finally:
+        receiver.shutdown()
+    assert body["counts"] == {"sent": 1, "failed": 1, "deduplicated": 1, "dropped": 0}
+    outcomes = [(d["channel"], d["outcome"], d["error"]) for d in body["recent"]]
+    assert len(outcomes) == 3 and set(outcomes) == {(None, "deduplicated", None), ("webhook", "sent", None),
+                                                    ("slack", "failed", "HTTP 500 after 2 attempts")}
+    assert all(d["metric"] == "throughput" and d["severity"] == "high" for d in body["recent"])
+    assert [d["at"] for d in body["recent"]] == sorted((d["at"] for d in body["recent"]), reverse=True), "newest first"
+    assert body["recent"][-1]["outcome"] == "deduplicated", "refused at once, before any delivery"
+    assert "SECRET" not in json.dumps(body), "a webhook URL's path is its key: never shown"
+    assert len(_Receiver.posted) == 3  # one to the webhook, two attempts at the failing one
+    assert client.get("/api/alerts", params={"limit": 0}).json()["details"][0]["field"] == "limit"
+
+
+def test_alerts_endpoint_when_alerts_are_off(make_server):
+    _, _, client = make_server(service_options={"plugins": ["analytics"]})
+    assert client.get("/api/alerts").json() == {"enabled": False, "channels": [], "counts": {}, "recent": []}

@@ -6,6 +6,8 @@ Each test saves screenshots under ``test-artifacts/dashboard/``.
 from __future__ import annotations
 
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +266,8 @@ def test_anomalies_page_charts_each_anomaly(make_server, page):
     page.wait_for_selector("#live[data-state='live']")
     page.wait_for_timeout(2_500)
     assert page.is_hidden("#new-anomalies") and page.is_hidden("#anomaly-count")
+    assert page.get_attribute("#alerts", "data-enabled") == "false"
+    assert "Alerts are off" in page.inner_text("#alerts")
     screenshot(page, "anomalies")
 
 
@@ -303,6 +307,45 @@ def test_anomalies_found_live_reach_the_open_pages(make_server, page):
     page.wait_for_selector("#new-anomalies:not([hidden])", timeout=3_000)
     assert "1 new anomaly found live (latest: cost" in page.inner_text("#new-anomalies")
     assert page.is_hidden("#anomaly-count")
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """Answers 200 on /ok/..., 503 elsewhere."""
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200 if self.path.startswith("/ok/") else 503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_anomalies_page_shows_where_alerts_went(make_server, page):
+    receiver = HTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{receiver.server_port}"
+    alerts = {"enabled": True, "channels": [{"type": "webhook", "url": f"{base}/ok/KEY-IN-THE-PATH"},
+                                            {"type": "slack", "url": f"{base}/down/KEY2", "max_attempts": 1}]}
+    try:
+        service, server = make_server({"analytics": {"enabled": True, "alerts": alerts}, "plugins": []})
+        service.emit("anomaly", _anomaly("error_rate", 3, 40))
+        service.emit("anomaly", _anomaly("error_rate", 2, 41))  # a repeat: deduplicated
+        deadline = now_ms() + 10_000
+        while now_ms() < deadline and sum(service.get_alerts()["counts"].get(k, 0) for k in ("sent", "failed")) < 2:
+            page.wait_for_timeout(50)
+    finally:
+        receiver.shutdown()
+    page.goto(f"{server.dashboard_url}#/anomalies")
+    page.wait_for_selector("#alerts[data-enabled='true']")
+    counts = dict(page.eval_on_selector_all("#alert-counts .card", "cards => cards.map(c => [c.dataset.count, Number(c.dataset.value)])"))
+    assert counts == {"sent": 1, "failed": 1, "deduplicated": 1, "dropped": 0}
+    rows = page.eval_on_selector_all("#alert-log tbody tr", "rows => rows.map(r => [r.dataset.channel, r.dataset.outcome])")
+    assert sorted(rows) == [["", "deduplicated"], ["slack", "failed"], ["webhook", "sent"]]
+    assert "HTTP 503 after 1 attempt" in page.inner_text("#alert-log")
+    channels = page.inner_text("#alert-channels")
+    assert f"webhook → {base}" in channels and "KEY" not in page.inner_text("main"), "a webhook's path is its secret"
+    screenshot(page, "anomalies-alerts")
 
 
 def test_sessions_in_a_custom_time_range(make_server, page):

@@ -394,6 +394,13 @@ class AnalyticsPlugin:
             unfinished_sessions=unfinished[:20], changes=changes, summary=summary)
 
     @hookimpl
+    def get_alerts(self, limit: int) -> dict[str, Any]:
+        """The alert channels, their counters and latest deliveries (``enabled`` false without ``[analytics.alerts]``)."""
+        if self.alerts is None:
+            return {"enabled": False, "channels": [], "counts": {}, "recent": []}
+        return self.alerts.status(limit)
+
+    @hookimpl
     def define_metric(self, name: str, type: str, unit: str | None, description: str | None) -> dict[str, Any]:
         """Remember a custom metric's type, unit and description."""
         definition = {"type": type, "unit": unit, "description": description}

@@ -23,12 +23,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
-from vibekit_telemetry import Anomaly, ConfigError, format_ms, span_ms
+from vibekit_telemetry import Anomaly, ConfigError, format_ms, now_ms, span_ms
 
 log = logging.getLogger("vibekit_telemetry.alerts")
 
@@ -46,6 +48,17 @@ class Channel:
 
 
 _SEVERITY = {"low": 0, "medium": 1, "high": 2}
+
+#: deliveries remembered for ``status()`` (the dashboard's alerts panel)
+RECENT = 100
+
+
+def _target(channel: Channel) -> str | None:
+    """Where a channel sends, without what may be secret: a webhook URL's path and query often are the key."""
+    if not channel.url:
+        return None
+    parts = urlsplit(channel.url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def payload(anomaly: Anomaly) -> dict[str, Any]:
@@ -76,6 +89,7 @@ class AlertManager:
         self.failed = 0
         self.deduplicated = 0
         self.dropped = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._thread = threading.Thread(target=self._run, name="vibekit-telemetry-alerts", daemon=True)
         self._thread.start()
 
@@ -101,13 +115,20 @@ class AlertManager:
         last = self._last.get(key)
         if last is not None and abs(anomaly.timestamp - last) < self.dedupe_window_ms:
             self.deduplicated += 1
+            self._remember(anomaly, None, "deduplicated")
             return
         self._last[key] = anomaly.timestamp
         try:
             self._queue.put_nowait(anomaly)
         except queue.Full:
             self.dropped += 1
+            self._remember(anomaly, None, "dropped", "the alert queue was full")
             log.error("alert queue full: anomaly in %s not delivered", anomaly.metric)
+
+    def _remember(self, anomaly: Anomaly, channel: Channel | None, outcome: str, error: str | None = None) -> None:
+        self.recent.append({"at": now_ms(), "metric": anomaly.metric, "timestamp": anomaly.timestamp,
+                            "severity": anomaly.severity, "description": anomaly.description,
+                            "channel": channel.type if channel else None, "outcome": outcome, "error": error})
 
     def _run(self) -> None:
         import httpx
@@ -122,32 +143,36 @@ class AlertManager:
                     for channel in self.channels:
                         if _SEVERITY.get(anomaly.severity, 0) < _SEVERITY.get(channel.min_severity, 0):
                             continue
-                        if self._deliver(client, channel, anomaly):
+                        error = self._deliver(client, channel, anomaly)
+                        if error is None:
                             self.sent += 1
                         else:
                             self.failed += 1
+                        self._remember(anomaly, channel, "sent" if error is None else "failed", error)
                 finally:
                     self._queue.task_done()
 
-    def _deliver(self, client: Any, channel: Channel, anomaly: Anomaly) -> bool:
+    def _deliver(self, client: Any, channel: Channel, anomaly: Anomaly) -> str | None:
+        """``None`` when delivered, else why not (no URL in it: the URL may hold the key)."""
         if channel.type == "log":
             log.warning("anomaly: %s", anomaly.description)
-            return True
+            return None
         body = slack_payload(anomaly) if channel.type == "slack" else payload(anomaly)
         for attempt in range(1, channel.max_attempts + 1):
             try:
                 response = client.post(channel.url, json=body, headers=channel.headers, timeout=channel.timeout_ms / 1000)
                 if response.status_code < 300:
-                    return True
-                error = f"HTTP {response.status_code}"
+                    return None
+                error = detail = f"HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code != 429:
                     break  # a client error will not go away by retrying
             except Exception as exc:  # network errors, timeouts
-                error = f"{type(exc).__name__}: {exc}"
+                error, detail = type(exc).__name__, f"{type(exc).__name__}: {exc}"
             if attempt < channel.max_attempts:
                 time.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
-        log.error("alert to %s channel %s failed: %s", channel.type, channel.url, error)
-        return False
+        error = f"{error} after {attempt} attempt{'s' if attempt > 1 else ''}"
+        log.error("alert to %s channel %s failed: %s", channel.type, _target(channel), detail)
+        return error
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until queued alerts were delivered (or given up)."""
@@ -158,6 +183,13 @@ class AlertManager:
     def stats(self) -> dict[str, int]:
         """Counters for health."""
         return {"sent": self.sent, "failed": self.failed, "deduplicated": self.deduplicated, "dropped": self.dropped}
+
+    def status(self, limit: int = 50) -> dict[str, Any]:
+        """The channels (type, minimum severity and host only), the counters, and the latest deliveries, newest first."""
+        recent = list(self.recent)[::-1][:limit]
+        return {"enabled": True, "dedupe_window_ms": self.dedupe_window_ms,
+                "channels": [{"type": c.type, "target": _target(c), "min_severity": c.min_severity} for c in self.channels],
+                "counts": self.stats(), "recent": recent}
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued, then stop the thread."""

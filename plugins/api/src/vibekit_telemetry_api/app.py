@@ -53,6 +53,7 @@ from .openapi import openapi_document
 from .prom import CONTENT_TYPE, ServerMetrics
 from .security import Authenticator, Guard, RateLimiter
 from .validation import (
+    AlertsQuery,
     AnomalyQuery,
     APIError,
     EventsQuery,
@@ -363,6 +364,13 @@ async def get_anomalies(request: Request) -> Response:
     except ValueError as exc:
         raise validation_error("Invalid query parameters", [{"field": "metrics", "message": str(exc)}]) from None
     return json_response({"anomalies": [attrs.asdict(a) for a in found], "count": len(found)})
+
+
+async def get_alerts(request: Request) -> Response:
+    """Where anomaly alerts go and how their delivery went (no URL paths, no headers: they may hold keys)."""
+    ctx = _ctx(request)
+    query = structure(_params(request), AlertsQuery, what="query parameters")
+    return json_response(await run_in_threadpool(ctx.service.get_alerts, query.limit))
 
 
 def _export_target(ctx: APIContext, name: str) -> Path:
@@ -692,6 +700,8 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
             Route("/api/series", get_series, methods=["GET"]),
             Route("/api/anomalies", get_anomalies, methods=["GET"]),
         ]
+    if service.host.impls("get_alerts"):
+        routes.append(Route("/api/alerts", get_alerts, methods=["GET"]))
     if config.metrics.prometheus:
         routes.append(Route(config.metrics.endpoint, prometheus, methods=["GET"]))
     routes += extra_routes or []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from .validation import (
+    AlertsQuery,
     AnomalyQuery,
     EventsQuery,
     ExportQuery,
@@ -178,6 +179,10 @@ def openapi_document(service: TelemetryService, config: APIConfig, *, analytics:
         paths["/api/anomalies"] = {"get": {"summary": "Anomalies in the metric history", "operationId": "getAnomalies",
                                            "parameters": _parameters(AnomalyQuery),
                                            "responses": {**_json("Anomalies"), **_errors(400), **guarded}, **read}}
+    if service.host.impls("get_alerts"):
+        paths["/api/alerts"] = {"get": {"summary": "Alert channels, counters and latest deliveries",
+                                        "operationId": "getAlerts", "parameters": _parameters(AlertsQuery),
+                                        "responses": {**_json("Alerts"), **_errors(400), **guarded}, **read}}
     if config.metrics.prometheus:
         paths[config.metrics.endpoint] = {"get": {
             "summary": "Prometheus metrics", "operationId": "prometheusMetrics",

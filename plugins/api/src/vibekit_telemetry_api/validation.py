@@ -7,6 +7,7 @@ Every rejection becomes ``{"error": "Validation Error", "message": ..., "details
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -90,9 +91,13 @@ def _make_converter() -> cattrs.Converter:
 converter = _make_converter()
 
 
+#: what a class-level check (an attrs validator, __attrs_post_init__) raises: "field: message"
+_FIELD_MESSAGE = re.compile(r"^([a-z_]+): (.+)$", re.DOTALL)
+
+
 def _format(exc: BaseException, type_: Any) -> str:
     text = str(exc)
-    if isinstance(exc, ValueError) and text.startswith(("expected", "must")):
+    if isinstance(exc, ValueError) and (text.startswith(("expected", "must")) or _FIELD_MESSAGE.match(text)):
         return text
     if "not in literal" in text:
         choices = ", ".join(repr(c) for c in getattr(type_, "__args__", ()))
@@ -111,6 +116,9 @@ def structure(data: Mapping[str, Any], cls: type, *, what: str, status: int = 40
         for line in cattrs.transform_error(exc, path="$", format_exception=_format):
             text, _, where = line.rpartition(" @ ")
             field = where.removeprefix("$").lstrip(".") or "body"
+            named = _FIELD_MESSAGE.match(text) if field == "body" else None
+            if named and attrs.has(cls) and named.group(1) in attrs.fields_dict(cls):
+                field, text = named.groups()
             if text.startswith("extra fields found"):
                 for name in text[text.find("(") + 1 : text.rfind(")")].split(", "):
                     details.append({"field": name, "message": "unknown parameter"})
@@ -149,7 +157,7 @@ def from_telemetry_error(exc: InvalidQueryError | InvalidEventError, what: str, 
 
 def _limit_check(instance: Any, attribute: attrs.Attribute, value: int) -> None:
     if value < 1:
-        raise ValueError("must be at least 1")
+        raise ValueError(f"{attribute.name}: must be at least 1")
 
 
 @attrs.frozen
@@ -246,6 +254,18 @@ class AnomalyQuery:
     metrics: str = "response_time,error_rate,throughput"
     sensitivity: Literal["low", "medium", "high"] = "medium"
     step: str = "1m"
+
+
+def _alerts_limit(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 1 <= value <= 100:
+        raise ValueError(f"{attribute.name}: must be between 1 and 100")
+
+
+@attrs.frozen
+class AlertsQuery:
+    """``GET /api/alerts``: the alert channels, their counters and the latest ``limit`` deliveries."""
+
+    limit: int = attrs.field(default=50, validator=_alerts_limit)
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ const FEED_SIZE = 25;
 const state = {
   key: sessionStorage.getItem(KEY_STORE),
   analytics: false,
+  alerts: false,
   metrics: null,
   source: null,
   handlers: new Set(),
@@ -752,6 +753,11 @@ function anomaliesPage(view, params) {
       choose("since", [["6h", "last 6 hours"], ["24h", "last 24 hours"], ["7d", "last 7 days"]], since, "Window"),
       choose("sensitivity", [["low", "low"], ["medium", "medium"], ["high", "high"]], sensitivity, "Sensitivity")),
     newer, list);
+  if (state.alerts) {
+    const panel = h("section", { class: "panel", id: "alerts" }, h("h2", {}, "Alerts"), h("p", { class: "empty" }, "Loading…"));
+    view.insertBefore(panel, list);
+    loadAlerts(panel);
+  }
   showUnseenAnomalies(0);
   if (!state.analytics) {
     clear(list).append(h("p", { class: "empty" }, "Anomaly detection needs the analytics plugin."));
@@ -798,6 +804,49 @@ function anomaliesPage(view, params) {
     view.dataset.ready = "true";
   })();
   return stop;
+}
+
+const ALERT_ROWS = 10;
+
+// where alerts go (channel type and host only: the server never sends a webhook's path) and how delivery went
+async function loadAlerts(panel) {
+  const body = h("div", {});
+  clear(panel).append(h("h2", {}, "Alerts"), body);
+  let status;
+  try {
+    status = await api("/api/alerts", { limit: ALERT_ROWS });
+  } catch (err) {
+    body.append(h("p", { class: "error" }, `Could not load the alerts: ${err.message}`));
+    return;
+  }
+  panel.dataset.enabled = String(status.enabled);
+  if (!status.enabled) {
+    body.append(h("p", { class: "muted" }, "Alerts are off. Add channels (log, webhook, Slack) under ",
+      h("code", {}, "[analytics.alerts]"), " and turn on continuous detection (",
+      h("code", {}, "[analytics.anomaly] enabled = true"), ") to be told of anomalies as they are found."));
+    return;
+  }
+  const counts = status.counts || {};
+  body.append(
+    h("p", { class: "muted", id: "alert-channels" }, "Channels: ",
+      status.channels.map((c, i) => [i ? ", " : "", h("strong", {}, c.type), c.target ? ` → ${c.target}` : "",
+        c.min_severity && c.min_severity !== "low" ? ` (${c.min_severity} and up)` : ""])),
+    h("div", { class: "grid counts", id: "alert-counts" },
+      ["sent", "failed", "deduplicated", "dropped"].map((name) => h("div", { class: "card", dataset: { count: name, value: counts[name] ?? 0 } },
+        h("div", { class: "label" }, name), h("div", { class: "value" }, num(counts[name] ?? 0))))));
+  if (!status.recent.length) {
+    body.append(h("p", { class: "empty" }, "No alert sent yet."));
+    return;
+  }
+  body.append(h("div", { class: "scroll" }, h("table", { id: "alert-log" },
+    h("thead", {}, h("tr", {}, ["When", "Anomaly", "Severity", "Channel", "Outcome"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, status.recent.map((d) => h("tr", { dataset: { outcome: d.outcome, channel: d.channel || "" } },
+      h("td", { class: "mono" }, when(d.at)),
+      h("td", {}, h("span", { title: d.description || "" }, `${d.metric} at ${when(d.timestamp)}`)),
+      h("td", {}, badge(d.severity || "medium")),
+      h("td", {}, d.channel || "–"),
+      h("td", {}, badge(d.outcome, d.outcome === "sent" ? "completed" : d.outcome === "failed" || d.outcome === "dropped" ? "failed" : "quiet"),
+        d.error ? h("span", { class: "muted" }, ` ${d.error}`) : null)))))));
 }
 
 // ---------------------------------------------------------------- routing and start
@@ -857,6 +906,7 @@ async function start() {
   try {
     const doc = await (await fetch("/openapi.json", { cache: "no-store" })).json();
     state.analytics = Boolean(doc.paths && doc.paths["/api/metrics"]);
+    state.alerts = Boolean(doc.paths && doc.paths["/api/alerts"]);
     if (doc.info && doc.info.title) document.getElementById("service-name").textContent = doc.info.title.replace(/ telemetry API$/, "");
   } catch (err) {
     showBanner(`Cannot reach the telemetry API: ${err.message}`);
