@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vibekit_telemetry import PluginError, TelemetryEvent, TelemetryService, hookimpl
+from vibekit_telemetry import ConfigError, PluginError, TelemetryEvent, TelemetryService, hookimpl
 from vibekit_telemetry.plugins import installed_plugins
 
 
@@ -47,6 +47,19 @@ def test_a_plugin_both_listed_and_enabled_by_its_section_loads_once(in_tmp):
         assert t.host.order.count("analytics") == 1
         plugin = t.host.meta["analytics"]["object"]
         assert (plugin.config.minute_retention, plugin.config.hour_retention) == ("3d", "30d")
+
+
+def test_require_plugin_loads_an_installed_plugin_once_with_options(in_tmp):
+    with TelemetryService(storage=[{"type": "memory"}]) as t:
+        t.require_plugin("analytics", options={"anomaly": {"enabled": True, "interval": 15_000}})
+        plugin = t.host.meta["analytics"]["object"]
+        assert plugin.config.anomaly.enabled and plugin.config.anomaly.interval == 15_000
+        t.require_plugin("analytics", options={"anomaly": {"enabled": False}})  # already loaded: kept as it is
+        assert t.host.meta["analytics"]["object"] is plugin and plugin.config.anomaly.enabled
+        with pytest.raises(PluginError, match="nonesuch"):
+            t.require_plugin("nonesuch")
+        with pytest.raises(ConfigError, match="anomaly: unknown key"):
+            t.require_plugin("pii", options={"anomaly": {}})  # options are checked as in a configuration file
 
 
 def test_plugin_that_fails_to_import_names_distribution_version_and_cause(in_tmp, install_plugin):

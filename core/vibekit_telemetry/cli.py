@@ -354,7 +354,8 @@ def demo(state: _State, count: int, seed: int | None, serve: bool, port: int, li
 
     service = state.service()
     if serve:
-        _load_installed(service, "analytics")  # the dashboard's metrics, charts and anomalies
+        # the dashboard's metrics, charts and anomalies; the detectors watch the live sessions as they come
+        _load_installed(service, "analytics", options={"anomaly": {"enabled": True, "interval": 15_000}})
     summary = run_demo(service, sessions=count, seed=seed)
     for line in describe(summary):
         click.echo(line)
@@ -369,11 +370,11 @@ def demo(state: _State, count: int, seed: int | None, serve: bool, port: int, li
         _serve_dashboard(service, port, live, seed)
 
 
-def _load_installed(service: Any, name: str) -> bool:
-    """Load plugin ``name`` when it is installed and not configured; ``False`` when it is not installed."""
+def _load_installed(service: Any, name: str, options: dict[str, Any] | None = None) -> bool:
+    """Load plugin ``name`` (with ``options``) when it is installed and not configured; ``False`` when it is not installed."""
     if name not in {plugin.name for plugin in installed_plugins()}:
         return False
-    service.require_plugin(name, where="telemetry demo")
+    service.require_plugin(name, where="telemetry demo", options=options)
     return True
 
 

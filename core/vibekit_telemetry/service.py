@@ -1217,8 +1217,9 @@ class TelemetryService:
             raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
         return result
 
-    def require_plugin(self, name: str, *, start: bool = True, where: str = "require_plugin()") -> None:
-        """Load the installed plugin ``name`` with its default options, unless one by that name is loaded.
+    def require_plugin(self, name: str, *, start: bool = True, where: str = "require_plugin()",
+                       options: Mapping[str, Any] | None = None) -> None:
+        """Load the installed plugin ``name`` with ``options`` (default none), unless one by that name is loaded.
 
         For features a command asks for (``telemetry api --dashboard``, the demo's
         analytics) that the configuration file does not list.  ``start=False``
@@ -1230,7 +1231,7 @@ class TelemetryService:
         if name in self.host.meta:
             return
         targets = resolve_entry_points([name])
-        self._register(name, instantiate(name, targets[name], {}, where=where), source="entry point")
+        self._register(name, instantiate(name, targets[name], dict(options or {}), where=where), source="entry point")
         if start:
             for impl in self.host.impls("startup"):
                 if impl.plugin == name:

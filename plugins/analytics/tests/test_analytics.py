@@ -421,6 +421,30 @@ def test_the_first_traffic_of_a_new_installation_is_no_anomaly(in_tmp, monkeypat
         assert [a.timestamp for a in later] == [base + 160 * 60_000]
 
 
+def test_the_anomalies_page_finds_what_was_announced_live(in_tmp, monkeypatch):
+    """Forty minutes of history, then a burst: the live watcher and an on-demand check agree on it."""
+    import vibekit_telemetry_analytics as module
+
+    real_now = now_ms()
+    base = real_now - real_now % 60_000 - 100 * 60_000
+    rng = random.Random(8)
+    with _service(analytics={"enabled": True, "anomaly": {"enabled": True, "metrics": ["throughput"]}}) as t:
+        for minute in range(41):
+            for i in range(50 if minute == 40 else rng.randrange(4, 7)):
+                t.track({"category": "c", "timestamp": base + minute * 60_000 + i})
+        t.flush()
+        seen = []
+        t.on("anomaly", seen.append)
+        plugin = t.host.meta["analytics"]["object"]
+        monkeypatch.setattr(module, "now_ms", lambda: base + 40 * 60_000 + 5)
+        plugin._watch()
+        monkeypatch.setattr(module, "now_ms", lambda: base + 41 * 60_000 + 5)
+        plugin._watch()
+        found = t.detect_anomalies(["throughput"], (base - 60 * 60_000, base + 41 * 60_000))
+    assert [a.timestamp for a in seen] == [base + 40 * 60_000]
+    assert [a.timestamp for a in found] == [base + 40 * 60_000]
+
+
 def test_rollups_left_by_a_crash_are_recounted_at_the_next_start(in_tmp):
     script = in_tmp / "crash.py"
     script.write_text(

@@ -422,7 +422,7 @@ class AnalyticsPlugin:
     @hookimpl
     def detect(self, metric: str, points: list[tuple[int, float]], sensitivity: str) -> list[Anomaly]:
         """The likelihood detector over a series, judging each point from the ones before it."""
-        detector = LikelihoodDetector()
+        detector = LikelihoodDetector(warmup=SERIES_WARMUP)
         threshold = THRESHOLDS[sensitivity]
         found: list[Anomaly] = []
         quiet_until = -1
@@ -454,7 +454,7 @@ class AnalyticsPlugin:
         for metric in self.config.anomaly.metrics:
             with self._lock:
                 points = _series(metric, self.rollups.series(ALL, start, end, MINUTE), self.definitions) or []
-            detector = self._watchers.setdefault(metric, LikelihoodDetector(warmup=30))
+            detector = self._watchers.setdefault(metric, LikelihoodDetector(warmup=SERIES_WARMUP))
             if detector.n == 0 and self._zero_filled(metric):
                 points = _from_first_activity(points)
             for ts, value in points:
@@ -499,6 +499,10 @@ def _change(before: float | None, after: float | None) -> dict[str, float | None
         pct = round(100 * (after - before) / before, 2)
     return {"previous": before, "current": after, "change_pct": pct}
 
+
+#: points of a per-minute series a detector learns from before it may report: half an hour, the same for the
+#: continuous detectors and for on-demand checks, so the anomalies page finds what was announced live
+SERIES_WARMUP = 30
 
 #: built-in metrics whose series skip the minutes without data
 _AVERAGED = ("response_time", "ttft", "error_rate")
