@@ -221,15 +221,19 @@ def test_detector_never_looks_ahead_and_finds_a_spike():
     assert 500 in flagged and len([i for i in flagged if i < 500]) <= 5  # noise alone rarely reaches the threshold
 
 
+def _traffic(t, start, minutes, *, burst_at, burst=60, seed=5):
+    """Four to six events a minute for ``minutes`` minutes from ``start``, and ``burst`` of them in minute ``burst_at``."""
+    rng = random.Random(seed)
+    for minute in range(minutes):
+        for i in range(burst if minute == burst_at else rng.randrange(4, 7)):
+            t.track({"category": "c", "timestamp": start + minute * 60_000 + i})
+
+
 def test_detect_anomalies_over_stored_history_and_on_anomaly(in_tmp):
     with _service() as t:
         clock = now_ms()  # read once: two reads can straddle a minute boundary
         now = clock - clock % 60_000
-        rng = random.Random(5)
-        for minute in range(120, 0, -1):
-            count = 60 if minute == 10 else rng.randrange(4, 7)
-            for i in range(count):
-                t.track({"category": "c", "timestamp": now - minute * 60_000 + i})
+        _traffic(t, now - 120 * 60_000, 120, burst_at=110)
         seen = []
         t.on("anomaly", seen.append)
         found = t.detect_anomalies(["throughput"], (now - 120 * 60_000, now), sensitivity="medium")
@@ -320,11 +324,8 @@ def test_looking_at_anomalies_sends_no_alerts(in_tmp):
     try:
         clock = now_ms()
         now = clock - clock % 60_000
-        rng = random.Random(5)
         with TelemetryService() as t:
-            for minute in range(120, 0, -1):
-                for i in range(60 if minute == 10 else rng.randrange(4, 7)):
-                    t.track({"category": "c", "timestamp": now - minute * 60_000 + i})
+            _traffic(t, now - 120 * 60_000, 120, burst_at=110)
         looked = _telemetry("analytics", "anomalies", "--since", "3h", "--metric", "throughput", "--format", "json")
         assert looked.returncode == 0, looked.stderr
         assert [a["timestamp"] for a in json.loads(looked.stdout)] == [now - 10 * 60_000]
@@ -368,12 +369,9 @@ def test_continuous_detection_fires_on_anomaly_for_new_minutes(in_tmp, monkeypat
 
     real_now = now_ms()
     base = real_now - real_now % 60_000 - 200 * 60_000
-    rng = random.Random(9)
     with _service(analytics={"enabled": True, "anomaly": {"enabled": True, "metrics": ["throughput"],
                                                          "interval": 3_600_000}}) as t:
-        for minute in range(121):
-            for i in range(60 if minute == 110 else rng.randrange(4, 7)):
-                t.track({"category": "c", "timestamp": base + minute * 60_000 + i})
+        _traffic(t, base, 121, burst_at=110, seed=9)
         t.flush()
         seen = []
         t.on("anomaly", seen.append)
@@ -427,11 +425,8 @@ def test_the_anomalies_page_finds_what_was_announced_live(in_tmp, monkeypatch):
 
     real_now = now_ms()
     base = real_now - real_now % 60_000 - 100 * 60_000
-    rng = random.Random(8)
     with _service(analytics={"enabled": True, "anomaly": {"enabled": True, "metrics": ["throughput"]}}) as t:
-        for minute in range(41):
-            for i in range(50 if minute == 40 else rng.randrange(4, 7)):
-                t.track({"category": "c", "timestamp": base + minute * 60_000 + i})
+        _traffic(t, base, 41, burst_at=40, burst=50, seed=8)
         t.flush()
         seen = []
         t.on("anomaly", seen.append)
