@@ -93,8 +93,7 @@ def assemble(loaded: LoadedConfig) -> Assembly:
             raise ConfigError(f"streaming.provider: expected one of {', '.join(STREAMING_PROVIDERS)}, got {provider!r}")
         if not any(name == plugin for name, *_ in wanted):  # the api plugin already serves SSE and WebSocket
             wanted.append((plugin, dict(streaming.get("options") or {}), "streaming.options", False))
-    from_sections = {name: i for i, (name, _, where, is_storage) in enumerate(wanted)
-                     if not is_storage and not where.startswith("storage")}
+    from_sections = {name: i for i, (name, _, _, is_storage) in enumerate(wanted) if not is_storage}
     for index, spec in enumerate(cfg.plugins):
         if spec.name in from_sections:
             # `plugins = ["analytics"]` and `[analytics] enabled = true` ask for the same plugin: one instance

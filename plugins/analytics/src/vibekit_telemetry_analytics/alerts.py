@@ -90,6 +90,7 @@ class AlertManager:
         self.deduplicated = 0
         self.dropped = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._recent_lock = threading.Lock()  # appended to by the tracking and the delivery threads
         self._thread = threading.Thread(target=self._run, name="vibekit-telemetry-alerts", daemon=True)
         self._thread.start()
 
@@ -126,9 +127,11 @@ class AlertManager:
             log.error("alert queue full: anomaly in %s not delivered", anomaly.metric)
 
     def _remember(self, anomaly: Anomaly, channel: Channel | None, outcome: str, error: str | None = None) -> None:
-        self.recent.append({"at": now_ms(), "metric": anomaly.metric, "timestamp": anomaly.timestamp,
-                            "severity": anomaly.severity, "description": anomaly.description,
-                            "channel": channel.type if channel else None, "outcome": outcome, "error": error})
+        entry = {"at": now_ms(), "metric": anomaly.metric, "timestamp": anomaly.timestamp,
+                 "severity": anomaly.severity, "description": anomaly.description,
+                 "channel": channel.type if channel else None, "outcome": outcome, "error": error}
+        with self._recent_lock:
+            self.recent.append(entry)
 
     def _run(self) -> None:
         import httpx
@@ -186,7 +189,8 @@ class AlertManager:
 
     def status(self, limit: int = 50) -> dict[str, Any]:
         """The channels (type, minimum severity and host only), the counters, and the latest deliveries, newest first."""
-        recent = list(self.recent)[::-1][:limit]
+        with self._recent_lock:
+            recent = list(self.recent)[::-1][:limit]
         return {"enabled": True, "dedupe_window_ms": self.dedupe_window_ms,
                 "channels": [{"type": c.type, "target": _target(c), "min_severity": c.min_severity} for c in self.channels],
                 "counts": self.stats(), "recent": recent}
