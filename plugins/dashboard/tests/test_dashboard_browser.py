@@ -46,6 +46,7 @@ def test_overview_numbers_are_get_metrics(make_server, page):
     page.goto(server.dashboard_url)
     ready(page)
     page.wait_for_selector("#cards .card")
+    assert page.inner_text("#service-name") == "dashboard-test"
     expected = service.get_metrics("24h").to_dict()
     cards = page.eval_on_selector_all("#cards .card", "els => els.map(e => [e.dataset.metric, e.dataset.value])")
     assert {metric for metric, _ in cards} >= {"events.total", "sessions.active", "errors.rate", "performance.p50_latency",
@@ -349,7 +350,7 @@ def test_the_anomalies_page_shows_where_alerts_went(make_server, page):
 
 
 def test_sessions_in_a_custom_time_range(make_server, page):
-    service, server = make_server({"plugins": []})
+    service, server = make_server({"plugins": [], "service_name": "unknown_service"})
     clock = now_ms()
     hour = 3_600_000
     for i in range(48):  # one session every half hour over the last day
@@ -358,6 +359,7 @@ def test_sessions_in_a_custom_time_range(make_server, page):
     service.flush()
     page.goto(f"{server.dashboard_url}#/sessions")
     ready(page)
+    assert page.inner_text("#service-name") == "vibekit telemetry", "OpenTelemetry's placeholder name is not shown"
     assert page.is_hidden("input[name='from']")
     page.select_option("select[name='since']", "custom")
     page.wait_for_function("() => /since=\\d+/.test(location.hash)")

@@ -907,7 +907,9 @@ async function start() {
     const doc = await (await fetch("/openapi.json", { cache: "no-store" })).json();
     state.analytics = Boolean(doc.paths && doc.paths["/api/metrics"]);
     state.alerts = Boolean(doc.paths && doc.paths["/api/alerts"]);
-    if (doc.info && doc.info.title) document.getElementById("service-name").textContent = doc.info.title.replace(/ telemetry API$/, "");
+    const name = doc.info && doc.info.title ? doc.info.title.replace(/ telemetry API$/, "") : "";
+    // OpenTelemetry's placeholder for a service without a name says nothing worth a header
+    if (name && name !== "unknown_service") document.getElementById("service-name").textContent = name;
   } catch (err) {
     showBanner(`Cannot reach the telemetry API: ${err.message}`);
   }
