@@ -845,7 +845,7 @@ async function loadAlerts(panel) {
       h("td", {}, h("span", { title: d.description || "" }, `${d.metric} at ${when(d.timestamp)}`)),
       h("td", {}, badge(d.severity || "medium")),
       h("td", {}, d.channel || "–"),
-      h("td", {}, badge(d.outcome, d.outcome === "sent" ? "completed" : d.outcome === "failed" || d.outcome === "dropped" ? "failed" : "quiet"),
+      h("td", {}, badge(d.outcome, { sent: "completed", failed: "failed", dropped: "failed" }[d.outcome]),
         d.error ? h("span", { class: "muted" }, ` ${d.error}`) : null)))))));
 }
 
