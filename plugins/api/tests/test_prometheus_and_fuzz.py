@@ -42,6 +42,21 @@ def test_metrics_expose_ingest_storage_http_and_analytics(make_server):
     assert samples[("vibekit_window_tokens", (("kind", "input"), ("model", "claude-sonnet-4-5")))] == 10
     assert samples[("vibekit_custom_metric", (("metric", "queue_wait"), ("stat", "sum"), ("type", "histogram")))] == 12.5
     assert ("process_resident_memory_bytes", ()) in samples
+    assert ("vibekit_alerts_total", (("outcome", "sent"),)) not in samples, "alerts are off: no counts"
+
+
+def test_metrics_count_alerts_by_outcome(make_server):
+    from vibekit_telemetry import Anomaly
+
+    alerts = {"enabled": True, "channels": [{"type": "log"}]}
+    service, _, client = make_server(service_options={"analytics": {"enabled": True, "alerts": alerts}})
+    for value in (50.0, 51.0):  # the second repeats the first within the dedupe window
+        service.emit("anomaly", Anomaly(metric="error_rate", timestamp=1_800_000_000_000, value=value, severity="high"))
+    service.host.meta["analytics"]["object"].alerts.flush()
+    samples = _samples(client.get("/metrics").text)
+    assert samples[("vibekit_alerts_total", (("outcome", "sent"),))] == 1
+    assert samples[("vibekit_alerts_total", (("outcome", "deduplicated"),))] == 1
+    assert samples[("vibekit_alerts_total", (("outcome", "failed"),))] == 0
 
 
 def test_metrics_endpoint_can_move_or_turn_off(make_server):

@@ -77,6 +77,7 @@ class _ServiceCollector:
         self.service = service
         self.window = window
         self.analytics = bool(service.host.impls("get_metrics"))
+        self.alerts = bool(service.host.impls("get_alerts"))
 
     def describe(self) -> list[Metric]:
         return []
@@ -107,6 +108,13 @@ class _ServiceCollector:
         yield GaugeMetricFamily("vibekit_healthy", "1 when the whole service is healthy", value=1.0 if health.healthy else 0.0)
         yield GaugeMetricFamily("vibekit_storage_used_bytes", "Bytes the storage plugins use",
                                 value=health.storage.get("used", 0))
+        if self.alerts:
+            counts = self.service.get_alerts(limit=1).get("counts") or {}
+            alerts = CounterMetricFamily("vibekit_alerts", "Anomaly alerts by outcome (sent, failed, deduplicated, dropped)",
+                                         labels=["outcome"])
+            for outcome, count in sorted(counts.items()):
+                alerts.add_metric([outcome], count)
+            yield alerts
         if self.analytics:
             try:
                 yield from self._analytics()
