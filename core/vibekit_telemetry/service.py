@@ -522,7 +522,7 @@ class TelemetryService:
     def saturated(self) -> bool:
         """Whether ``track()`` would refuse an event right now because the queue and its spill journal are full.
 
-        Servers use it to shed load cheaply (503 with ``Retry-After``) before reading a request.
+        Servers use it to shed load cheaply (429 with ``Retry-After``) before reading a request.
         """
         return self._pipeline.saturated
 
@@ -1086,11 +1086,8 @@ class TelemetryService:
         """
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
-        for impl in self.host.impls("get_alerts"):
-            result = impl(limit=limit)
-            if result is not None:
-                return result
-        return {"enabled": False, "channels": [], "counts": {}, "recent": []}
+        _, status = self.host.first("get_alerts", limit=limit)
+        return status if status is not None else {"enabled": False, "channels": [], "counts": {}, "recent": []}
 
     def define_metric(self, name: str, type: str = "counter", unit: str | None = None,
                       description: str | None = None) -> Any:

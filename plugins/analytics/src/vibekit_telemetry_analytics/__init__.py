@@ -394,11 +394,9 @@ class AnalyticsPlugin:
             unfinished_sessions=unfinished[:20], changes=changes, summary=summary)
 
     @hookimpl
-    def get_alerts(self, limit: int) -> dict[str, Any]:
-        """The alert channels, their counters and latest deliveries (``enabled`` false without ``[analytics.alerts]``)."""
-        if self.alerts is None:
-            return {"enabled": False, "channels": [], "counts": {}, "recent": []}
-        return self.alerts.status(limit)
+    def get_alerts(self, limit: int) -> dict[str, Any] | None:
+        """The alert channels, their counters and latest deliveries (``None`` without ``[analytics.alerts]``)."""
+        return self.alerts.status(limit) if self.alerts is not None else None
 
     @hookimpl
     def define_metric(self, name: str, type: str, unit: str | None, description: str | None) -> dict[str, Any]:

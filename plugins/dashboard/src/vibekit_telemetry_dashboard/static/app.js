@@ -516,11 +516,12 @@ function fromLocalInput(value) {
 function startedFilter(params, update) {
   const since = params.get("since") || "";
   const until = params.get("until") || "";
-  const custom = /^\d+$/.test(since) || /^\d+$/.test(until);
+  const epoch = (value) => /^\d+$/.test(value);  // a preset is a span such as 24h; a custom bound is epoch ms
+  const custom = epoch(since) || epoch(until);
   const from = h("input", { type: "datetime-local", name: "from", "aria-label": "Started from",
-    value: /^\d+$/.test(since) ? localInputValue(Number(since)) : "" });
+    value: epoch(since) ? localInputValue(Number(since)) : "" });
   const to = h("input", { type: "datetime-local", name: "to", "aria-label": "Started before",
-    value: /^\d+$/.test(until) ? localInputValue(Number(until)) : "" });
+    value: epoch(until) ? localInputValue(Number(until)) : "" });
   const range = h("span", { class: "range", hidden: !custom }, h("label", {}, "From", from), h("label", {}, "To", to));
   const apply = () => {
     if (from.value || to.value) update({ since: fromLocalInput(from.value), until: fromLocalInput(to.value) });
