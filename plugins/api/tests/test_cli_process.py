@@ -79,6 +79,16 @@ def test_auth_flag_generates_a_key_and_enforces_it(tmp_path):
         proc.wait(30)
 
 
+def test_allowed_host_flag_adds_a_name_the_server_answers_to(tmp_path):
+    proc, url, _ = _start(tmp_path, "--allowed-host", "telemetry.internal")
+    try:
+        assert httpx.get(f"{url}/health", headers={"host": "telemetry.internal"}).status_code == 200
+        assert httpx.get(f"{url}/health", headers={"host": "evil.example"}).status_code == 421
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
 def test_bad_options_fail_with_a_message(tmp_path):
     (tmp_path / "telemetry.toml").write_text('data_dir = "data"\n[api]\nport = "three thousand"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}

@@ -33,19 +33,23 @@ def test_ingest_accepts_one_event_a_list_and_camel_case(api):
     assert len(service.query()) == 3
 
 
-def test_an_invalid_event_rejects_the_batch_and_names_the_field(api):
+def test_an_invalid_event_is_rejected_alone_and_named(api):
     service, _, client = api
-    batch = _events(3)
+    batch = _events(4)
     batch[1] = {"category": "x", "event_type": "bogus"}
     batch[2] = {"category": "x", "timestamp": "not a time"}
     response = client.post("/api/events", json=batch)
-    assert response.status_code == 422
+    assert response.status_code == 202
     body = response.json()
-    assert body["error"] == "Validation Error"
-    fields = {d["field"] for d in body["details"]}
-    assert fields == {"events[1].event_type", "events[2].timestamp"}
+    assert body["accepted"] == 2 and body["not_accepted"] == []
+    assert [(r["index"], r["field"]) for r in body["rejected"]] == [(1, "events[1].event_type"),
+                                                                   (2, "events[2].timestamp")]
     service.flush()
-    assert service.query() == []
+    assert {e.id for e in service.query()} == set(body["ids"])
+    # nothing valid: nothing accepted, and the answer says so
+    none = client.post("/api/events", json=[batch[1], batch[2]])
+    assert none.status_code == 422 and none.json()["error"] == "Validation Error"
+    assert {d["field"] for d in none.json()["details"]} == {"events[0].event_type", "events[1].timestamp"}
 
 
 @pytest.mark.parametrize(("content", "headers", "status"), [
@@ -279,3 +283,50 @@ def test_an_overloaded_pipeline_sheds_load_with_429_and_loses_nothing_acknowledg
     store.gate.set()
     service.flush()
     assert acked and set(acked) <= store.ids
+
+
+def test_export_names_the_file_system_refuses_are_400_not_500(api):
+    service, _, client = api
+    client.post("/api/events", json=_events(3))
+    service.flush()
+    exports = service.data_dir / "exports"
+    assert client.get("/api/export", params={"format": "jsonl", "path": "daily/a.jsonl"}).status_code == 201
+    cases = {
+        "x" * 300 + ".jsonl": "at most",                        # ENAMETOOLONG
+        "y" * 250: "at most",                                   # fits, but <name>.partial would not
+        "/".join(["d" * 200] * 30) + "/e.jsonl": "cannot",      # the whole path too long
+        "daily": "is a directory",                              # EISDIR
+        "daily/": "is a directory",
+        "daily/a.jsonl/b.jsonl": "is a file, not a directory",  # a parent that is a file
+    }
+    for name, message in cases.items():
+        response = client.get("/api/export", params={"format": "jsonl", "path": name})
+        assert response.status_code == 400, (name[:40], response.status_code, response.text[:200])
+        [detail] = response.json()["details"]
+        assert detail["field"] == "path" and message in detail["message"], (name[:40], detail)
+    # a missing parent is made; nothing was left behind by the refusals
+    assert client.get("/api/export", params={"format": "jsonl", "path": "new/deeper/b.jsonl"}).status_code == 201
+    assert sorted(str(p.relative_to(exports)) for p in exports.rglob("*") if p.is_file()) == \
+        ["daily/a.jsonl", "new/deeper/b.jsonl"]
+
+
+def test_an_out_of_range_value_costs_only_its_own_event(api):
+    """Issue 14 item 1 over HTTP (needs the kernel's gate): 300 good, one evil, 300 good -> 600 stored, 1 named."""
+    service, _, client = api
+    alone = client.post("/api/events", json={"category": "evil", "timestamp": 1e20})
+    assert alone.status_code == 422
+    assert [d["field"] for d in alone.json()["details"]] == ["events[0].timestamp"]
+    batch = _events(300) + [{"category": "evil", "timestamp": 1e20}] + _events(300, "gemini")
+    response = client.post("/api/events", json=batch)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 600 and [(r["index"], r["field"]) for r in body["rejected"]] == \
+        [(300, "events[300].timestamp")]
+    # a timestamp JSON can carry but SQLite cannot (2^63) must not stop storage for what follows
+    stopper = client.post("/api/events", json={"category": "evil", "timestamp": 9223372036854775808})
+    assert stopper.status_code == 422 and stopper.json()["details"][0]["field"] == "events[0].timestamp"
+    later = client.post("/api/events", json={"category": "later"}).json()["ids"]
+    service.flush()
+    assert {e.id for e in service.query(limit=1000)} == set(body["ids"]) | set(later)
+    health = service.get_health_status()
+    assert health.pipeline.get("dropped", 0) == 0, health.pipeline

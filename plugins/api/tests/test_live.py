@@ -110,7 +110,7 @@ def test_a_subscriber_that_stops_reading_is_skipped_then_disconnected(make_serve
     service, server, client = make_server(streams={"max_pending": 20, "disconnect_after_dropped": 500})
     raw = socket.create_connection(("127.0.0.1", server.port))
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    raw.sendall(b"GET /api/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    raw.sendall(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
     _wait_for_subscriber(service)
     payload = "x" * 8000
     sid = service.track_start("claude", "chat", "flood")
@@ -142,3 +142,59 @@ def test_too_many_subscribers_are_turned_away(make_server):
             assert open_stream.status_code == 200
             second = client.get("/api/stream")
             assert second.status_code == 503 and "retry-after" in second.headers
+
+
+@pytest.mark.parametrize("breaks", ["\n", "\r", "\r\n", "\u2028", "\x85"])
+def test_no_field_value_can_forge_a_message_on_the_sse_stream(api, breaks):
+    """An id holding ``<break>event: anomaly<break>data: {...}<break><break>`` must not become an anomaly message.
+
+    The kernel's gate refuses such ids, so the hostile event is handed to the
+    subscriber's stream directly, as the flusher does once a batch is stored.
+    """
+    from vibekit_telemetry import TelemetryEvent
+
+    service, server, _ = api
+    forged = f'{breaks}event: anomaly{breaks}data: {{"metric": "error_rate", "severity": "critical"}}{breaks}{breaks}'
+    hostile = [
+        TelemetryEvent.restore({**TelemetryEvent(event_type="custom", category="x").__dict__, "id": "evt-1" + forged}),
+        TelemetryEvent.restore({**TelemetryEvent(event_type="custom", category="x").__dict__,
+                                "event_type": "custom" + forged}),
+        TelemetryEvent.restore({**TelemetryEvent(event_type="custom", category="x").__dict__,
+                                "label": forged, "metadata": {"note": forged}}),
+    ]
+    sentinel = TelemetryEvent(event_type="custom", category="x", action="sentinel")
+    received = []
+
+    def listen():
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            with connect_sse(client, "GET", "/api/stream") as source:
+                for message in source.iter_sse():
+                    received.append(message)
+                    if message.data and json.loads(message.data).get("action") == "sentinel":
+                        return
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    _wait_for_subscriber(service)
+    [stream] = server.app.state.ctx.live.streams
+    stream.offer([*hostile, sentinel])
+    thread.join(10)
+    assert [m.event for m in received if m.event == "anomaly"] == []
+    assert len(received) == 4, [(m.event, m.id, m.data[:60]) for m in received]
+    first, second, third, _ = received
+    assert json.loads(first.data)["id"] == hostile[0].id and first.id == "" and first.event == "custom"
+    assert json.loads(second.data)["event_type"] == hostile[1].event_type and second.event == "message"
+    assert json.loads(third.data)["label"] == forged and third.id == hostile[2].id
+    # a reader that splits lines as str.splitlines() does (httpx's iter_lines) sees no forged field either
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("GET", "/api/stream") as response:
+            _wait_for_subscriber(service)
+            [stream] = server.app.state.ctx.live.streams
+            stream.offer([*hostile, sentinel])
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                if "sentinel" in line:
+                    break
+    assert not [line for line in lines if line.startswith("event: anomaly")], lines
+    assert all(line.startswith(("id: ", "event: ", "data: ", ": ")) or line == "" for line in lines), lines

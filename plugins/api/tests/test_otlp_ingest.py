@@ -148,3 +148,44 @@ def test_protobuf_partial_success_and_errors_use_protobuf(api):
     assert wrong_type.status_code == 415
     bad_json = client.post("/v1/logs", content=b"[1, 2", headers={"content-type": "application/json"})
     assert bad_json.status_code == 400 and "message" in orjson.loads(bad_json.content)
+
+
+def test_one_out_of_range_log_record_is_rejected_alone(api):
+    """Needs the kernel's gate: a record whose time no store can hold is named in partialSuccess; the rest is stored."""
+    service, _, client = api
+    record = {"timeUnixNano": "1544712660300000000", "body": {"stringValue": "fine"},
+              "attributes": [{"key": "gen_ai.provider.name", "value": {"stringValue": "anthropic"}}]}
+    bad = {**record, "timeUnixNano": "99999999999999999999", "body": {"stringValue": "from the year 5138"}}
+    request = {"resourceLogs": [{"scopeLogs": [{"logRecords": [record, bad, {**record, "body": {"stringValue": "2"}}]}]}]}
+    response = client.post("/v1/logs", json=request)
+    assert response.status_code == 200
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedLogRecords"] == "1" and "#1" in partial["errorMessage"]
+    assert "timestamp" in partial["errorMessage"]
+    service.flush()
+    assert sorted(e.metadata["body"] for e in service.query(category="anthropic")) == ["2", "fine"]
+
+
+def test_one_out_of_range_span_is_rejected_whole(api):
+    """Needs the kernel's gate: the span is refused with all its events (no session left open), the others stored."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    service, _, client = api
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for index, end in enumerate((1_544_712_661_000_000_000, 2**64 - 1, 1_544_712_662_000_000_000)):
+        span = spans.add()
+        span.trace_id = bytes([index + 1]) * 16
+        span.span_id = bytes([index + 1]) * 8
+        span.name = f"span-{index}"
+        span.start_time_unix_nano = 1_544_712_660_000_000_000
+        span.end_time_unix_nano = end  # the second ends in the year 2554
+    response = client.post("/v1/traces", content=request.SerializeToString(),
+                           headers={"content-type": "application/x-protobuf"})
+    assert response.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_spans == 1 and "span-1" in partial.error_message
+    service.flush()
+    stored = service.query(limit=100)
+    assert sorted((e.metadata["otel.span_name"], e.event_type) for e in stored) == [
+        ("span-0", "end"), ("span-0", "start"), ("span-2", "end"), ("span-2", "start")]

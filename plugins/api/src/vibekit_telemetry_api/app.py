@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import io
 import logging
+import os
 import threading
 import time
 import zlib
@@ -28,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 
@@ -51,7 +53,7 @@ from .config import APIConfig
 from .live import Subscriptions, sse, websocket_events
 from .openapi import openapi_document
 from .prom import CONTENT_TYPE, ServerMetrics
-from .security import Authenticator, Guard, RateLimiter
+from .security import Authenticator, Guard, Provenance, RateLimiter
 from .validation import (
     AlertsQuery,
     AnomalyQuery,
@@ -107,11 +109,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise APIError(413, "Payload Too Large", f"the body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, "Payload Too Large", f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # gone, or cut off by the server's body deadline (which answered 408): nobody reads this answer
+        raise APIError(400, "Bad Request", "the client disconnected before sending the whole body") from None
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
@@ -145,7 +151,7 @@ def _media_type(request: Request) -> str:
 
 def _require_json(request: Request) -> None:
     media = _media_type(request)
-    if media and media not in _JSON_TYPES:
+    if media and media not in _JSON_TYPES and not (media.startswith("application/") and media.endswith("+json")):
         raise APIError(415, "Unsupported Media Type", f"send application/json, not {media}")
 
 
@@ -187,7 +193,11 @@ def _shed_load(ctx: APIContext) -> None:
 
 
 async def post_events(request: Request) -> Response:
-    """Accept one event, a list, or ``{"events": [...]}``; all valid or none are taken."""
+    """Accept one event, a list, or ``{"events": [...]}``: the valid ones are taken, the invalid ones named.
+
+    422 when no event is valid; otherwise 202, with ``rejected`` listing the invalid
+    events (not worth sending again) apart from ``not_accepted`` (refused for now: send again).
+    """
     ctx = _ctx(request)
     _require_json(request)
     _shed_load(ctx)
@@ -199,18 +209,21 @@ async def post_events(request: Request) -> Response:
         raise validation_error("Invalid request body", [{"field": "events", "message": "no events given"}], 422)
     if len(items) > ctx.config.max_batch:
         raise APIError(413, "Payload Too Large", f"{len(items)} events in one request; at most {ctx.config.max_batch}")
+    # one bad value costs only its own event: a client that drops a refused batch would lose the good ones with it
     events, details = [], []
     for index, item in enumerate(items):
         try:
-            events.append(TelemetryEvent.from_dict(item))
+            events.append((index, TelemetryEvent.from_dict(item)))
         except InvalidEventError as exc:
-            details.append({"field": f"events[{index}].{exc.field}", "message": str(exc).split(": ", 2)[-1]})
+            details.append({"index": index, "field": f"events[{index}].{exc.field}",
+                            "message": str(exc).split(": ", 2)[-1]})
     if details:
         ctx.metrics.rejected.labels("api").inc(len(details))
+    if not events:
         raise validation_error(f"{len(details)} of {len(items)} events are invalid; none was accepted", details, 422)
     ids, not_stored = [], []
     track = ctx.service.track
-    for index, event in enumerate(events):
+    for index, event in events:
         event_id = track(event)
         if event_id is None:
             not_stored.append(index)
@@ -219,7 +232,10 @@ async def post_events(request: Request) -> Response:
     ctx.metrics.ingested.labels("api").inc(len(ids))
     # events refused by an overloaded pipeline (or filtered by a plugin): the client may send those again
     headers = {"retry-after": "1"} if not_stored else None
-    return json_response({"accepted": len(ids), "ids": ids, "not_accepted": not_stored}, 202, headers)
+    body: dict[str, Any] = {"accepted": len(ids), "ids": ids, "not_accepted": not_stored}
+    if details:
+        body["rejected"] = details
+    return json_response(body, 202, headers)
 
 
 async def get_events(request: Request) -> Response:
@@ -285,6 +301,11 @@ async def get_session(request: Request) -> Response:
     return json_response(out)
 
 
+def _present(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields a body sets: ``null`` means absent, in session bodies as in events (and so says the schema)."""
+    return {key: value for key, value in data.items() if value is not None}
+
+
 async def post_session(request: Request) -> Response:
     """Start a session; answers 201 with its id."""
     ctx = _ctx(request)
@@ -292,7 +313,7 @@ async def post_session(request: Request) -> Response:
     data = _json_body(await read_body(request, ctx.config.max_body_bytes))
     if not isinstance(data, dict):
         raise validation_error("Invalid request body", [{"field": "body", "message": "expected an object"}], 422)
-    start = structure(data, SessionStart, what="request body", status=422)
+    start = structure(_present(data), SessionStart, what="request body", status=422)
     try:
         session_id = ctx.service.track_start(start.agent, start.mode, start.prompt, metadata=start.metadata,
                                              session_id=start.session_id, parent_session_id=start.parent_session_id,
@@ -311,7 +332,7 @@ async def end_session(request: Request) -> Response:
     data = _json_body(body) if body else {}
     if not isinstance(data, dict):
         raise validation_error("Invalid request body", [{"field": "body", "message": "expected an object"}], 422)
-    end = structure(data, SessionEnd, what="request body", status=422)
+    end = structure(_present(data), SessionEnd, what="request body", status=422)
     try:
         event_id = ctx.service.track_end(request.path_params["session_id"], end.status, metadata=end.metadata,
                                          timestamp=end.timestamp)
@@ -373,17 +394,40 @@ async def get_alerts(request: Request) -> Response:
     return json_response(await run_in_threadpool(ctx.service.get_alerts, query.limit))
 
 
+#: what the file system answers about a name (rather than about the server): the client chose badly
+_NAME_ERRORS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.EINVAL,
+                          errno.EILSEQ})
+#: the export is written next to its target as ``<name>.partial`` first, so names must leave room for that
+_PARTIAL_SUFFIX = ".partial"
+
+
+def _path_error(message: str) -> APIError:
+    return validation_error("Invalid query parameters", [{"field": "path", "message": message}])
+
+
 def _export_target(ctx: APIContext, name: str) -> Path:
     root = ctx.export_dir.resolve()
     candidate = Path(name)
     if candidate.is_absolute() or not name.strip() or "\x00" in name:
-        raise validation_error("Invalid query parameters", [{"field": "path", "message": "must be a relative file name"}])
-    target = (root / candidate).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise validation_error("Invalid query parameters",
-                               [{"field": "path", "message": "must stay inside the export directory"}])
-    if target.exists():
-        raise APIError(409, "Conflict", f"{name} already exists in the export directory")
+        raise _path_error("must be a relative file name")
+    try:
+        name_max = os.pathconf(root if root.exists() else root.parent, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf on Windows; 255 is NTFS's limit too
+        name_max = 255
+    for part in candidate.parts:
+        if len(os.fsencode(part)) + len(_PARTIAL_SUFFIX) > name_max:
+            raise _path_error(f"each part of the name may be at most {name_max - len(_PARTIAL_SUFFIX)} bytes long; "
+                              f"{part[:40]!r}... is {len(os.fsencode(part))}")
+    try:
+        target = (root / candidate).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise _path_error("must stay inside the export directory")
+        if target.is_dir():
+            raise _path_error(f"{name} is a directory in the export directory; name a file")
+        if target.exists():
+            raise APIError(409, "Conflict", f"{name} already exists in the export directory")
+    except OSError as exc:
+        raise _path_error(f"cannot be used as a file name: {exc.strerror}") from None
     return target
 
 
@@ -438,8 +482,14 @@ async def get_export(request: Request) -> Response:
     filter = kernel_filter(QueryFilter, query.filter())
     if query.path is not None:
         target = _export_target(ctx, query.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        count = await run_in_threadpool(ctx.service.export, query.format, filter, output=target, **options)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            count = await run_in_threadpool(ctx.service.export, query.format, filter, output=target, **options)
+        except OSError as exc:
+            if exc.errno not in _NAME_ERRORS:
+                raise  # the server's problem (permissions, a full disk): logged, 500
+            blocked = " (a part of it is a file, not a directory)" if exc.errno in (errno.ENOTDIR, errno.EEXIST) else ""
+            raise _path_error(f"cannot be written: {exc.strerror}{blocked}") from None
         return json_response({"path": str(target.relative_to(ctx.export_dir.resolve())), "count": count}, 201)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
@@ -715,11 +765,12 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
     limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
                            "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)})
     auth = Authenticator(credentials)
+    provenance = Provenance(config.host_names(credentials), origins)
     middleware = [
         Middleware(_RequestMetrics, metrics=metrics, routes=routes),
         Middleware(Guard, config=config, auth=auth, limiter=limiter,
                    on_reject=lambda reason: metrics.refused.labels(reason).inc(),
-                   public=tuple(m.path for m in mounts if m.public)),
+                   public=tuple(m.path for m in mounts if m.public), provenance=provenance),
     ]
     if origins:
         middleware.insert(1, Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=config.cors.credentials,

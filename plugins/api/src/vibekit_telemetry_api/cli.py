@@ -18,6 +18,8 @@ from vibekit_telemetry import TelemetryError
 @click.option("--api-key", "api_keys", multiple=True, help="Accept this API key (repeatable; implies --auth).")
 @click.option("--bearer-token", "bearer_tokens", multiple=True, help="Accept this bearer token (repeatable).")
 @click.option("--cors-origin", "origins", multiple=True, help="Allow this browser origin (repeatable).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Answer requests for this host name too, e.g. behind a proxy (repeatable; '*' for any).")
 @click.option("--rate-limit", type=click.IntRange(min=1), help="Requests per client IP per window on /api/.")
 @click.option("--no-rate-limit", is_flag=True, help="Turn rate limiting off (for trusted local use).")
 @click.option("--dashboard", is_flag=True, help="Serve the web dashboard too (needs the dashboard plugin).")
@@ -26,8 +28,9 @@ from vibekit_telemetry import TelemetryError
               help="Server log level (default warning).")
 @click.pass_context
 def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_keys: tuple[str, ...],
-        bearer_tokens: tuple[str, ...], origins: tuple[str, ...], rate_limit: int | None, no_rate_limit: bool,
-        dashboard: bool, dashboard_port: int | None, log_level: str | None) -> None:
+        bearer_tokens: tuple[str, ...], origins: tuple[str, ...], allowed_hosts: tuple[str, ...],
+        rate_limit: int | None, no_rate_limit: bool, dashboard: bool, dashboard_port: int | None,
+        log_level: str | None) -> None:
     """Serve the HTTP API (ingest, queries, live streams, OTLP, /metrics) until Ctrl-C or SIGTERM.
 
     Pending events are written before the command exits.
@@ -53,6 +56,8 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
         auth_section["enabled"] = True
     if origins:
         overrides["cors"] = {"origins": list(origins)}
+    if allowed_hosts:
+        overrides["allowed_hosts"] = list(allowed_hosts)
     if rate_limit is not None or no_rate_limit:
         overrides["rate_limit"] = {"enabled": not no_rate_limit, **({"max": rate_limit} if rate_limit else {})}
     try:

@@ -159,6 +159,16 @@ class APIConfig:
     max_page: int = 1000
     #: server-side export files are written below this directory (default ``<data_dir>/exports``)
     export_dir: str | None = None
+    #: host names the server answers to besides ``localhost``, ``127.0.0.1``, ``[::1]``, ``host`` and IP addresses;
+    #: ``["*"]`` answers any.  Unset, the ``Host`` check applies only while no key is required (DNS rebinding)
+    allowed_hosts: list[str] | None = None
+    #: how long a client has to send a request's headers, from connecting (or from the request's first byte on a
+    #: kept-alive connection); then 408 and the connection closes
+    header_timeout_ms: int = 10_000
+    #: how long a client has to send a request's whole body once its headers arrived; then 408 and the connection closes
+    body_timeout_ms: int = 10_000
+    #: open connections one client address may hold (0: no limit); more are answered 429 and closed
+    max_connections_per_client: int = 64
     #: trust X-Forwarded-For / X-Forwarded-Proto from a reverse proxy (client IP, HSTS)
     trust_proxy: bool = False
     hsts_max_age: int = 31_536_000
@@ -178,6 +188,32 @@ class APIConfig:
             raise ConfigError("api.max_body_bytes must be at least 1024, api.max_batch and api.max_page at least 1")
         if self.dashboard_port is not None and (not 1 <= self.dashboard_port <= 65535 or self.dashboard_port == self.port):
             raise ConfigError(f"api.dashboard_port: expected 1..65535 and not the API's port, got {self.dashboard_port}")
+        for key in ("header_timeout_ms", "body_timeout_ms"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"api.{key}: expected a positive number of milliseconds, got {getattr(self, key)}")
+        if self.max_connections_per_client < 0:
+            raise ConfigError(f"api.max_connections_per_client: expected 0 (no limit) or more, "
+                              f"got {self.max_connections_per_client}")
+        for index, name in enumerate(self.allowed_hosts or ()):
+            # a port or a scheme would never match: Host names are compared without them
+            plain = name.strip().lower().strip("[]").rstrip(".")
+            if name != "*" and (not plain or host_name(name) != plain or any(c in name for c in "/@ \t")):
+                raise ConfigError(f"api.allowed_hosts[{index}]: expected a host name such as 'telemetry.example.com' "
+                                  f"(no scheme, port or path) or '*', got {name!r}")
+
+    def host_names(self, credentials: list[Credential]) -> frozenset[str] | None:
+        """The ``Host`` names requests may carry (IP addresses always pass), or ``None`` when any may.
+
+        Without ``allowed_hosts`` the check applies only to a server that takes requests without a key: a page
+        that rebinds its own name to this address has no key to present, and a server behind a proxy or in a
+        container is reached by names it cannot know.
+        """
+        if self.allowed_hosts is None and credentials:
+            return None
+        if "*" in (self.allowed_hosts or ()):
+            return None
+        return frozenset({"localhost", "127.0.0.1", "::1", host_name(self.host),
+                          *(host_name(name) for name in self.allowed_hosts or ())})
 
     def check_exposure(self, credentials: list[Credential]) -> None:
         """Refuse an unauthenticated server on a public address, and ``auth.enabled`` without keys."""
@@ -188,6 +224,16 @@ class APIConfig:
             return
         raise ConfigError(f"api.host {self.host!r} is reachable from other machines and no API key is configured; "
                           "add keys (--auth --api-key KEY or TELEMETRY_API_KEYS) or set api.allow_unauthenticated = true")
+
+
+def host_name(value: str) -> str:
+    """The name part of a ``Host`` header or host setting: lower case, without port, brackets or final dot."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
 
 
 def _loopback(host: str) -> bool:

@@ -12,7 +12,9 @@ with a slow reader.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -117,7 +119,46 @@ async def _batches(ctx: APIContext, stream: EventStream, transport: str,
 
 
 def _event_json(event: TelemetryEvent) -> bytes:
-    return orjson.dumps(event.to_dict())
+    try:
+        return orjson.dumps(event.to_dict())
+    except orjson.JSONEncodeError:
+        # a lone surrogate (orjson writes only valid UTF-8): escaped, rather than ending every reader's stream
+        return json.dumps(event.to_dict(), ensure_ascii=True, separators=(",", ":"), default=str).encode()
+
+
+#: what ends a line for some reader: the protocol's CR and LF, and what ``str.splitlines()`` also splits at (readers
+#: built on it, such as httpx's ``iter_lines()``, are common); NUL makes a client ignore an id; a lone surrogate
+#: cannot be written at all
+_SSE_FIELD_UNSAFE = re.compile("[\r\n\x00\x0b\x0c\x1c-\x1e\x85\u2028\u2029\ud800-\udfff]")
+#: the same breaks as they appear in UTF-8 JSON: CR and LF split the data into lines; NEL, LS and PS (which JSON
+#: allows raw inside strings) are written as escapes instead, which mean the same to a JSON parser
+_SSE_DATA_LINES = re.compile(rb"\r\n|\r|\n")
+_SSE_DATA_UNICODE_BREAKS = re.compile(b"\xc2\x85|\xe2\x80[\xa8\xa9]")
+_ESCAPES = {b"\xc2\x85": b"\\u0085", b"\xe2\x80\xa8": b"\\u2028", b"\xe2\x80\xa9": b"\\u2029"}
+
+
+def sse_message(data: bytes, event: str | None = None, id: str | None = None) -> bytes:
+    """One Server-Sent Events message (``data`` is JSON); no value can end its line and write fields of its own.
+
+    An ``id`` or ``event`` holding a line break would let whoever chose it append
+    fields, or whole messages (a forged ``event: anomaly``), to every reader's
+    stream; such a field is left out (the JSON in ``data`` still carries the exact
+    value).  Line breaks in ``data`` are escaped or, for CR and LF, which JSON
+    only has between tokens, give one ``data:`` line each (clients join them with LF).
+    """
+    parts = []
+    if id is not None and _SSE_FIELD_UNSAFE.search(id) is None:
+        parts.append(b"id: %s\n" % id.encode())
+    if event is not None and _SSE_FIELD_UNSAFE.search(event) is None:
+        parts.append(b"event: %s\n" % event.encode())
+    if _SSE_DATA_UNICODE_BREAKS.search(data) is not None:
+        data = _SSE_DATA_UNICODE_BREAKS.sub(lambda match: _ESCAPES[match.group()], data)
+    if b"\n" in data or b"\r" in data:
+        parts += [b"data: %s\n" % line for line in _SSE_DATA_LINES.split(data)]
+    else:
+        parts.append(b"data: %s\n" % data)
+    parts.append(b"\n")
+    return b"".join(parts)
 
 
 #: anomalies a metrics subscriber may have waiting; older ones give way
@@ -160,7 +201,7 @@ class _MetricsFeed:
 
     def anomalies_sse(self) -> bytes:
         """The anomalies heard since the last call, as Server-Sent Events (``event: anomaly``)."""
-        return b"".join(b"event: anomaly\ndata: %s\n\n" % orjson.dumps(a, default=str) for a in self._found())
+        return b"".join(sse_message(orjson.dumps(a, default=str), "anomaly") for a in self._found())
 
     def anomalies_websocket(self) -> list[str]:
         """The anomalies heard since the last call, as WebSocket messages ``{"type": "anomaly", "anomaly": {...}}``."""
@@ -186,7 +227,7 @@ class _MetricsFeed:
 
     async def sse(self) -> bytes:
         """As a Server-Sent Event."""
-        return b"event: metrics\ndata: %s\n\n" % orjson.dumps(await self.payload(), option=orjson.OPT_NON_STR_KEYS)
+        return sse_message(orjson.dumps(await self.payload(), option=orjson.OPT_NON_STR_KEYS), "metrics")
 
     async def websocket(self) -> str:
         """As a WebSocket text message."""
@@ -216,10 +257,9 @@ async def sse(request: Request) -> StreamingResponse:
                 if not events and not skipped:
                     yield b": ping\n\n"
                     continue
-                parts = [b"id: %s\nevent: %s\ndata: %s\n\n" % (e.id.encode(), e.event_type.encode(), _event_json(e))
-                         for e in events]
+                parts = [sse_message(_event_json(e), e.event_type, e.id) for e in events]
                 if skipped:
-                    parts.append(b"event: skipped\ndata: %s\n\n" % orjson.dumps({"skipped": skipped, "total": stream.dropped}))
+                    parts.append(sse_message(orjson.dumps({"skipped": skipped, "total": stream.dropped}), "skipped"))
                 ctx.metrics.stream_sent.labels("sse").inc(len(events))
                 yield b"".join(parts)
         finally:

@@ -2,6 +2,9 @@
 
 The mapping to telemetry events follows the GenAI conventions and lives in the
 kernel (:mod:`vibekit_telemetry.genai`), shared with the ``otlp`` exporter.
+There each span's events and each log record's event are validated before any
+is tracked, so a record the kernel refuses (a timestamp out of range, say) is
+reported in ``partialSuccess`` alone and the rest of the request is stored.
 """
 
 from __future__ import annotations

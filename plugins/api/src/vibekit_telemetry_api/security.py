@@ -1,4 +1,9 @@
-"""What guards every request: security headers, rate limits per client IP, and API-key authentication.
+"""What guards every request: security headers, where it comes from, rate limits, API keys and its body type.
+
+"Where it comes from" is what keeps web pages out of a server that needs no key:
+the ``Host`` (DNS rebinding) and, on writes and WebSocket handshakes, the
+``Origin``; a ``POST``/``PUT`` body must also declare a type a page cannot send
+without a CORS preflight.
 
 One pure ASGI middleware (so WebSocket handshakes are guarded too).  Routes
 fall into classes: open (``/health``, ``/openapi.json``), read (``/api/...``
@@ -10,6 +15,7 @@ budgets and separate key scopes.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -18,7 +24,7 @@ import orjson
 
 from vibekit_telemetry import acting_as
 
-from .config import APIConfig, Credential
+from .config import APIConfig, Credential, host_name
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -27,6 +33,14 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _OPEN = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"})
+#: methods that change something: a browser sends them cross-origin without asking first (POST) or after a
+#: preflight the CORS list answers; either way the Origin they carry must be one the server trusts
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: the body types some route reads; anything else (a form, text/plain, no type at all) is what a page can
+#: send without a CORS preflight, so refusing it keeps cross-origin writes behind one
+_BODY_TYPES = frozenset({"application/json", "application/x-protobuf", "application/protobuf", "application/gzip"})
+_BODY_TYPES_TEXT = ("application/json (or application/*+json), application/x-protobuf (or application/protobuf), "
+                    "either of them with Content-Encoding: gzip, or application/gzip")
 #: paths where a browser cannot send headers (EventSource, WebSocket): a key may come as ?api_key=
 _QUERY_KEY_PATHS = ("/api/stream", "/ws/")
 
@@ -134,12 +148,82 @@ def client_ip(scope: Scope, trust_proxy: bool) -> str:
     return client[0] if client else "unknown"
 
 
+class Provenance:
+    """Where a request may come from: the ``Host`` names the server answers to, and the ``Origin`` of writes.
+
+    A web page the developer visits can reach a loopback server two ways without
+    any key: by sending requests there (the browser adds the page's ``Origin``),
+    and by rebinding its own name to 127.0.0.1 (then the ``Host`` header carries
+    that name).  ``hosts`` is ``None`` when any name is answered.
+    """
+
+    def __init__(self, hosts: frozenset[str] | None, origins: list[str]) -> None:
+        self.hosts = hosts
+        self.any_origin = "*" in origins
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+
+    def host_refusal(self, scope: Scope) -> str | None:
+        """Why the ``Host`` header is not one this server answers to, or ``None``."""
+        if self.hosts is None:
+            return None
+        value = _header(scope, b"host")
+        if value is None:  # not a browser: every browser sends Host
+            return None
+        name = host_name(value)
+        if name in self.hosts or _is_ip(name):  # an address literal involves no DNS, so it cannot be rebound
+            return None
+        return (f"this server does not answer to the host {value[:100]!r}; if that name is meant to reach it, "
+                "add it to api.allowed_hosts")
+
+    def origin_refusal(self, scope: Scope) -> str | None:
+        """Why the ``Origin`` of a WebSocket handshake or a write is not trusted, or ``None``.
+
+        No ``Origin`` passes (curl, SDKs and exporters send none); the server's own
+        origin (same ``Host``) and the CORS list pass.
+        """
+        if scope["type"] == "http" and scope.get("method") not in _UNSAFE:
+            return None
+        origin = _header(scope, b"origin")
+        if origin is None or self.any_origin:
+            return None
+        normalized = origin.strip().rstrip("/").lower()
+        host = (_header(scope, b"host") or "").strip().lower()
+        if (host and normalized.partition("://")[2] == host) or normalized in self.origins:
+            return None
+        what = "WebSocket connections" if scope["type"] == "websocket" else f"{scope.get('method')} requests"
+        return (f"{what} from the origin {origin[:100]!r} are refused: only this server's own pages and "
+                "the origins in api.cors.origins may make them")
+
+
+def body_type_refusal(scope: Scope) -> str | None:
+    """Why a ``POST``/``PUT`` body's declared type is not accepted, or ``None`` (bodiless requests pass)."""
+    if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT"):
+        return None
+    length = _header(scope, b"content-length")
+    if _header(scope, b"transfer-encoding") is None and (length is None or length.strip() == "0"):
+        return None
+    declared = _header(scope, b"content-type") or ""
+    media = declared.split(";")[0].strip().lower()
+    if media in _BODY_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    got = f"Content-Type {declared[:100]!r}" if declared else "no Content-Type"
+    return f"send the body as {_BODY_TYPES_TEXT}; got {got}"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class Guard:
-    """ASGI middleware: security headers on every response, then rate limiting, then authentication."""
+    """ASGI middleware: security headers, then the ``Host`` and ``Origin``, rate limits, keys, the body's type."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], config: APIConfig, auth: Authenticator,
                  limiter: RateLimiter | None, on_reject: Callable[[str], None] | None = None,
-                 public: tuple[str, ...] = ()) -> None:
+                 public: tuple[str, ...] = (), provenance: Provenance | None = None) -> None:
         self.app = app
         self.public = public
         self.config = config
@@ -147,6 +231,7 @@ class Guard:
         self.limiter = limiter
         self.on_reject = on_reject or (lambda reason: None)
         self.metrics_path = config.metrics.endpoint
+        self.provenance = provenance or Provenance(None, ["*"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -155,10 +240,20 @@ class Guard:
         secure = scope.get("scheme") in ("https", "wss") or (
             self.config.trust_proxy and _header(scope, b"x-forwarded-proto") == "https")
         send = self._with_headers(send, secure) if scope["type"] == "http" else send
+        refusal = self.provenance.host_refusal(scope)
+        if refusal is not None:
+            self.on_reject("misdirected")
+            await _reject(scope, receive, send, 421, "Misdirected Request", refusal)
+            return
+        refusal = self.provenance.origin_refusal(scope)
+        if refusal is not None:
+            self.on_reject("cross_origin")
+            await _reject(scope, receive, send, 403, "Forbidden", refusal)
+            return
         method = scope.get("method", "GET")
         kind = route_class(method, scope["path"], self.metrics_path, self.public)
         if kind == "open" or method == "OPTIONS":
-            await self.app(scope, receive, send)
+            await self._forward(scope, receive, send)
             return
         if self.limiter is not None and self.config.rate_limit.enabled and scope["path"] != self.metrics_path:
             budget = "ingest" if kind == "ingest" else "api"
@@ -170,7 +265,7 @@ class Guard:
                               {"retry-after": str(int(retry + 0.999))})
                 return
         if not self.auth.enabled:
-            await self.app(scope, receive, send)
+            await self._forward(scope, receive, send)
             return
         secret = presented_secret(scope)
         if secret is None:
@@ -192,7 +287,16 @@ class Guard:
             return
         scope.setdefault("state", {})["actor"] = credential.name
         with acting_as(credential.name):
-            await self.app(scope, receive, send)
+            await self._forward(scope, receive, send)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, unless its body has a type no route reads (checked after who is asking)."""
+        refusal = body_type_refusal(scope)
+        if refusal is not None:
+            self.on_reject("unsupported_media_type")
+            await _reject(scope, receive, send, 415, "Unsupported Media Type", refusal)
+            return
+        await self.app(scope, receive, send)
 
     def _with_headers(self, send: Send, secure: bool) -> Send:
         extra = [

@@ -1,9 +1,10 @@
 """Running the application with uvicorn: in the foreground (``telemetry api``) or on a background thread.
 
 The listening socket is bound before uvicorn starts, so a busy port is a clear
-``OSError`` here rather than a ``sys.exit`` inside uvicorn.  Stopping ends the
-live streams first (they would otherwise hold the graceful shutdown open),
-then lets uvicorn finish the requests in flight.
+``OSError`` here rather than a ``sys.exit`` inside uvicorn.  Connections are
+bounded by :mod:`.connections` (header and body deadlines, connections per
+client).  Stopping ends the live streams first (they would otherwise hold the
+graceful shutdown open), then lets uvicorn finish the requests in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from .app import build_app
+from .connections import ConnectionLimits, protocols
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -111,10 +113,16 @@ class APIServer:
         return [self._socket]
 
     def _uvicorn(self) -> _Uvicorn:
-        ws = "websockets-sansio"
+        metrics = self.app.state.ctx.metrics
+        limits = ConnectionLimits(
+            self.config.header_timeout_ms / 1000, self.config.body_timeout_ms / 1000,
+            # behind a proxy every connection comes from the proxy: limiting them is the proxy's job
+            0 if self.config.trust_proxy else self.config.max_connections_per_client,
+            on_refuse=lambda reason: metrics.refused.labels(reason).inc())
+        http, ws = protocols(limits)
         config = uvicorn.Config(
             self.app, log_level=self.config.log_level, access_log=self.config.access_log, lifespan="off",
-            ws=ws, timeout_graceful_shutdown=5, server_header=False, proxy_headers=self.config.trust_proxy,
+            http=http, ws=ws, timeout_graceful_shutdown=5, server_header=False, proxy_headers=self.config.trust_proxy,
             ws_max_size=1 << 20,
         )
         self._server = _Uvicorn(config, self._end_streams)
