@@ -5,18 +5,26 @@ characters; ``telemetry keys generate`` makes one), ``key = {"$env" = "NAME"}``,
 with ``key_derivation = "scrypt"`` (or ``"pbkdf2"``) and a random salt kept in ``<data_dir>/encryption.salt``.
 Enabling encryption without a key refuses to start.
 
-The prompt, streamed text, label, error message and stack, and every string value in metadata (at any
+The prompt, streamed text, label, error type, message and stack, and every string value in metadata (at any
 depth) are encrypted with AES-256-GCM, an authenticated cipher: a changed byte makes decryption fail
 loudly instead of yielding garbage.  (The TypeScript package uses AES-256-CTR, which has no integrity
-check.)  Ids, type, category, action, timestamps, numeric values, status, metadata keys and numbers stay
-in the clear, so filters, sessions, token counts and analytics keep working.  Each value is stored as::
+check.)  Ids, type, category, action, agent, mode, timestamps, numeric values, status, metadata keys and
+numbers stay in the clear, so filters, sessions, token counts and analytics keep working.  Each value is
+stored as::
 
-    enc:v1:<key id>:<event id>:<base64(nonce | ciphertext | tag)>
+    enc:v2:<key id>:<event id>:<base64(nonce | ciphertext | tag)>
 
-where the key id is the first 8 hex digits of the key's SHA-256, and the event id and field name are
-bound in as associated data, so a value moved to another row or field does not decrypt.  Session
-summaries (which copy values from their events) decrypt through the event id each value names.  Reads through
-the service decrypt with the current key or any of ``old_keys``.  Text search cannot see encrypted text.
+where the key id is the first 8 hex digits of the key's SHA-256, and the event id, the event's session id
+and the field name are bound in as associated data, so a value moved to another row, session or field does
+not decrypt.  Session summaries copy their events' values as they are; each value names the event it was
+encrypted for, and a session decrypts it against that event id and its own session id, so a summary value
+copied onto another session fails.  Values written before session binding (``enc:v1:``, bound to the event
+and field only) still read; ``telemetry keys rotate`` upgrades them.
+
+Reading is strict: a field that should be encrypted and is not (stored in clear, or with an unknown or
+changed prefix) raises :class:`DecryptionError`, unless ``allow_plaintext = true`` lets rows stored before
+encryption was turned on be read (and re-encrypted by ``telemetry keys rotate``).  Reads through the service
+decrypt with the current key or any of ``old_keys``.  Text search cannot see encrypted text.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,17 +53,29 @@ if TYPE_CHECKING:
 
     from vibekit_telemetry import TelemetryService
 
-__all__ = ["DecryptionError", "EncryptionPlugin", "Keyring"]
+__all__ = ["DecryptionError", "EncryptionPlugin", "Keyring", "looks_encrypted"]
 
 log = logging.getLogger("vibekit_telemetry.encryption")
 
-PREFIX = "enc:v1:"
+#: What this version writes: values bound to their event, its session and the field.
+PREFIX = "enc:v2:"
+#: What versions before session binding wrote (bound to the event and field only); read, and upgraded by rotation.
+LEGACY_PREFIX = "enc:v1:"
 KEY_ENV = "TELEMETRY_ENCRYPTION_KEY"
-TEXT_FIELDS = ("prompt", "stream_data", "label", "error_message", "error_stack")
+TEXT_FIELDS = ("prompt", "stream_data", "label", "error_type", "error_message", "error_stack")
+#: The event fields a session's ``last_error`` may have been copied from (the message, or the type without one).
+LAST_ERROR_FIELDS = ("error_message", "error_type")
+_KEY_ID = re.compile(r"[0-9a-f]{8}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_UNKNOWN_VERSION = re.compile(r"enc:v\d+:")
+#: What a clear error type may look like: v1 rows stored it in clear, and a clear label is no worse than a
+#: changed category or status (which are clear by design); free text in clear is never accepted.
+_LABEL = re.compile(r"\S{1,128}")
 
 
 class DecryptionError(TelemetryError):
-    """A stored value could not be decrypted: wrong or missing key, or the row was changed."""
+    """A stored value could not be decrypted, or should be encrypted and is not: a wrong or missing key, a row
+    that was changed, or (without ``allow_plaintext``) a row stored before encryption was turned on."""
 
 
 def key_id(key: bytes) -> str:
@@ -80,15 +101,32 @@ class Keyring:
         self.current_id = key_id(current)
         self._ciphers = {key_id(k): AESGCM(k) for k in (current, *old)}
         self._current = self._ciphers[self.current_id]
+        self.legacy_read = 0
 
-    def encrypt(self, plaintext: str, event_id: str, field: str) -> str:
-        """``enc:v1:<key id>:<event id>:<base64(nonce | ciphertext | tag)>``, bound to the event and field."""
+    def encrypt(self, plaintext: str, event_id: str, field: str, session_id: str | None = None) -> str:
+        """``enc:v2:<key id>:<event id>:<base64(nonce | ciphertext | tag)>``, bound to the event, session and field."""
         nonce = os.urandom(12)
-        sealed = self._current.encrypt(nonce, plaintext.encode("utf-8"), f"{event_id}:{field}".encode())
+        sealed = self._current.encrypt(nonce, plaintext.encode("utf-8"), _bound_to(event_id, session_id, field))
         return f"{PREFIX}{self.current_id}:{event_id}:{base64.b64encode(nonce + sealed).decode('ascii')}"
 
-    def decrypt(self, value: str, field: str, where: str, *, event_id: str | None = None) -> str:
-        """The plaintext of ``value`` stored in ``field``; with ``event_id``, it must belong to that event."""
+    def decrypt(self, value: str, field: str | tuple[str, ...], where: str, *, session_id: str | None,
+                event_id: str | None = None) -> str:
+        """The plaintext of ``value``, stored in ``field`` of a row of session ``session_id``.
+
+        With ``event_id`` (an event's own row) the value must have been encrypted for that event; without
+        it (a session summary) the value names its event and is authenticated against it.  ``field`` may
+        be several names when a summary value can come from more than one event field.
+        """
+        if value.startswith(PREFIX):
+            legacy = False
+        elif value.startswith(LEGACY_PREFIX):
+            legacy = True
+        else:
+            version = _UNKNOWN_VERSION.match(value)
+            raise DecryptionError(
+                f"{where}: the value is in a format this plugin does not read "
+                f"({version.group(0) if version else value[:8]!r}...; it reads {PREFIX} and {LEGACY_PREFIX}): "
+                "the row was changed, or a newer version of the plugin wrote it")
         try:
             kid, rest = value[len(PREFIX):].split(":", 1)
             owner, payload = rest.rsplit(":", 1)
@@ -101,11 +139,44 @@ class Keyring:
         if cipher is None:
             raise DecryptionError(f"{where}: encrypted with key {kid}, which is neither the current key "
                                   f"({self.current_id}) nor one of old_keys")
-        try:
-            return cipher.decrypt(raw[:12], raw[12:], f"{owner}:{field}".encode()).decode("utf-8")
-        except InvalidTag:
-            raise DecryptionError(f"{where}: the value does not authenticate with key {kid}: "
-                                  "the row was changed") from None
+        for name in (field,) if isinstance(field, str) else field:
+            associated = f"{owner}:{name}".encode() if legacy else _bound_to(owner, session_id, name)
+            try:
+                plaintext = cipher.decrypt(raw[:12], raw[12:], associated).decode("utf-8")
+            except InvalidTag:
+                continue
+            if legacy:
+                self.legacy_read += 1
+            return plaintext
+        if legacy:
+            moved = "another field"
+        elif event_id is None:
+            moved = "another session or field"
+        else:
+            moved = "another field, or the event moved to another session"
+        raise DecryptionError(f"{where}: the value does not authenticate with key {kid}: the row was changed "
+                              f"(a byte of the value, or a value copied from {moved})")
+
+
+def _bound_to(event_id: str, session_id: str | None, field: str) -> bytes:
+    """The associated data of a v2 value: the event, its session and the field."""
+    sid = session_id or ""
+    # lengths first, so ids that contain ':' cannot make two different (event, session) pairs collide
+    return f"v2:{len(event_id)}:{event_id}:{len(sid)}:{sid}:{field}".encode()
+
+
+def looks_encrypted(value: str) -> bool:
+    """Whether ``value`` has the shape of an encrypted value, whatever its prefix (``...:<key id>:<id>:<base64>``).
+
+    Under ``allow_plaintext`` this keeps a value whose ``enc:`` prefix was changed from being read as
+    plaintext (which would hand back the ciphertext).  Linear in the length, no backtracking.
+    """
+    head, sep, payload = value.rpartition(":")
+    # 12 bytes of nonce and 16 of tag: at least 40 base64 characters
+    if not sep or len(payload) < 40 or _BASE64.fullmatch(payload) is None:
+        return False
+    parts = head.split(":")
+    return any(_KEY_ID.fullmatch(part) for part in parts[:-1])
 
 
 class EncryptionPlugin:
@@ -124,6 +195,10 @@ class EncryptionPlugin:
         salt_path: str | None = None
         algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
         encrypt_metadata: bool = True
+        #: Read values stored in clear (rows stored before encryption was turned on) instead of refusing them;
+        #: ``telemetry keys rotate`` then encrypts them.  A clear value is not authenticated: turn this off again
+        #: once rotation has finished.
+        allow_plaintext: bool = False
 
     def __init__(self, config: EncryptionPlugin.Config | None = None) -> None:
         self.config = config or EncryptionPlugin.Config()
@@ -138,6 +213,7 @@ class EncryptionPlugin:
                               "`telemetry keys generate` makes one), security.encryption.key, or a passphrase")
         self.encrypted = 0
         self.decrypted = 0
+        self.plaintext_read = 0
 
     def _keyring(self, key_text: str, where: str) -> Keyring:
         old = [parse_key(k, "security.encryption.old_keys") for k in self.config.old_keys]
@@ -168,103 +244,152 @@ class EncryptionPlugin:
 
     @hookimpl
     def before_store(self, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
-        """The batch with every sensitive value encrypted."""
+        """The batch with every sensitive value encrypted, bound to its event, session and field."""
         keyring = self.keyring
         assert keyring is not None
         out = []
         for event in events:
             fields = dict(event.__dict__)
-            eid = fields["id"]
+            eid, sid = fields["id"], fields["session_id"]
             for name in TEXT_FIELDS:
                 value = fields[name]
                 if value:
-                    fields[name] = keyring.encrypt(value, eid, name)
+                    fields[name] = keyring.encrypt(value, eid, name, sid)
             if self.config.encrypt_metadata and fields["metadata"]:
-                fields["metadata"] = self._seal(fields["metadata"], eid, keyring)
+                fields["metadata"] = self._seal(fields["metadata"], eid, sid, keyring)
             out.append(TelemetryEvent.restore(fields))
         self.encrypted += len(events)
         return out
 
-    def _seal(self, value: Any, eid: str, keyring: Keyring, path: str = "metadata") -> Any:
+    def _seal(self, value: Any, eid: str, sid: str | None, keyring: Keyring, path: str = "metadata") -> Any:
         if isinstance(value, str):
-            return keyring.encrypt(value, eid, path) if value else value
+            return keyring.encrypt(value, eid, path, sid) if value else value
         if isinstance(value, Mapping):
-            return {k: self._seal(v, eid, keyring, f"{path}.{k}") for k, v in value.items()}
+            return {k: self._seal(v, eid, sid, keyring, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
-            return [self._seal(v, eid, keyring, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self._seal(v, eid, sid, keyring, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _reveal(self, value: Any, field: str | tuple[str, ...], where: str, keyring: Keyring, *,
+                session_id: str | None, event_id: str | None = None, label: bool = False) -> Any:
+        """The plaintext of a stored value that should be encrypted; anything else is an error.
+
+        A value in clear is returned only under ``allow_plaintext`` (or, with ``label``, when it is a short
+        label such as an error type stored before error types were encrypted).  A value with the shape of an
+        encrypted value but another prefix is always an error: read as plaintext it would be the ciphertext.
+        """
+        if isinstance(value, str):
+            if value.startswith("enc:v"):
+                return keyring.decrypt(value, field, where, session_id=session_id, event_id=event_id)
+            if looks_encrypted(value):
+                raise DecryptionError(f"{where}: the value looks like an encrypted value whose {PREFIX!r} prefix "
+                                      "was changed: the row was changed")
+            if label and _LABEL.fullmatch(value):
+                return value
+        if self.config.allow_plaintext:
+            self.plaintext_read += 1
+            return value
+        raise DecryptionError(
+            f"{where}: the value is stored in clear, but with encryption on it must be encrypted: the row was "
+            "changed, or it was stored before encryption was turned on (then set "
+            "security.encryption.allow_plaintext = true and run `telemetry keys rotate`)")
+
     @hookimpl
     def after_read(self, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
-        """Events with their values decrypted; a value that does not decrypt is an error naming the row and key."""
+        """Events with their values decrypted; a value that does not decrypt, or that should be encrypted and
+        is not, is an error naming the event, the field and what is wrong."""
         keyring = self.keyring
         assert keyring is not None
         out = []
         for event in events:
             fields = dict(event.__dict__)
-            eid = fields["id"]
+            eid, sid = fields["id"], fields["session_id"]
             for name in TEXT_FIELDS:
                 value = fields[name]
-                if isinstance(value, str) and value.startswith(PREFIX):
-                    fields[name] = keyring.decrypt(value, name, f"event {eid} field {name}", event_id=eid)
+                if value:
+                    # v1 stored error types in clear; an event is written at once, so one that holds a v2 value
+                    # and a clear error type was edited
+                    label = (name == "error_type" and isinstance(value, str) and not value.startswith("enc:")
+                             and not _has_current_format(event))
+                    fields[name] = self._reveal(value, name, f"event {eid} field {name}", keyring,
+                                                session_id=sid, event_id=eid, label=label)
             if fields["metadata"]:
-                fields["metadata"] = self._open(fields["metadata"], eid, keyring)
+                fields["metadata"] = self._open(fields["metadata"], f"event {eid}", keyring, sid, eid)
             out.append(TelemetryEvent.restore(fields))
         self.decrypted += len(events)
         return out
 
-    def _open(self, value: Any, eid: str | None, keyring: Keyring, path: str = "metadata") -> Any:
-        if isinstance(value, str) and value.startswith(PREFIX):
-            where = f"event {eid} field {path}" if eid is not None else f"session field {path}"
-            return keyring.decrypt(value, path, where, event_id=eid)
+    def _open(self, value: Any, owner: str, keyring: Keyring, sid: str | None, eid: str | None,
+              path: str = "metadata") -> Any:
+        if isinstance(value, str):
+            if not value:
+                return value
+            if self.config.encrypt_metadata:
+                return self._reveal(value, path, f"{owner} field {path}", keyring, session_id=sid, event_id=eid)
+            # metadata is kept clear by choice: only values encrypted while it was not are decrypted
+            if value.startswith((PREFIX, LEGACY_PREFIX)):
+                return keyring.decrypt(value, path, f"{owner} field {path}", session_id=sid, event_id=eid)
+            return value
         if isinstance(value, Mapping):
-            return {k: self._open(v, eid, keyring, f"{path}.{k}") for k, v in value.items()}
+            return {k: self._open(v, owner, keyring, sid, eid, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
-            return [self._open(v, eid, keyring, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self._open(v, owner, keyring, sid, eid, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
     @hookimpl
     def after_read_sessions(self, sessions: list[Session]) -> list[Session]:
         """Sessions with their prompt, last error and metadata decrypted.
 
-        A session summary holds values copied from its events; each value names the event it was
-        encrypted for, and is authenticated against that event and field.
+        A session summary holds values copied from its events as they were stored (the storage builds it
+        from encrypted events).  Each value names the event it was encrypted for and is authenticated
+        against that event, this session's id and the field, so a value copied from another session's
+        summary (or from an event of another session) is an error.  Agent and mode are clear labels.
         """
         keyring = self.keyring
         assert keyring is not None
         out = []
         for session in sessions:
+            sid = session.id
             changes: dict[str, Any] = {}
-            if session.prompt and session.prompt.startswith(PREFIX):
-                changes["prompt"] = keyring.decrypt(session.prompt, "prompt", f"session {session.id} prompt")
-            if session.last_error and session.last_error.startswith(PREFIX):
-                changes["last_error"] = keyring.decrypt(session.last_error, "error_message",
-                                                        f"session {session.id} last_error")
+            if session.prompt:
+                changes["prompt"] = self._reveal(session.prompt, "prompt", f"session {sid} field prompt", keyring,
+                                                 session_id=sid)
+            if session.last_error:
+                # the last error event's message, or its type when it had none (v1 rows kept the type in clear)
+                changes["last_error"] = self._reveal(session.last_error, LAST_ERROR_FIELDS,
+                                                     f"session {sid} field last_error", keyring, session_id=sid,
+                                                     label=True)
             if session.metadata:
-                changes["metadata"] = self._open(dict(session.metadata), None, keyring)
+                changes["metadata"] = self._open(dict(session.metadata), f"session {sid}", keyring, sid, None)
             out.append(attrs.evolve(session, **changes) if changes else session)
         return out
 
     # -- rotation ------------------------------------------------------------------------------
 
     def _stale(self, event: TelemetryEvent) -> bool:
-        """Whether a stored event holds a sensitive value not encrypted with the current key."""
+        """Whether a stored event holds a sensitive value not encrypted with the current key in the current
+        format (an old key, the v1 format without session binding, or clear)."""
         prefix = f"{PREFIX}{self.keyring.current_id}:"  # type: ignore[union-attr]
         fields = event.__dict__
         for name in TEXT_FIELDS:
             value = fields[name]
-            if value and not value.startswith(prefix):
+            if value and not (isinstance(value, str) and value.startswith(prefix)):
                 return True
         return self.config.encrypt_metadata and _any_string(fields["metadata"], lambda v: not v.startswith(prefix))
 
     def rotate(self, service: TelemetryService, *, batch: int = 500, max_batches: int | None = None) -> dict[str, Any]:
         """Re-encrypt every stored event (and its session) that is not under the current key, resumably.
 
-        Rows under an old key (which must be in ``old_keys``) and rows stored before encryption was on are
-        rewritten with the current key through the storage plugins' ``rewrite`` hook.  Progress is kept in
-        ``<data_dir>/encryption.rotation``, so an interrupted rotation continues where it stopped.
+        Rows under an old key (which must be in ``old_keys``), rows in the v1 format (not bound to their
+        session) and, with ``allow_plaintext``, rows stored before encryption was on are rewritten with the
+        current key in the current format through the storage plugins' ``rewrite`` hook, which also rebuilds
+        their sessions' summaries.  Without ``allow_plaintext`` a value in clear stops the rotation with a
+        :class:`DecryptionError` naming it, so a value someone put in clear is never sealed as if it were
+        genuine.  With ``allow_plaintext``, a finished rotation also runs the storage plugins' ``optimize``
+        (merging the full-text index, which still holds the words of the clear rows it indexed).  Progress
+        is kept in ``<data_dir>/encryption.rotation``, so an interrupted rotation continues where it stopped.
         """
         from vibekit_telemetry import QueryFilter, encode_cursor
 
@@ -283,17 +408,24 @@ class EncryptionPlugin:
             scanned += len(events)
             stale = [e for e in events if self._stale(e)]
             if stale:
-                # decrypt with whichever key made them (old rows may be plaintext); rewrite encrypts anew
+                # decrypt with whichever key and format made them (old rows may be clear, if allowed); rewrite
+                # encrypts anew
                 rewritten += service.rewrite(self.after_read(stale))
             if len(events) < batch:
                 break
             cursor = encode_cursor(events[-1])
+            # the database may live outside data_dir, which then need not exist yet
+            marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(cursor + "\n")
             flt = attrs.evolve(flt, cursor=cursor)
             batches += 1
             if max_batches is not None and batches >= max_batches:
                 return {"scanned": scanned, "rewritten": rewritten, "finished": False, "key_id": keyring.current_id}
         marker.unlink(missing_ok=True)
+        if self.config.allow_plaintext:
+            # a full-text index keeps the words of the clear rows it indexed (SQLite's FTS5 holds them in its
+            # delete markers until a merge): compact the storage so they leave the file
+            service.optimize()
         service.host.each("cache_invalidate", _raise, hooks=None)
         service.audit("rotate", "encryption keys", {"key_id": keyring.current_id, "scanned": scanned,
                                                      "rewritten": rewritten})
@@ -301,10 +433,16 @@ class EncryptionPlugin:
 
     @hookimpl
     def health(self) -> dict[str, Any]:
-        """The current key id and counts (never a key)."""
+        """The current key id and counts (never a key).
+
+        ``legacy_read`` counts v1 values read (not bound to their session) and ``plaintext_read`` clear values
+        read under ``allow_plaintext``: either above zero means ``telemetry keys rotate`` has work to do.
+        """
         return {"healthy": self.keyring is not None, "issues": [] if self.keyring else ["no key"],
                 "algorithm": "AES-256-GCM", "key_id": self.keyring.current_id if self.keyring else None,
-                "encrypted": self.encrypted, "decrypted": self.decrypted}
+                "encrypted": self.encrypted, "decrypted": self.decrypted,
+                "legacy_read": self.keyring.legacy_read if self.keyring else 0,
+                "plaintext_read": self.plaintext_read, "allow_plaintext": self.config.allow_plaintext}
 
     @staticmethod
     @hookimpl
@@ -320,7 +458,8 @@ class EncryptionPlugin:
         @click.option("--batch", default=500, show_default=True, help="Events re-encrypted per transaction.")
         @click.pass_context
         def rotate(ctx: click.Context, batch: int) -> None:
-            """Re-encrypt stored rows under the current key (list the old key in old_keys first); resumable."""
+            """Re-encrypt stored rows under the current key and format (list the old key in old_keys first;
+            set allow_plaintext to encrypt rows stored before encryption was on); resumable."""
             from vibekit_telemetry import TelemetryService
 
             state = ctx.find_root().obj
@@ -351,6 +490,13 @@ def _any_string(value: Any, test: Any) -> bool:
     if isinstance(value, list):
         return any(_any_string(v, test) for v in value)
     return False
+
+
+def _has_current_format(event: TelemetryEvent) -> bool:
+    """Whether a stored event holds any value in the current (v2) format."""
+    fields = event.__dict__
+    return (any(isinstance(fields[n], str) and fields[n].startswith(PREFIX) for n in TEXT_FIELDS)
+            or _any_string(fields["metadata"], lambda v: v.startswith(PREFIX)))
 
 
 def _raise(plugin: str, exc: BaseException) -> None:
