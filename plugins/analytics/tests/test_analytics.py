@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from vibekit_telemetry import Anomaly, TelemetryService, now_ms
+from vibekit_telemetry import Anomaly, ConfigError, TelemetryService, now_ms
+from vibekit_telemetry_analytics import AnalyticsPlugin
 from vibekit_telemetry_analytics.detectors import LikelihoodDetector, scores
 from vibekit_telemetry_analytics.prices import Price, PriceTable
 
@@ -497,3 +498,101 @@ def test_an_event_after_a_session_ended_does_not_make_it_active_again(in_tmp):
         open_sid = t.track_start("claude", "chat", "still going")
         metrics = t.get_metrics("1h")
     assert metrics.sessions.active == 1 and open_sid
+
+
+def test_thousands_of_client_chosen_names_fold_into_other_and_totals_stay_exact(in_tmp):
+    """5,000 categories and 5,000 models (ingest clients choose them): capped groups plus ``other``, exact totals."""
+    n = 5000
+    cap = AnalyticsPlugin.Config().max_categories
+    assert cap == AnalyticsPlugin.Config().max_models < n
+    base = now_ms() - 20 * 60_000
+    stamps = [base + i * 100 for i in range(n)]
+    window = (base - 60_000, stamps[-1] + 120_000)
+    expected_cost = 0.0
+    with _service() as t:
+        for i, ts in enumerate(stamps):
+            model = f"gpt-4o-{i}" if i % 2 else f"acme-{i}"  # half at gpt-4o's list price, half unpriced
+            failed = i % 10 == 1  # priced, and failed: free
+            sid = t.track_start(f"agent-{i}", "code", "p", metadata={"model": model}, timestamp=ts)
+            t.track_end(sid, "failed" if failed else "completed", timestamp=ts + 50,
+                        metadata={"input_tokens": 1000 + i, "output_tokens": 100})
+            if i % 2 and not failed:
+                expected_cost += ((1000 + i) * 2.50 + 100 * 10.0) / 1_000_000
+        sid = t.track_start("other", "code", "p", timestamp=base)  # a category really named "other"
+        t.track_end(sid, timestamp=base + 10)
+        metrics = t.get_metrics(window)
+        folded_hours = t.get_health_status().components["analytics"]["folded_events"]
+
+        cats, models = metrics.by_category, metrics.by_model
+        assert len(cats) == cap + 1 and len(models) == cap + 1 and "other" in cats and "other" in models
+        # totals count every event, kept or folded
+        assert metrics.events.total == 2 * n + 2 and metrics.sessions.ended == n + 1
+        assert metrics.tokens.input == sum(1000 + i for i in range(n))
+        assert metrics.cost == pytest.approx(expected_cost, rel=1e-9)
+        assert sum(b.events for b in cats.values()) == metrics.events.total
+        assert sum(b.events for b in models.values()) == 2 * n  # the "other" category's session names no model
+        assert sum(b.sessions.ended for b in cats.values()) == n + 1
+        for groups in (cats, models):
+            assert sum(b.tokens.input for b in groups.values()) == metrics.tokens.input
+            # each group's cost is rounded to a millionth of a dollar
+            assert sum(b.tokens.cost or 0 for b in groups.values()) == pytest.approx(expected_cost, abs=len(groups) * 5e-7)
+        # the folding is counted; the real "other" category is in the bucket, not in the count
+        assert metrics.folded_events == {"category": cats["other"].events - 2, "model": models["other"].events}
+        assert metrics.folded_events["category"] >= 2 * (n - cap)
+        assert folded_hours["category"] > 0 and folded_hours["model"] > 0
+        # a name that kept its own group has its own exact figures
+        kept = next(name for name in cats if name != "other")
+        i = int(kept.removeprefix("agent-"))
+        assert (cats[kept].events, cats[kept].tokens.input) == (2, 1000 + i)
+
+    with _service() as t:  # the rollup file brings back the same figures, and its buckets are still full
+        assert t.get_metrics(window) == metrics
+        assert t.get_health_status().components["analytics"]["folded_events"] == folded_hours
+        # the hour of the middle event holds at least n / 2 names: a newcomer there is folded at once
+        t.track({"category": "newcomer", "timestamp": stamps[n // 2] + 1})
+        t.flush()
+        after = t.get_health_status().components["analytics"]["folded_events"]
+    assert after == {"category": folded_hours["category"] + 1, "model": folded_hours["model"]}
+
+
+def test_a_window_keeps_its_busiest_names_and_folds_the_rest(in_tmp):
+    minute, hour = 60_000, 3_600_000
+    now = now_ms()
+    m0 = now - now % hour + 5 * minute
+    if m0 + 2 * minute > now:  # the first minutes of an hour: use the previous hour
+        m0 -= hour
+    with _service(analytics={"enabled": True, "max_categories": 2, "max_models": 2}) as t:
+        events = [("a", 5, m0), ("b", 1, m0), ("c", 4, m0 + minute), ("d", 1, m0 + minute)]
+        for category, count, ts in events:
+            for i in range(count):
+                t.track({"category": category, "timestamp": ts + i})
+        # two minutes: each minute bucket kept its two names, the window has four and keeps the busiest two
+        minutes = t.get_metrics((m0, m0 + 2 * minute))
+        # the whole hour: the hour bucket kept the first two names it saw (a, b) and folded c and d as they came
+        whole_hour = t.get_metrics((m0 - m0 % hour, m0 - m0 % hour + hour))
+        health = t.get_health_status().components["analytics"]
+    assert {k: b.events for k, b in minutes.by_category.items()} == {"a": 5, "c": 4, "other": 2}
+    assert minutes.folded_events["category"] == 2
+    assert {k: b.events for k, b in whole_hour.by_category.items()} == {"a": 5, "b": 1, "other": 5}
+    assert whole_hour.folded_events["category"] == 5 and health["folded_events"]["category"] == 5
+    assert minutes.events.total == whole_hour.events.total == 11
+    with pytest.raises(ConfigError, match="max_categories: expected at least 1, got 0"):
+        _service(analytics={"enabled": True, "max_categories": 0})
+
+
+def test_category_cost_is_its_own_models_and_a_price_change_reprices_the_rollups(in_tmp):
+    with _service() as t:
+        sid = t.track_start("a", "chat", "p", metadata={"model": "gpt-4o"})
+        t.track_end(sid, metadata={"input_tokens": 1_000_000, "output_tokens": 0})
+        sid = t.track_start("b", "chat", "p", metadata={"model": "my-model"})
+        t.track_end(sid, metadata={"input_tokens": 1_000_000, "output_tokens": 0})
+        before = t.get_metrics("1h")
+    # each category is priced at the models its own events named, not at a share of every model
+    assert before.by_category["a"].tokens.cost == pytest.approx(2.5) and before.by_category["b"].tokens.cost is None
+    assert before.cost == pytest.approx(2.5)
+    with _service(analytics={"enabled": True, "prices": {"my-model": {"input": 1.0, "output": 1.0}}}) as t:
+        after = t.get_metrics("1h")
+    # the rollups hold dollars: counted under the old table, they are recounted from storage at the start
+    assert after.by_category["b"].tokens.cost == pytest.approx(1.0)
+    assert after.by_model["my-model"].tokens.cost == pytest.approx(1.0)
+    assert after.cost == pytest.approx(3.5) and after.events.total == before.events.total

@@ -76,3 +76,94 @@ def test_the_trail_is_append_only_and_tampering_is_detected(in_tmp):
     assert broken.returncode == 1 and "entry 3 was changed after it was written" in broken.stderr
     listing = _telemetry("audit", "--since", "1h", "--action", "clean", cwd=in_tmp)
     assert listing.returncode == 0 and listing.stdout.count(" clean ") == 3
+
+
+def test_verify_writes_nothing_and_reports_a_trail_emptied_behind_its_back(in_tmp):
+    with _service() as t:
+        for days in (30, 60):
+            t.clean(retention_days=days)
+    db = in_tmp / ".vibekit" / "audit.db"
+    wal = db.with_name("audit.db-wal")
+    before = db.read_bytes()
+    for _ in range(2):  # verifying twice: the second run sees no entry the first one added
+        ok = _telemetry("audit", "verify", cwd=in_tmp)
+        assert ok.returncode == 0 and "3 entries, chain intact" in ok.stdout, ok.stderr
+    assert db.read_bytes() == before and (not wal.exists() or wal.stat().st_size == 0)
+
+    # every entry deleted with plain sqlite3, after dropping the trigger that refuses it
+    conn = sqlite3.connect(db)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM entries")
+    conn.execute("DROP TRIGGER entries_no_delete")
+    conn.execute("DELETE FROM entries")
+    conn.commit()
+    conn.close()
+    emptied = db.read_bytes()
+    broken = _telemetry("audit", "verify", cwd=in_tmp)
+    assert broken.returncode == 1 and "chain intact" not in broken.stdout
+    assert "the trail is empty, but its head records 3 entries: every entry was deleted" in broken.stderr
+    assert "the append-only trigger entries_no_delete is missing: deleting an entry is no longer refused" in broken.stderr
+    assert db.read_bytes() == emptied and (not wal.exists() or wal.stat().st_size == 0)
+
+    # the application still starts on the damaged trail; its next entry follows the head, so the gap stays visible
+    with _service() as t:
+        assert [e["seq"] for e in t.get_audit_logs()] == [4]
+    again = _telemetry("audit", "verify", cwd=in_tmp)
+    assert again.returncode == 1 and "entry 1 is missing (the next one is 4)" in again.stderr
+
+
+def test_verify_reports_entries_cut_from_the_end_and_triggers_dropped_or_replaced(in_tmp):
+    with _service() as t:
+        for days in (30, 60, 90):
+            t.clean(retention_days=days)
+    db = in_tmp / ".vibekit" / "audit.db"
+    conn = sqlite3.connect(db)
+    for sql in ("UPDATE head SET seq = 2", "DELETE FROM head"):  # the head only moves forward
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(sql)
+    conn.execute("DROP TRIGGER entries_no_delete")
+    conn.execute("DELETE FROM entries WHERE seq >= 3")
+    conn.execute("DROP TRIGGER entries_no_update")  # and put back one of the same name that refuses nothing
+    conn.execute("CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN SELECT 1; END")
+    conn.commit()
+    conn.close()
+    copy = in_tmp / "copy-of-trail.db"
+    copy.write_bytes(db.read_bytes())
+    broken = _telemetry("audit", "verify", "--path", str(copy), cwd=in_tmp)
+    assert broken.returncode == 1
+    assert "entries 3 to 4 were deleted from the end (the head records 4 entries, the last one left is 2)" in broken.stderr
+    assert "the append-only trigger entries_no_update was replaced" in broken.stderr
+    assert "the append-only trigger entries_no_delete is missing" in broken.stderr
+    assert "2 entries intact from the first one on" in broken.stderr
+
+    conn = sqlite3.connect(copy)  # whoever drops the head's own triggers and the head itself is named too
+    conn.executescript("DROP TRIGGER head_no_delete; DROP TRIGGER head_no_rewind; DROP TABLE head;")
+    conn.close()
+    headless = _telemetry("audit", "verify", "--path", str(copy), cwd=in_tmp)
+    assert headless.returncode == 1 and "the head table was dropped" in headless.stderr
+    missing = _telemetry("audit", "verify", "--path", str(in_tmp / "nowhere.db"), cwd=in_tmp)
+    assert missing.returncode == 1 and "no audit trail at" in missing.stderr and not (in_tmp / "nowhere.db").exists()
+
+
+def test_a_trail_from_before_head_records_gets_one_at_the_next_start(in_tmp):
+    from sqlite_utils import Database
+
+    from vibekit_telemetry_audit import GENESIS, entry_hash, migrations
+
+    db_path = in_tmp / ".vibekit" / "audit.db"
+    db_path.parent.mkdir()
+    db = Database(db_path)
+    migrations.apply(db, stop_before="m002_head")
+    prev = GENESIS
+    for seq in (1, 2):
+        digest = entry_hash(prev, seq, "me", "clean", "events", "{}")
+        db.execute("INSERT INTO entries VALUES (?, ?, 'me', 'clean', 'events', '{}', ?, ?)", [seq, seq, prev, digest])
+        prev = digest
+    db.conn.commit()
+    db.close()
+    old = _telemetry("audit", "verify", cwd=in_tmp)
+    assert old.returncode == 1 and "written by an older version" in old.stderr
+    with _service():
+        pass
+    upgraded = _telemetry("audit", "verify", cwd=in_tmp)
+    assert upgraded.returncode == 0 and "3 entries, chain intact" in upgraded.stdout, upgraded.stderr

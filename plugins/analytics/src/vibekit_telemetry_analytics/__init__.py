@@ -4,12 +4,15 @@ Enable it with ``[analytics] enabled = true`` (or ``plugins = ["analytics"]``).
 Every stored batch updates per-minute and per-hour aggregates by agent
 (category) and by model (``after_store``); ``telemetry.get_metrics()`` merges at
 most a few hundred of them, so it answers in milliseconds however many events
-are stored.  Rollups live in ``<data_dir>/analytics.db`` and survive restarts;
-``telemetry.clean()`` drops what it deletes from them too.
+are stored.  Each bucket keeps at most ``max_categories`` categories and
+``max_models`` models of its own, whatever names clients send; the rest are
+counted under ``other``.  Rollups live in ``<data_dir>/analytics.db`` and
+survive restarts; ``telemetry.clean()`` drops what it deletes from them too.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -18,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from vibekit_telemetry import Anomaly, TelemetryError, hookimpl, now_ms, span_ms
+from vibekit_telemetry import Anomaly, ConfigError, StorageUnavailableError, TelemetryError, hookimpl, now_ms, span_ms
 
 from . import results
 from .detectors import THRESHOLDS, LikelihoodDetector
 from .persist import RollupFile
 from .prices import PRICE_TABLE_VERSION, PriceTable
-from .rollup import ALL, HOUR, MINUTE, Agg, Rollups
+from .rollup import ALL, FOLDED, HOUR, MINUTE, OTHER, Agg, Rollups
 
 if TYPE_CHECKING:
     import click
@@ -74,14 +77,20 @@ class AnalyticsPlugin:
         prices: dict[str, dict[str, float]] = attrs.field(factory=dict)
         bill_failed: bool = False
         max_open_sessions: int = 100_000
+        #: distinct categories and models a bucket (and a get_metrics answer) keeps apart; the rest are "other"
+        max_categories: int = 500
+        max_models: int = 500
         metrics: MetricsConfig = MetricsConfig()
         anomaly: AnomalyConfig = AnomalyConfig()
         alerts: dict[str, Any] = attrs.field(factory=dict)
 
     def __init__(self, config: AnalyticsPlugin.Config | None = None) -> None:
         self.config = config or AnalyticsPlugin.Config()
+        for key in ("max_categories", "max_models", "max_open_sessions"):
+            if getattr(self.config, key) < 1:
+                raise ConfigError(f"{key}: expected at least 1, got {getattr(self.config, key)!r}")
         self.prices = PriceTable(self.config.prices, bill_failed=self.config.bill_failed)
-        self.rollups = Rollups(self.config.max_open_sessions)
+        self.rollups = self._new_rollups()
         self.definitions: dict[str, dict[str, Any]] = {}
         self.service: TelemetryService | None = None
         self.file: RollupFile | None = None
@@ -96,6 +105,10 @@ class AnalyticsPlugin:
         self._held_aside: list[Any] | None = None
         self._persist_messages = True
         self.alerts: Any = None
+
+    def _new_rollups(self) -> Rollups:
+        return Rollups(self.config.max_open_sessions, prices=self.prices, max_categories=self.config.max_categories,
+                       max_models=self.config.max_models)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -112,12 +125,24 @@ class AnalyticsPlugin:
             now = now_ms()
             self.definitions = self.file.load(self.rollups, minutes_from=now - self._minute_keep,
                                               hours_from=now - self._hour_keep)
-            if self.file.get_meta("built_at") is None or self.file.get_meta("closed_cleanly") != "1":
-                # a new rollup file over a database that may already hold events, or one a crash left behind
-                # storage: count the stored events in again
-                if self.file.get_meta("built_at") is not None:
+            built = self.file.get_meta("built_at") is not None
+            crashed = self.file.get_meta("closed_cleanly") != "1"
+            # the rollups hold dollars: priced under another table (or by a version that kept none), they are wrong
+            repriced = self.file.get_meta("prices") != self.prices.fingerprint
+            if not built or crashed or repriced:
+                # a new rollup file over a database that may already hold events, one a crash left behind
+                # storage, or one priced differently: count the stored events in again
+                if built and crashed:
                     log.warning("the rollups in %s were not closed cleanly: recounting them from storage", path)
-                self.rebuild()
+                elif built:
+                    log.info("the price table changed since the rollups in %s were counted: recounting them", path)
+                try:
+                    self.rebuild()
+                except StorageUnavailableError as exc:
+                    # the store starts degraded (locked by a backup, say): count it in once it opens, and never
+                    # keep the application from starting meanwhile
+                    log.info("storage is not open yet (%s): the rollups are recounted once it opens", exc)
+                    service.on("storage:available", self._rebuild_when_open)
             self.file.set_meta("closed_cleanly", "0")
         if self.config.alerts.get("enabled", bool(self.config.alerts.get("channels"))):
             from .alerts import AlertManager
@@ -201,6 +226,15 @@ class AnalyticsPlugin:
             self._save()
         return None
 
+    def _rebuild_when_open(self, payload: Any) -> None:
+        """``storage:available`` after a degraded start: the recount the start could not do."""
+        assert self.service is not None
+        self.service.off("storage:available", self._rebuild_when_open)
+        try:
+            self.rebuild()
+        except Exception:
+            log.exception("recounting the analytics rollups once storage opened failed")
+
     def rebuild(self, since: int | None = None) -> int:
         """Recount the rollups from what storage holds (over ``hour_retention``, or from ``since``).
 
@@ -214,6 +248,7 @@ class AnalyticsPlugin:
         with self._lock:
             if self.file is not None:
                 self.file.set_meta("built_at", str(now))
+                self.file.set_meta("prices", self.prices.fingerprint)
             self._save()
         return counted
 
@@ -232,7 +267,7 @@ class AnalyticsPlugin:
             if self._held_aside is not None:
                 raise TelemetryError("a recount of the analytics rollups is already running")
             self._held_aside = []
-        fresh = Rollups(self.config.max_open_sessions)
+        fresh = self._new_rollups()
         read: set[str] = set()
         complete = False
         try:
@@ -284,26 +319,28 @@ class AnalyticsPlugin:
 
     @hookimpl
     def get_metrics(self, start: int, end: int) -> results.Metrics:
-        """Metrics of ``[start, end)`` from the rollups, widened to whole minutes (the rollups' resolution)."""
+        """Metrics of ``[start, end)`` from the rollups, widened to whole minutes (the rollups' resolution).
+
+        ``by_category`` and ``by_model`` hold at most ``max_categories`` and ``max_models`` names (the ones
+        with the most events) plus ``other``; ``folded_events`` says how many events ``other`` holds because
+        of those limits.  Totals count every event.
+        """
         start, end = start - start % MINUTE, end + (-end % MINUTE)
         window = self._window(start, end)
         active = self._active(end)
         total = window.get(ALL) or Agg()
-        by_model = {dim[1]: agg for dim, agg in window.items() if dim[0] == "model"}
-        costs = results.model_costs(by_model, self.prices)
-        known = [c for c in costs.values() if c is not None]
-        cost = round(sum(known), 6) if known else None
+        by_category, category_folded = _capped(window, "category", self.config.max_categories, active)
+        by_model, model_folded = _capped(window, "model", self.config.max_models, active)
 
-        def breakdown(agg: Agg, dim: tuple[str, str], cost_value: float | None) -> results.Breakdown:
+        def breakdown(agg: Agg, kind: str, name: str) -> results.Breakdown:
             return results.Breakdown(
-                events=agg.events, sessions=results.sessions(agg, active.get(dim, 0)), errors=results.errors(agg),
-                performance=results.performance(agg), tokens=results.tokens(agg, cost_value))
+                events=agg.events, sessions=results.sessions(agg, active.get((kind, name), 0)),
+                errors=results.errors(agg), performance=results.performance(agg),
+                tokens=results.tokens(agg, self._cost(agg, name if kind == "model" else None)))
 
-        by_category = {}
-        for dim, agg in window.items():
-            if dim[0] == "category":
-                category_cost = self._category_cost(agg, by_model)
-                by_category[dim[1]] = breakdown(agg, dim, category_cost)
+        cost = self._cost(total)
+        if cost is None and any(self.prices.lookup(model) is not None for model in by_model if model != OTHER):
+            cost = 0.0  # priced models whose tokens were all zero: the cost is known, and nothing
         minutes = max((end - start) / MINUTE, 1 / 60)
         names = set(self.definitions) | set(total.custom)
         custom = {name: results.custom_metric(name, total.custom.get(name), self.definitions.get(name)) for name in sorted(names)}
@@ -316,30 +353,24 @@ class AnalyticsPlugin:
             performance=results.performance(total),
             tokens=results.tokens(total, cost),
             cost=cost,
-            by_category=dict(sorted(by_category.items())),
-            by_model={model: breakdown(agg, ("model", model), costs[model]) for model, agg in sorted(by_model.items())},
+            by_category={name: breakdown(agg, "category", name) for name, agg in sorted(by_category.items())},
+            by_model={name: breakdown(agg, "model", name) for name, agg in sorted(by_model.items())},
             custom=custom,
             price_table_version=PRICE_TABLE_VERSION,
             redactions=dict(sorted(total.redactions.items())),
+            folded_events={"category": category_folded, "model": model_folded},
         )
 
-    def _category_cost(self, agg: Agg, by_model: dict[str, Agg]) -> float | None:
-        """A category's cost, pricing its tokens at the price of the models its events named (approximate:
-        a category's tokens are split over models in proportion to the models' share of all tokens)."""
-        if not any(agg.tokens) or not by_model:
-            return None
-        total_tokens = sum(sum(m.tokens[:2]) for m in by_model.values())
-        if not total_tokens:
-            return None
-        dollars = 0.0
-        priced = False
-        for model, magg in by_model.items():
-            share = sum(magg.tokens[:2]) / total_tokens
-            value = self.prices.cost(model, [int(t * share) for t in agg.tokens], [int(t * share) for t in agg.failed_tokens])
-            if value is not None:
-                dollars += value
-                priced = True
-        return dollars if priced else None
+    def _cost(self, agg: Agg, model: str | None = None) -> float | None:
+        """Estimated dollars of an aggregate: its tokens were priced when counted (``None``: nothing was priced).
+
+        A named model in the price table costs 0.0 rather than ``None`` when it has no billable tokens.
+        """
+        dollars, failed_dollars, priced = agg.cost
+        if not priced:
+            return 0.0 if model is not None and model != OTHER and self.prices.lookup(model) is not None else None
+        billed = dollars if self.prices.bill_failed else dollars - failed_dollars
+        return round(max(0.0, billed), 6)
 
     @hookimpl
     def get_insights(self, start: int, end: int, categories: list[str] | None) -> results.Insights:
@@ -470,6 +501,12 @@ class AnalyticsPlugin:
                 "healthy": True, "issues": [],
                 "minute_buckets": len(self.rollups.levels["m"]), "hour_buckets": len(self.rollups.levels["h"]),
                 "open_sessions": len(self.rollups.open), "abandoned_sessions": self.rollups.abandoned,
+                # events of the kept hours counted under "other" because their hour already had as many names
+                # as max_categories / max_models allow
+                "folded_events": {kind: sum(agg.events for by_dim in self.rollups.levels["h"].values()
+                                            if (agg := by_dim.get((FOLDED, kind))) is not None)
+                                  for kind in ("category", "model")},
+                "max_categories": self.config.max_categories, "max_models": self.config.max_models,
                 "path": str(self.file.path) if self.file is not None else None,
                 "alerts": self.alerts.stats() if self.alerts is not None else None,
             }
@@ -481,6 +518,32 @@ class AnalyticsPlugin:
         from .cli import register
 
         register(cli)
+
+
+def _capped(window: dict[Any, Agg], kind: str, limit: int, active: dict[tuple[str, str], int]) -> tuple[dict[str, Agg], int]:
+    """A window's aggregates of ``kind`` (category or model) by name: at most ``limit`` names, plus ``other``.
+
+    Buckets fold the names past their limit as they come; a window merges many buckets and can see more
+    names than one bucket keeps, so it keeps the ``limit`` with the most events and folds the rest too.
+    Returns the aggregates and how many events ``other`` holds because of folding (an actual name
+    ``other`` is not counted).  ``active`` gains ``other``'s active sessions: those of every name not shown.
+    """
+    named = {dim[1]: agg for dim, agg in window.items() if dim[0] == kind}
+    folded_agg = window.get((FOLDED, kind))
+    folded = folded_agg.events if folded_agg is not None else 0
+    other = named.pop(OTHER, None)
+    if len(named) > limit:
+        kept = set(heapq.nlargest(limit, named, key=lambda name: (named[name].events, name)))
+        other = other or Agg()
+        for name in [name for name in named if name not in kept]:
+            agg = named.pop(name)
+            other.merge(agg)
+            folded += agg.events
+    if other is not None:
+        named[OTHER] = other
+        hidden = sum(n for (k, name), n in active.items() if k == kind and name and name not in named)
+        active[(kind, OTHER)] = active.get((kind, OTHER), 0) + hidden
+    return named, folded
 
 
 def _headline(metrics: results.Metrics, name: str) -> float | None:

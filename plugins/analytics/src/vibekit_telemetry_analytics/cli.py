@@ -68,6 +68,10 @@ def _print_metrics(metrics: Any) -> None:
         for name, b in metrics.by_category.items():
             click.echo(f"  {name}: {b.events:,} events, {b.sessions.started:,} sessions, "
                        f"{b.errors.rate}% errors, p95 {_fmt(b.performance.p95_latency)} ms")
+    folded = {kind: n for kind, n in (metrics.folded_events or {}).items() if n}
+    if folded:
+        click.echo("folded into 'other' (more names than analytics.max_categories / max_models keep): "
+                   + ", ".join(f"{n:,} events by {kind}" for kind, n in folded.items()))
     for name, metric in metrics.custom.items():
         click.echo(f"custom {name} ({metric.type}{', ' + metric.unit if metric.unit else ''}): {_fmt(metric.value)}")
 

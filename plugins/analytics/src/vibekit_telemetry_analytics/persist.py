@@ -14,7 +14,7 @@ import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .rollup import Agg, OpenSession, Rollups
+from .rollup import Agg, Bucket, OpenSession, Rollups
 
 MIGRATION_SET = "vibekit_telemetry_analytics"
 migrations = Migrations(MIGRATION_SET)
@@ -55,7 +55,10 @@ class RollupFile:
             "SELECT level, bucket, dim_kind, dim, data FROM buckets "
             "WHERE (level = 'm' AND bucket >= ?) OR (level = 'h' AND bucket >= ?)", [minutes_from, hours_from])
         for level, bucket, dim_kind, dim, data in rows:
-            rollups.levels[level].setdefault(bucket, {})[(dim_kind, dim)] = Agg.from_json(orjson.loads(data))
+            by_dim = rollups.levels[level].get(bucket)
+            if by_dim is None:
+                by_dim = rollups.levels[level][bucket] = Bucket()
+            by_dim[(dim_kind, dim)] = Agg.from_json(orjson.loads(data))
         for sid, data in self.conn.execute("SELECT id, data FROM open_sessions"):
             rollups.open[sid] = OpenSession.from_json(orjson.loads(data))
         return {name: {"type": kind, "unit": unit, "description": description}

@@ -18,6 +18,7 @@ modelled.  Override or add models with ``analytics.prices``::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +93,10 @@ DEFAULT_PRICES: dict[str, Price] = {
     "deepseek-reasoner": _p(0.55, 2.19, 0.14),
 }
 
+#: model names whose price lookup is remembered: model names come from ingest clients, so the memory is bounded
+_LOOKUP_CACHE_SIZE = 4096
+_UNSEEN = object()
+
 _PREFIXES = ("anthropic/", "openai/", "google/", "models/", "mistral/", "deepseek/", "vertex_ai/", "bedrock/")
 
 
@@ -105,11 +110,15 @@ class PriceTable:
         self.bill_failed = bill_failed
         self._keys = sorted(self.prices, key=len, reverse=True)
         self._cache: dict[str, Price | None] = {}
+        #: identifies these prices: the rollups store dollars, so rollups counted under other prices are recounted
+        self.fingerprint = hashlib.sha256(repr(sorted(self.prices.items())).encode()).hexdigest()[:16]
 
     def lookup(self, model: str) -> Price | None:
         """The price of ``model`` (``claude-3-5-sonnet-20241022`` finds ``claude-3-5-sonnet``), or ``None``."""
-        if model in self._cache:
-            return self._cache[model]
+        # one read: the flusher and readers share the cache, and it may be cleared between two
+        cached = self._cache.get(model, _UNSEEN)
+        if cached is not _UNSEEN:
+            return cached  # type: ignore[return-value]
         name = model.lower()
         for prefix in _PREFIXES:
             name = name.removeprefix(prefix)
@@ -117,6 +126,8 @@ class PriceTable:
         found = self.prices.get(name)
         if found is None:
             found = next((self.prices[k] for k in self._keys if name.startswith(k)), None)
+        if len(self._cache) >= _LOOKUP_CACHE_SIZE:
+            self._cache.clear()
         self._cache[model] = found
         return found
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 
-from .prices import PriceTable
 from .rollup import Agg, percentile
 
 
@@ -110,6 +109,9 @@ class Metrics:
     price_table_version: str
     #: what PII redaction replaced in the window, by type (empty without the pii plugin)
     redactions: dict[str, int] = attrs.field(factory=dict)
+    #: events counted under ``other`` in ``by_category`` and ``by_model`` because more distinct names were
+    #: seen than ``max_categories`` / ``max_models`` keep apart: ``{"category": n, "model": n}``
+    folded_events: dict[str, int] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -155,10 +157,6 @@ def tokens(agg: Agg, cost: float | None) -> TokenMetrics:
     t = agg.tokens
     return TokenMetrics(input=t[0], output=t[1], cache_read=t[2], cache_creation=t[3], reasoning=t[4],
                         total=t[0] + t[1], cost=None if cost is None else round(cost, 6))
-
-
-def model_costs(by_model: dict[str, Agg], prices: PriceTable) -> dict[str, float | None]:
-    return {model: prices.cost(model, agg.tokens, agg.failed_tokens) for model, agg in by_model.items()}
 
 
 def custom_metric(name: str, slot: list[Any] | None, definition: dict[str, Any] | None) -> CustomMetric:

@@ -6,16 +6,28 @@ them (whole hours in the middle, minutes at the edges), so answering does not
 depend on how many events are stored.  Durations are kept in log-spaced
 histograms (2% wide bins) so percentiles merge exactly across buckets, within
 2% of the true value.
+
+Categories and models are chosen by whoever ingests, so a bucket keeps an
+aggregate of its own for at most ``max_categories`` categories and
+``max_models`` models (the first ones it sees); the events of any further name
+are counted under ``other``, and once more under ``("folded", kind)`` so how
+much was folded is known.  Totals are unaffected: the ``("all", "")`` aggregate
+counts every event.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vibekit_telemetry import TelemetryEvent, TokenUsage
+
+from .prices import Price, PriceTable
+
+log = logging.getLogger("vibekit_telemetry.analytics")
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -24,9 +36,13 @@ _TOKEN_FIELDS = ("input", "output", "cache_read", "cache_creation", "reasoning")
 _MAX_MESSAGES = 20
 _FAILED = frozenset({"failed", "error", "errored", "timeout", "cancelled", "canceled", "aborted"})
 
-#: dimension keys: ("all", ""), ("category", name), ("model", name)
+#: dimension keys: ("all", ""), ("category", name), ("model", name), ("folded", "category"|"model")
 Dim = tuple[str, str]
 ALL: Dim = ("all", "")
+#: the name under which a bucket counts the categories or models past its limit
+OTHER = "other"
+#: the dimension kind of the aggregates that count only what was folded into OTHER
+FOLDED = "folded"
 
 
 def model_of(metadata: dict[str, Any]) -> str | None:
@@ -73,7 +89,7 @@ class Agg:
 
     __slots__ = ("events", "types", "started", "completed", "failed", "ended", "errors", "messages",
                  "dur", "dur_n", "dur_sum", "dur_min", "dur_max", "ttft", "ttft_n", "ttft_sum", "ttft_min", "ttft_max",
-                 "streams", "tokens", "failed_tokens", "custom", "redactions")
+                 "streams", "tokens", "failed_tokens", "cost", "custom", "redactions")
 
     def __init__(self) -> None:
         self.events = 0
@@ -93,6 +109,9 @@ class Agg:
         self.streams = 0  # stream chunks of the sessions that ended here
         self.tokens = [0, 0, 0, 0, 0]
         self.failed_tokens = [0, 0, 0, 0, 0]
+        #: [US dollars of the tokens, dollars of the tokens of failed sessions, events whose tokens were priced]:
+        #: priced when counted, so a category's or folded bucket's cost is a sum, not a search over models
+        self.cost = [0.0, 0.0, 0]
         #: custom metric name -> [count, sum, min, max, last value, last timestamp, histogram]
         self.custom: dict[str, list[Any]] = {}
         #: what PII redaction replaced, by type (from the events' ``pii_redacted`` metadata)
@@ -168,6 +187,10 @@ class Agg:
         mine, theirs = self.failed_tokens, other.failed_tokens
         for i in range(5):
             mine[i] += theirs[i]
+        cost, their_cost = self.cost, other.cost
+        cost[0] += their_cost[0]
+        cost[1] += their_cost[1]
+        cost[2] += their_cost[2]
         for name, slot in other.custom.items():
             have = self.custom.get(name)
             if have is None:
@@ -235,15 +258,39 @@ class OpenSession:
         return state
 
 
+class Bucket(dict[Dim, Agg]):
+    """The aggregates of one minute or one hour by dimension, counting the names that have one of their own."""
+
+    __slots__ = ("named",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: dimension kind -> how many names of that kind have an aggregate here (OTHER not included)
+        self.named = {"category": 0, "model": 0}
+
+    def __setitem__(self, dim: Dim, agg: Agg) -> None:
+        # every insertion goes through here (the rollup file's loader too), so the count cannot drift
+        if dim[0] in self.named and dim[1] != OTHER and dim not in self:
+            self.named[dim[0]] += 1
+        super().__setitem__(dim, agg)
+
+
 class Rollups:
     """Minute and hour aggregates for every dimension, plus the sessions still open.
 
-    Not thread-safe by itself: the plugin serialises access.
+    ``prices`` prices tokens as they are counted; ``max_categories`` and ``max_models`` bound the names a
+    bucket keeps an aggregate for (the rest are counted under :data:`OTHER`).  Not thread-safe by itself:
+    the plugin serialises access.
     """
 
-    def __init__(self, max_open_sessions: int = 100_000) -> None:
+    def __init__(self, max_open_sessions: int = 100_000, *, prices: PriceTable | None = None,
+                 max_categories: int = 500, max_models: int = 500) -> None:
         #: level ("m" or "h") -> bucket start -> dimension -> aggregate
-        self.levels: dict[str, dict[int, dict[Dim, Agg]]] = {"m": {}, "h": {}}
+        self.levels: dict[str, dict[int, Bucket]] = {"m": {}, "h": {}}
+        self.prices = prices
+        self.limits = {"category": max_categories, "model": max_models}
+        #: kinds whose folding was already logged (once per process is enough to point at the setting)
+        self._warned: set[str] = set()
         self.dirty: set[tuple[str, int]] = set()
         self.open: dict[str, OpenSession] = {}
         #: sessions that ended lately: an event that arrives after the end does not reopen them
@@ -257,13 +304,33 @@ class Rollups:
             bucket = ts - ts % width
             by_dim = self.levels[level].get(bucket)
             if by_dim is None:
-                by_dim = self.levels[level][bucket] = {}
+                by_dim = self.levels[level][bucket] = Bucket()
             self.dirty.add((level, bucket))
             for dim in dims:
                 agg = by_dim.get(dim)
                 if agg is None:
-                    agg = by_dim[dim] = Agg()
+                    kind = dim[0]
+                    limit = self.limits.get(kind)
+                    if limit is not None and dim[1] != OTHER and by_dim.named[kind] >= limit:
+                        dim = (kind, OTHER)
+                        yield self._agg(by_dim, (FOLDED, kind))
+                        self._warn(kind, level)
+                    agg = self._agg(by_dim, dim)
                 yield agg
+
+    @staticmethod
+    def _agg(by_dim: Bucket, dim: Dim) -> Agg:
+        agg = by_dim.get(dim)
+        if agg is None:
+            agg = by_dim[dim] = Agg()
+        return agg
+
+    def _warn(self, kind: str, level: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("more than %d distinct %s names in one %s: the rest are counted under %r "
+                        "(analytics.max_%s raises the limit)", self.limits[kind], kind,
+                        "minute" if level == "m" else "hour", OTHER, "categories" if kind == "category" else "models")
 
     def add(self, events: Iterable[TelemetryEvent], session_lookup: Any = None) -> None:
         """Fold stored events into the aggregates.
@@ -286,6 +353,12 @@ class Rollups:
                 dims.append(("model", model))
             usage = TokenUsage.from_metadata(metadata) if metadata else None
             has_tokens = usage is not None and (usage.input or usage.output)
+            price = self.prices.lookup(model) if model and self.prices is not None and (has_tokens or kind == "end") \
+                else None
+            dollars = None
+            if has_tokens and price is not None:
+                dollars = price.cost([usage.input, usage.output, usage.cache_read,  # type: ignore[union-attr]
+                                      usage.cache_creation, usage.reasoning])  # type: ignore[union-attr]
             if kind == "start" and sid:
                 if state is None:
                     state = open_sessions[sid] = OpenSession(ts, category, model, ts)
@@ -322,6 +395,10 @@ class Rollups:
                     tokens[2] += usage.cache_read  # type: ignore[union-attr]
                     tokens[3] += usage.cache_creation  # type: ignore[union-attr]
                     tokens[4] += usage.reasoning  # type: ignore[union-attr]
+                    if dollars is not None:
+                        cost = agg.cost
+                        cost[0] += dollars
+                        cost[2] += 1
                 if isinstance(redacted, dict):
                     for rkind, n in redacted.items():
                         if isinstance(n, int):
@@ -339,10 +416,10 @@ class Rollups:
                     for i, name in enumerate(_TOKEN_FIELDS):
                         state.tokens[i] += getattr(usage, name)
             if kind == "end" and sid:
-                self._end(sid, e, ts, dims, state, tally, session_lookup)
+                self._end(sid, e, ts, dims, state, tally, session_lookup, price)
 
     def _end(self, sid: str, e: dict[str, Any], ts: int, dims: list[Dim], state: OpenSession | None,
-             tally: Any, session_lookup: Any) -> None:
+             tally: Any, session_lookup: Any, price: Price | None) -> None:
         self.open.pop(sid, None)
         self.open_dirty = True
         self.ended[sid] = None
@@ -364,6 +441,8 @@ class Rollups:
             if isinstance(tally_first, int) and (first_stream is None or tally_first < first_stream):
                 first_stream = tally_first
         failed = is_failed(e["status"])
+        # a failed session's tokens are priced once more here, so they can be left out of its cost at reading
+        failed_dollars = price.cost(tokens) if failed and price is not None and any(tokens) else 0.0
         for agg in self._aggs(ts, dims):
             agg.ended += 1
             if failed:
@@ -371,6 +450,7 @@ class Rollups:
                 failed_tokens = agg.failed_tokens
                 for i in range(5):
                     failed_tokens[i] += tokens[i]
+                agg.cost[1] += failed_dollars
             else:
                 agg.completed += 1
             agg.streams += streams

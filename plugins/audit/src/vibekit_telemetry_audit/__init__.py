@@ -4,8 +4,11 @@ Enable with ``[security.audit] enabled = true``.  Entries (time, actor, action,
 target, details) go to ``<data_dir>/audit.db``, a SQLite file of its own whose
 schema refuses updates and deletes, and each entry carries the SHA-256 of the
 previous entry's hash and its own content, so changing, removing or reordering
-an entry breaks the chain: ``telemetry audit verify`` walks it and names the
-first entry that does not match.
+an entry breaks the chain.  A one-row ``head`` table holds the number and hash
+of the last entry written and may only move forward, so entries deleted from
+the end (or all of them) are missed too.  ``telemetry audit verify`` reads the
+file without writing to it, walks the chain, compares its end with the head and
+checks that the append-only triggers are still in place.
 
 What is recorded: retention cleaning (``clean``), exports (``export``), key
 rotation (``rotate``), custom metric definitions (``create``), and configuration
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -35,11 +39,29 @@ if TYPE_CHECKING:
 
     from vibekit_telemetry import TelemetryService
 
-__all__ = ["AuditTrail", "verify"]
+__all__ = ["AuditTrail", "TrailReport", "trail_path", "verify"]
+
+log = logging.getLogger("vibekit_telemetry.audit")
 
 MIGRATION_SET = "vibekit_telemetry_audit"
 migrations = Migrations(MIGRATION_SET)
 GENESIS = "0" * 64
+
+
+#: the triggers that make the trail append-only, as SQLite keeps their text (verify compares it)
+TRIGGERS = {
+    "entries_no_update": "CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN "
+                         "SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    "entries_no_delete": "CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries BEGIN "
+                         "SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    "head_no_delete": "CREATE TRIGGER head_no_delete BEFORE DELETE ON head BEGIN "
+                      "SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    "head_no_rewind": "CREATE TRIGGER head_no_rewind BEFORE UPDATE ON head WHEN NEW.seq <= OLD.seq BEGIN "
+                      "SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+}
+#: what each trigger refuses, for verify's messages
+_GUARDS = {"entries_no_update": "changing an entry", "entries_no_delete": "deleting an entry",
+           "head_no_delete": "deleting the head", "head_no_rewind": "moving the head back"}
 
 
 @migrations()
@@ -49,10 +71,24 @@ def m001_entries(db: Database) -> None:
                           "prev_hash": str, "hash": str}, pk="seq", not_null={"ts", "actor", "action", "hash"})
     db["entries"].create_index(["action", "ts"], index_name="entries_action_ts")
     db["entries"].create_index(["ts"], index_name="entries_ts")
-    db.execute("CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN "
-               "SELECT RAISE(ABORT, 'the audit trail is append-only'); END")
-    db.execute("CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries BEGIN "
-               "SELECT RAISE(ABORT, 'the audit trail is append-only'); END")
+    db.execute(TRIGGERS["entries_no_update"])
+    db.execute(TRIGGERS["entries_no_delete"])
+
+
+@migrations()
+def m002_head(db: Database) -> None:
+    """The last entry's number and hash, which only move forward: deleting entries from the end shows."""
+    db.execute("CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL)")
+    # a trail from before this migration: its head is its last entry as it stands now
+    last = db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    db.execute("INSERT INTO head (id, seq, hash) VALUES (1, ?, ?)", list(last) if last else [0, GENESIS])
+    db.execute(TRIGGERS["head_no_delete"])
+    db.execute(TRIGGERS["head_no_rewind"])
+
+
+def trail_path(path_option: str | None, data_dir: str | Path) -> Path:
+    """Where the trail lives: ``path`` from ``[security.audit]``, or ``<data_dir>/audit.db``."""
+    return Path(path_option) if path_option else Path(data_dir) / "audit.db"
 
 
 def entry_hash(prev_hash: str, ts: int, actor: str, action: str, target: str, details: str) -> str:
@@ -61,27 +97,115 @@ def entry_hash(prev_hash: str, ts: int, actor: str, action: str, target: str, de
     return hashlib.sha256(material).hexdigest()
 
 
-def verify(path: Path) -> tuple[int, str | None]:
-    """Walk the chain in ``path``: ``(entries checked, None)`` or ``(entries checked, the first problem)``."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+@attrs.frozen
+class TrailReport:
+    """What :func:`verify` found: ``entries`` intact from the first one on, what the head records, the problems."""
+
+    path: Path
+    entries: int
+    #: entries the head says were written (``None`` when the trail has no head to read)
+    recorded: int | None
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """No problem found."""
+        return not self.problems
+
+
+def verify(path: Path) -> TrailReport:
+    """Check the trail in ``path`` without writing to it: the chain, its end against the head, the triggers.
+
+    The file is opened read-only (SQLite may create its ``-shm``/``-wal`` companions, never changes the
+    database).  Raises :class:`TelemetryError` when there is no trail at ``path``.
+    """
+    if not path.is_file():
+        raise TelemetryError(f"no audit trail at {path}: it is created when the service starts with "
+                             "[security.audit] enabled = true")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        prev = GENESIS
-        checked = 0
-        expected_seq = 1
-        for seq, ts, actor, action, target, details, prev_hash, stored in conn.execute(
-                "SELECT seq, ts, actor, action, target, details, prev_hash, hash FROM entries ORDER BY seq"):
-            if seq != expected_seq:
-                return checked, f"entry {expected_seq} is missing (the next one is {seq})"
-            if prev_hash != prev:
-                return checked, f"entry {seq} does not follow entry {seq - 1} (its previous hash differs)"
-            if entry_hash(prev_hash, ts, actor, action, target, details) != stored:
-                return checked, f"entry {seq} was changed after it was written (its hash does not match)"
-            prev = stored
-            checked += 1
-            expected_seq += 1
-        return checked, None
+        return _verify(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise TelemetryError(f"{path} cannot be read as an audit trail: {exc}") from None
     finally:
         conn.close()
+
+
+def _verify(conn: sqlite3.Connection, path: Path) -> TrailReport:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "entries" not in tables:
+        return TrailReport(path, 0, None, ["the file has no entries table: it is not an audit trail, "
+                                           "or the table was dropped"])
+    problems = _trigger_problems(conn, head_table="head" in tables)
+    checked, chain_problem = _walk(conn)
+    if chain_problem is not None:
+        problems.append(chain_problem)
+    recorded = None
+    if "head" in tables:
+        head = conn.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        if head is None:
+            problems.append("the head record was deleted: entries deleted from the end cannot be ruled out")
+        else:
+            recorded = head[0]
+            problems += _head_problems(conn, *head)
+    elif "m002_head" in {m.name for m in migrations.applied(Database(conn, execute_plugins=False))}:
+        problems.append("the head table was dropped: entries deleted from the end cannot be ruled out")
+    else:
+        problems.append("the trail was written by an older version and has no head record yet, so entries "
+                        "deleted from the end cannot be ruled out: start the service once (it adds one) and verify again")
+    return TrailReport(path, checked, recorded, problems)
+
+
+def _trigger_problems(conn: sqlite3.Connection, *, head_table: bool) -> list[str]:
+    # compared by text, not only by name: a trigger of the same name that does nothing refuses nothing
+    found = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+    problems = []
+    for name, sql in TRIGGERS.items():
+        if name.startswith("head_") and not head_table:
+            continue  # a missing head is reported on its own
+        if name not in found:
+            problems.append(f"the append-only trigger {name} is missing: {_GUARDS[name]} is no longer refused "
+                            "(someone with write access to the file dropped it)")
+        elif " ".join(found[name].split()) != " ".join(sql.split()):
+            problems.append(f"the append-only trigger {name} was replaced: {_GUARDS[name]} may no longer be refused")
+    return problems
+
+
+def _walk(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """The chain from entry 1: ``(entries intact, the first problem or None)``."""
+    prev = GENESIS
+    checked = 0
+    expected_seq = 1
+    for seq, ts, actor, action, target, details, prev_hash, stored in conn.execute(
+            "SELECT seq, ts, actor, action, target, details, prev_hash, hash FROM entries ORDER BY seq"):
+        if seq != expected_seq:
+            return checked, f"entry {expected_seq} is missing (the next one is {seq})"
+        if prev_hash != prev:
+            return checked, f"entry {seq} does not follow entry {seq - 1} (its previous hash differs)"
+        if entry_hash(prev_hash, ts, actor, action, target, details) != stored:
+            return checked, f"entry {seq} was changed after it was written (its hash does not match)"
+        prev = stored
+        checked += 1
+        expected_seq += 1
+    return checked, None
+
+
+def _head_problems(conn: sqlite3.Connection, head_seq: int, head_hash: str) -> list[str]:
+    last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    if last is None:
+        if head_seq:
+            return [f"the trail is empty, but its head records {head_seq} entries: every entry was deleted"]
+        return []
+    last_seq, last_hash = last
+    if last_seq < head_seq:
+        deleted = f"entry {head_seq} was" if last_seq + 1 == head_seq else f"entries {last_seq + 1} to {head_seq} were"
+        return [f"{deleted} deleted from the end (the head records {head_seq} entries, the last one left is {last_seq})"]
+    if last_seq > head_seq:
+        return [f"entries after {head_seq} were written around the service (the head records {head_seq}, "
+                f"the last entry is {last_seq})"]
+    if last_hash != head_hash:
+        return [f"entry {last_seq} is not the one the head records (its hash differs): it was replaced"]
+    return []
 
 
 class AuditTrail:
@@ -101,13 +225,14 @@ class AuditTrail:
         self.path: Path | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._last_hash = GENESIS
         self.written = 0
+        #: why the trail refuses appends (it was changed outside the service), reported by health
+        self.damaged: str | None = None
 
     @hookimpl
     def startup(self, service: TelemetryService) -> None:
         """Open the trail and record a configuration change since the last start."""
-        self.path = Path(self.config.path) if self.config.path else service.data_dir / "audit.db"
+        self.path = trail_path(self.config.path, service.data_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
         conn.execute("PRAGMA journal_mode=wal")
@@ -122,12 +247,18 @@ class AuditTrail:
         self._conn = conn
         config = redact_secrets(service.loaded.raw)
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-        last = conn.execute("SELECT details FROM entries WHERE action = 'config' ORDER BY seq DESC LIMIT 1").fetchone()
-        previous = json.loads(last[0]) if last else None
-        if previous is None or previous.get("fingerprint") != fingerprint:
-            changed = sorted(_changed_keys(previous.get("config", {}) if previous else {}, config))
-            self.audit("config", "configuration", current_actor(), {"fingerprint": fingerprint, "config": config,
-                                                               "changed": changed, "sources": list(service.loaded.sources)})
+        try:
+            last = conn.execute("SELECT details FROM entries WHERE action = 'config' ORDER BY seq DESC LIMIT 1").fetchone()
+            previous = json.loads(last[0]) if last else None
+            if previous is None or previous.get("fingerprint") != fingerprint:
+                changed = sorted(_changed_keys(previous.get("config", {}) if previous else {}, config))
+                self.audit("config", "configuration", current_actor(), {
+                    "fingerprint": fingerprint, "config": config, "changed": changed,
+                    "sources": list(service.loaded.sources)})
+        except (TelemetryError, sqlite3.Error) as exc:
+            # a trail someone changed outside the service must not stop the application: health and the log say so
+            self.damaged = str(exc)
+            log.error("audit trail %s: %s", self.path, exc)
 
     @hookimpl
     def audit(self, action: str, target: str, actor: str, details: dict[str, Any]) -> None:
@@ -137,14 +268,25 @@ class AuditTrail:
         text = orjson.dumps(details, default=str, option=orjson.OPT_SORT_KEYS).decode()
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")  # other processes append to the same file: read the tail under the lock
+            conn.execute("BEGIN IMMEDIATE")  # other processes append to the same file: read the head under the lock
             try:
-                row = conn.execute("SELECT hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-                prev = row[0] if row else GENESIS
+                # the head, not the last row: after entries were deleted from the end the next one still follows
+                # the last one written, so the gap stays visible to verify
+                try:
+                    head = conn.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+                except sqlite3.OperationalError:
+                    head = None
+                if head is None:
+                    self.damaged = (f"the audit trail {self.path} lost its head record (the file was changed outside "
+                                    "the service): nothing more is appended; `telemetry audit verify` says what else "
+                                    "changed")
+                    raise TelemetryError(self.damaged)
+                last, prev = head
                 ts = now_ms()
-                conn.execute("INSERT INTO entries (ts, actor, action, target, details, prev_hash, hash) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             [ts, actor, action, target, text, prev, entry_hash(prev, ts, actor, action, target, text)])
+                digest = entry_hash(prev, ts, actor, action, target, text)
+                conn.execute("INSERT INTO entries (seq, ts, actor, action, target, details, prev_hash, hash) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [last + 1, ts, actor, action, target, text, prev, digest])
+                conn.execute("UPDATE head SET seq = ?, hash = ? WHERE id = 1", [last + 1, digest])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -157,26 +299,17 @@ class AuditTrail:
         """Entries newest first."""
         if self._conn is None:
             raise TelemetryError("the audit trail is not open")
-        where, params = [], []
-        if action is not None:
-            where.append("action = ?")
-            params.append(action)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        sql = ("SELECT seq, ts, actor, action, target, details, hash FROM entries"
-               + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC LIMIT ?")
         with self._lock:
-            rows = self._conn.execute(sql, [*params, limit]).fetchall()
-        return [{"seq": seq, "timestamp": ts, "actor": actor, "action": act, "target": target,
-                 "details": json.loads(details), "hash": digest}
-                for seq, ts, actor, act, target, details, digest in rows]
+            return read_entries(self._conn, action=action, since=since, limit=limit)
 
     @hookimpl
     def health(self) -> dict[str, Any]:
-        """Where the trail is and how many entries this process wrote."""
-        return {"healthy": self._conn is not None, "issues": [] if self._conn else ["audit trail closed"],
-                "path": str(self.path) if self.path else None, "written": self.written}
+        """Where the trail is, how many entries this process wrote, and whether it still accepts them."""
+        issues = [] if self._conn else ["audit trail closed"]
+        if self.damaged:
+            issues.append(self.damaged)
+        return {"healthy": not issues, "issues": issues, "path": str(self.path) if self.path else None,
+                "written": self.written}
 
     @hookimpl
     def shutdown(self, service: TelemetryService) -> None:
@@ -193,6 +326,23 @@ class AuditTrail:
         from .cli import register
 
         register(cli)
+
+
+def read_entries(conn: sqlite3.Connection, *, action: str | None, since: int | None, limit: int) -> list[dict[str, Any]]:
+    """Entries newest first, optionally of one action and from ``since`` (epoch ms) on."""
+    where, params = [], []
+    if action is not None:
+        where.append("action = ?")
+        params.append(action)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    sql = ("SELECT seq, ts, actor, action, target, details, hash FROM entries"
+           + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC LIMIT ?")
+    rows = conn.execute(sql, [*params, limit]).fetchall()
+    return [{"seq": seq, "timestamp": ts, "actor": actor, "action": act, "target": target,
+             "details": json.loads(details), "hash": digest}
+            for seq, ts, actor, act, target, details, digest in rows]
 
 
 def _changed_keys(before: Any, after: Any, prefix: str = "") -> set[str]:
