@@ -12,16 +12,24 @@ from .builder import EventBuilder
 from .config import LoadedConfig, PluginSpec, StorageConfig, TelemetryConfig, load_config, redact_secrets
 from .errors import (
     ConfigError,
+    EventsRejectedError,
     InvalidEventError,
     InvalidQueryError,
     PluginError,
     ServiceClosedError,
     StorageError,
+    StorageUnavailableError,
     TelemetryError,
 )
 from .hookspecs import hookimpl
 from .model import (
     EVENT_TYPES,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
     Anomaly,
     Page,
     QueryFilter,
@@ -54,11 +62,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EVENT_TYPES",
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_TIMESTAMP_MS",
+    "MIN_TIMESTAMP_MS",
     "Anomaly",
     "BatchResult",
     "Batcher",
     "ConfigError",
     "EventBuilder",
+    "EventsRejectedError",
     "EventStream",
     "HealthStatus",
     "ImportResult",
@@ -75,6 +90,7 @@ __all__ = [
     "SessionScope",
     "StorageConfig",
     "StorageError",
+    "StorageUnavailableError",
     "TelemetryConfig",
     "TelemetryError",
     "TelemetryEvent",

@@ -414,6 +414,73 @@ def _serve_dashboard(service: Any, port: int, live: bool, seed: int | None) -> N
         click.echo("stopped")
 
 
+@cli.group("dead-letter")
+def dead_letter() -> None:
+    """Events a storage plugin refused for what they hold: list, replay or purge them."""
+
+
+def _dead_letters(config_path: str | None) -> Any:
+    """The dead-letter files of a configuration, read without opening any storage."""
+    from .deadletter import DeadLetters
+
+    config = load_config(config_path).config
+    buffer_dir = Path(config.reliability.buffer_path) if config.reliability.buffer_path else Path(config.data_dir) / "buffer"
+    return DeadLetters(buffer_dir / "dead-letter")
+
+
+@dead_letter.command("list")
+@click.option("--plugin", help="Only what this storage plugin refused.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@_format_option()
+@click.pass_obj
+def dead_letter_list(state: _State, plugin: str | None, limit: int, fmt: str) -> None:
+    """Show refused events, oldest first: when, which plugin, why, and the event."""
+    letters = _dead_letters(state.config_path)
+    records = letters.records(plugin)
+    if fmt != "table":
+        render([r.to_dict() for r in records[:limit]], (), fmt)
+        return
+    rows = [{"timestamp": r.at, "plugin": r.plugin, "id": (r.raw.get("event") or {}).get("id"),
+             "category": (r.raw.get("event") or {}).get("category"), "error": r.error} for r in records[:limit]]
+    render(rows, ("timestamp", "plugin", "id", "category", "error"), "table",
+           title=f"Dead letters ({len(records)}) in {letters.directory}")
+
+
+@dead_letter.command("replay")
+@click.option("--plugin", help="Only what this storage plugin refused.")
+@click.pass_obj
+def dead_letter_replay(state: _State, plugin: str | None) -> None:
+    """Offer refused events to their plugin again; those it stores now leave the file."""
+    results = state.service().replay_dead_letters(plugin)
+    if not results:
+        click.echo("no dead letters")
+        return
+    failed = False
+    for name, result in results.items():
+        click.echo(f"{name}: stored {result['stored']}, {result['left']} left")
+        for error in result["errors"]:
+            click.echo(f"  {error}")
+        failed = failed or bool(result["left"])
+    if failed:
+        sys.exit(1)
+
+
+@dead_letter.command("purge")
+@click.option("--plugin", help="Only what this storage plugin refused.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def dead_letter_purge(state: _State, plugin: str | None, yes: bool) -> None:
+    """Delete refused events for good."""
+    letters = _dead_letters(state.config_path)
+    count = letters.count(plugin)
+    if not count:
+        click.echo("no dead letters")
+        return
+    if not yes:
+        click.confirm(f"delete {count} dead letters for good?", abort=True)
+    click.echo(f"purged {letters.purge(plugin)} dead letters")
+
+
 @cli.command("export")
 @click.option("--format", "fmt", help="json, jsonl, csv, parquet, otlp ... (default: from the output file name).")
 @click.option("-o", "--output", required=True, help="A file, '-' for standard output, or a URL such as s3://bucket/key.")

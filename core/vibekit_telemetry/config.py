@@ -14,16 +14,19 @@ expected type instead of being ignored.
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
+import cattrs.cols
 from cattrs.v import format_exception
 
 from .errors import ConfigError
@@ -159,7 +162,30 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, structure_float)
     converter.register_structure_hook(bool, structure_bool)
     converter.register_structure_hook(str, structure_str)
+    converter.register_structure_hook_factory(_is_list_like, lambda t: _strict_sequence(t, converter))
     return converter
+
+
+def _is_list_like(type_: Any) -> bool:
+    origin = typing.get_origin(type_)
+    if origin in (list, collections.abc.Sequence, collections.abc.MutableSequence):
+        return True
+    return origin is tuple and len(typing.get_args(type_)) == 2 and typing.get_args(type_)[1] is Ellipsis
+
+
+def _strict_sequence(type_: Any, converter: cattrs.Converter) -> Any:
+    """Lists refuse a string (cattrs would take ``"abc"`` as ``["a", "b", "c"]``) and a mapping."""
+    if typing.get_origin(type_) is tuple:
+        base = cattrs.cols.homogenous_tuple_structure_factory(type_, converter)
+    else:
+        base = cattrs.cols.list_structure_factory(type_, converter)
+
+    def structure_sequence(value: Any, _type: Any) -> Any:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, collections.abc.Iterable):
+            raise ValueError(f"expected a list, got {value!r}")
+        return base(value, _type)
+
+    return structure_sequence
 
 
 converter = make_converter()
@@ -458,6 +484,9 @@ enabled = true
 # persist_buffer = false         # true: journal every batch before storing it (durable within one flush interval)
 # buffer_path = ".vibekit/buffer"
 # memory_limit = 536870912       # bytes of RSS; above it events spill to disk and "memory:high" fires
+# startup = "degrade"            # a store locked at start-up: start anyway, journal, keep opening; or "fail"
+# startup_timeout_ms = 1000
+# dead_letter_after = 3          # a batch failing the same way this often is searched for the events at fault
 # [reliability.retry]
 # enabled = true
 # max_attempts = 3

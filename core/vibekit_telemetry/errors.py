@@ -40,5 +40,22 @@ class StorageError(TelemetryError):
     """A storage plugin cannot open, read or write its data."""
 
 
+class StorageUnavailableError(StorageError):
+    """The store exists but cannot be used right now (locked by another process, server not reachable yet).
+
+    Raised by a storage plugin's ``startup`` or ``store``; the kernel retries later instead of failing, and
+    journals events meanwhile.  Use plain :class:`StorageError` for what retrying cannot fix.
+    """
+
+
+class EventsRejectedError(StorageError):
+    """A storage plugin refused a batch because of what some of its events hold, not because it is failing.
+
+    The kernel then splits the batch to find the events at fault, stores the others, and moves those to the
+    dead-letter file (``telemetry dead-letter list``).  Plain ``TypeError``, ``ValueError``,
+    ``OverflowError`` and ``UnicodeError`` raised by ``store`` are taken the same way.
+    """
+
+
 class ServiceClosedError(TelemetryError):
     """The service was shut down and cannot answer reads any more."""

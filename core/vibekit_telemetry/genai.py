@@ -316,36 +316,44 @@ def log_event(record: Mapping[str, Any], resource: Mapping[str, Any], position: 
     return event
 
 
-def trace_request_events(data: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int, list[str]]:
-    """Events from an ``ExportTraceServiceRequest``, the number of rejected spans and why."""
-    events: list[dict[str, Any]] = []
+def trace_request_events(data: Mapping[str, Any]) -> tuple[list[TelemetryEvent], int, list[str]]:
+    """The validated events of an ``ExportTraceServiceRequest``, the number of rejected spans and why.
+
+    A span is taken whole or not at all: storing its start without its end (whose timestamp the gate
+    refused, say) would leave a session open for ever.  The reasons name the span.
+    """
+    events: list[TelemetryEvent] = []
     rejected, reasons = 0, []
     for resource_spans in _items(data.get("resourceSpans")):
         resource = attributes((resource_spans.get("resource") or {}).get("attributes"))
         for scope_spans in _items(resource_spans.get("scopeSpans")):
             for index, span in enumerate(_items(scope_spans.get("spans"))):
-                try:
-                    events.extend(span_events(span, resource))
+                try:  # InvalidEventError is a ValueError
+                    events.extend([TelemetryEvent.from_dict(e) for e in span_events(span, resource)])
                 except (ValueError, TypeError) as exc:
                     rejected += 1
-                    reasons.append(f"span {span.get('name')!r} (#{index}): {exc}")
+                    reasons.append(f"span {span.get('name')!r} (#{index}): {_reason(exc)}")
     return events, rejected, reasons
 
 
-def log_request_events(data: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int, list[str]]:
-    """Events from an ``ExportLogsServiceRequest``, the number of rejected log records and why."""
-    events: list[dict[str, Any]] = []
+def log_request_events(data: Mapping[str, Any]) -> tuple[list[TelemetryEvent], int, list[str]]:
+    """The validated events of an ``ExportLogsServiceRequest``, the number of rejected log records and why."""
+    events: list[TelemetryEvent] = []
     rejected, reasons = 0, []
     for r, resource_logs in enumerate(_items(data.get("resourceLogs"))):
         resource = attributes((resource_logs.get("resource") or {}).get("attributes"))
         for s, scope_logs in enumerate(_items(resource_logs.get("scopeLogs"))):
             for index, record in enumerate(_items(scope_logs.get("logRecords"))):
                 try:
-                    events.append(log_event(record, resource, (r, s, index)))
+                    events.append(TelemetryEvent.from_dict(log_event(record, resource, (r, s, index))))
                 except (ValueError, TypeError) as exc:
                     rejected += 1
-                    reasons.append(f"log record #{index}: {exc}")
+                    reasons.append(f"log record #{index}: {_reason(exc)}")
     return events, rejected, reasons
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).removeprefix("invalid event: ")
 
 
 def _items(value: Any) -> Iterator[Mapping[str, Any]]:

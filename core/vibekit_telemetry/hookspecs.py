@@ -42,7 +42,9 @@ def startup(service: TelemetryService) -> None:
     """Called once, after every configured plugin is registered and before the first event.
 
     Open files and connections here.  Raising aborts the service's start with an
-    error that names the plugin.
+    error that names the plugin; a storage plugin that raises
+    :class:`~vibekit_telemetry.StorageUnavailableError` (locked, not reachable yet)
+    starts degraded instead and is called again in the background.
     """
 
 
@@ -169,6 +171,8 @@ def store(events: list[TelemetryEvent]) -> None:
     Every storage plugin receives every batch.  Events carry unique ids: a store
     must ignore an id it already holds, so a retried batch never doubles rows.
     Raise to report failure; the other storage plugins still receive the batch.
+    Raise :class:`~vibekit_telemetry.EventsRejectedError` when some events' content
+    is at fault: the kernel isolates them (dead-letter file) and stores the rest.
     """
 
 

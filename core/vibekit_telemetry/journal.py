@@ -3,7 +3,7 @@
 One journal is one directory owned by one live process, which holds an
 exclusive ``flock`` on its ``lock`` file.  Batches are appended as records::
 
-    magic "VKJ1" | event count (u32) | payload length (u32) | CRC-32 of payload (u32) | payload (JSON list)
+    magic "VKJ1" (or "VKJS") | event count (u32) | payload length (u32) | CRC-32 of payload (u32) | payload (JSON list)
 
 in numbered segment files; the read position lives in ``ack``.  A record cut
 short by a crash (wrong length or checksum) ends the journal: everything before
@@ -18,6 +18,8 @@ hold, so the end result is exactly once.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 import struct
@@ -36,8 +38,14 @@ try:
 except ImportError:  # pragma: no cover - Windows: journals are not shared between processes there
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger("vibekit_telemetry.journal")
+
 _HEADER = struct.Struct("<4sIII")
 _MAGIC = b"VKJ1"
+#: the same record, its payload written by the standard library's encoder (see ``_encode``): read it back with
+#: the standard library too, since orjson would read an integer beyond 64 bits as a float without a word
+_MAGIC_STDLIB = b"VKJS"
+_MAGICS = (_MAGIC, _MAGIC_STDLIB)
 _SEGMENT_BYTES = 8 * 2**20
 
 
@@ -45,13 +53,48 @@ class JournalFull(StorageError):
     """The journal reached its bound in events or bytes; the batch was not written."""
 
 
-def _encode(events: list[TelemetryEvent]) -> bytes:
-    return orjson.dumps([event.__dict__ for event in events])
+def _encode(events: list[TelemetryEvent]) -> tuple[bytes, bytes]:
+    """The batch as a JSON array and the record magic saying who encoded it; raises :class:`UnencodableEvent`
+    naming the first event JSON cannot hold at all.
+
+    orjson is fast but refuses integers beyond 64 bits and lone surrogates; the journal must hold whatever
+    was accepted (a store may still refuse it later, and then it goes to the dead-letter file), so those
+    events are written by the standard library, which escapes surrogates and writes any integer.
+    """
+    try:
+        return orjson.dumps([event.__dict__ for event in events]), _MAGIC
+    except orjson.JSONEncodeError:
+        pass
+    parts = []
+    for event in events:
+        try:
+            parts.append(orjson.dumps(event.__dict__))
+        except orjson.JSONEncodeError:
+            try:
+                parts.append(json.dumps(event.__dict__, ensure_ascii=True, allow_nan=True,
+                                        separators=(",", ":")).encode())
+            except (TypeError, ValueError) as exc:
+                raise UnencodableEvent(event, exc) from None
+    return b"[" + b",".join(parts) + b"]", _MAGIC_STDLIB
 
 
-def _decode(payload: bytes) -> list[TelemetryEvent]:
+def ensure_encodable(event: TelemetryEvent) -> None:
+    """Raise :class:`UnencodableEvent` if no JSON encoder can write ``event``."""
+    _encode([event])
+
+
+class UnencodableEvent(TypeError):
+    """An event holds a value that no JSON encoder can write; ``event`` is the event."""
+
+    def __init__(self, event: TelemetryEvent, cause: Exception) -> None:
+        self.event = event
+        super().__init__(f"event {event.id} cannot be written to a journal: {cause}")
+
+
+def _decode(payload: bytes, magic: bytes = _MAGIC) -> list[TelemetryEvent]:
     events = []
-    for fields in orjson.loads(payload):
+    rows = json.loads(payload) if magic == _MAGIC_STDLIB else orjson.loads(payload)
+    for fields in rows:
         fields["truncated"] = tuple(fields.get("truncated") or ())
         events.append(TelemetryEvent.restore(fields))
     return events
@@ -76,7 +119,9 @@ class Journal:
         self._lock_fd: int | None = None
         self._tail: object | None = None  # the open segment file appended to
         self._tail_segment = 0
-        self._pending: list[tuple[int, int, int, int]] = []  # (segment, offset, end, events) per unread record
+        #: (segment, offset, end, events, sequence number) per unread record, oldest first
+        self._pending: list[tuple[int, int, int, int, int]] = []
+        self._next_seq = 0
         self.pending_events = 0
         self.pending_bytes = 0
         self._closed = False
@@ -144,9 +189,10 @@ class Journal:
             while offset + _HEADER.size <= len(data):
                 magic, count, length, crc = _HEADER.unpack_from(data, offset)
                 end = offset + _HEADER.size + length
-                if magic != _MAGIC or end > len(data) or zlib.crc32(data[offset + _HEADER.size:end]) != crc:
+                if magic not in _MAGICS or end > len(data) or zlib.crc32(data[offset + _HEADER.size:end]) != crc:
                     break
-                self._pending.append((number, offset, end, count))
+                self._pending.append((number, offset, end, count, self._next_seq))
+                self._next_seq += 1
                 self.pending_events += count
                 self.pending_bytes += end - offset
                 offset = end
@@ -165,15 +211,15 @@ class Journal:
     # -- writing -------------------------------------------------------------------------------
 
     def append(self, events: list[TelemetryEvent]) -> int:
-        """Write one batch at the tail and return its token for :meth:`ack`.
+        """Write one batch at the tail and return its token for :meth:`ack` (tokens increase with each batch).
 
-        Raises :class:`JournalFull` past the bounds, ``OSError`` on I/O errors (the batch is then not in
-        the journal).
+        Raises :class:`JournalFull` past the bounds, ``OSError`` on I/O errors, :class:`UnencodableEvent`
+        when an event holds a value no JSON encoder can write (the batch is then not in the journal).
         """
         if not events:
             raise ValueError("an empty batch")
-        payload = _encode(events)
-        record = _HEADER.pack(_MAGIC, len(events), len(payload), zlib.crc32(payload)) + payload
+        payload, magic = _encode(events)
+        record = _HEADER.pack(magic, len(events), len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._closed:
                 raise StorageError(f"the journal {self.directory} is closed")
@@ -192,10 +238,12 @@ class Journal:
             except OSError:
                 tail.truncate(offset)  # type: ignore[attr-defined]
                 raise
-            self._pending.append((self._tail_segment, offset, offset + len(record), len(events)))
+            seq = self._next_seq
+            self._next_seq += 1
+            self._pending.append((self._tail_segment, offset, offset + len(record), len(events), seq))
             self.pending_events += len(events)
             self.pending_bytes += len(record)
-            return offset + len(record)
+            return seq
 
     def _open_tail(self, size: int) -> object:
         if self._tail is not None and self._tail.tell() + size > self._segment_bytes and self._tail.tell():  # type: ignore[attr-defined]
@@ -208,18 +256,28 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def peek(self) -> tuple[list[TelemetryEvent], int] | None:
-        """The oldest unacknowledged batch and a token for :meth:`ack`, or ``None`` when empty."""
+    def peek(self, position: int = 0) -> tuple[list[TelemetryEvent], int] | None:
+        """The oldest unacknowledged batch (or the one ``position`` places after it) and its token, or ``None``."""
         with self._lock:
-            if not self._pending:
+            if len(self._pending) <= position:
                 return None
-            segment, offset, end, _count = self._pending[0]
+            segment, offset, end, _count, seq = self._pending[position]
             if segment == self._tail_segment and self._tail is not None:
                 self._tail.flush()  # type: ignore[attr-defined]
             with self._segment_path(segment).open("rb") as fh:
                 fh.seek(offset)
                 data = fh.read(end - offset)
-        return _decode(data[_HEADER.size:]), end
+        return _decode(data[_HEADER.size:], data[:4]), seq
+
+    def head(self) -> int | None:
+        """The token of the oldest unacknowledged batch, or ``None`` when none is pending."""
+        with self._lock:
+            return self._pending[0][4] if self._pending else None
+
+    def is_pending(self, token: int) -> bool:
+        """Whether the batch with ``token`` is still waiting to be acknowledged."""
+        with self._lock:
+            return bool(self._pending) and self._pending[0][4] <= token < self._next_seq
 
     def batches(self) -> Iterator[list[TelemetryEvent]]:
         """Every pending batch in order, each acknowledged once the consumer asks for the next one."""
@@ -231,9 +289,9 @@ class Journal:
     def ack(self, token: int) -> None:
         """Mark the batch :meth:`peek` returned with ``token`` as stored."""
         with self._lock:
-            if not self._pending or self._pending[0][2] != token:
+            if not self._pending or self._pending[0][4] != token:
                 return
-            segment, offset, end, count = self._pending.pop(0)
+            segment, offset, end, count, _seq = self._pending.pop(0)
             self.pending_events -= count
             self.pending_bytes -= end - offset
             if self._pending:
@@ -249,8 +307,14 @@ class Journal:
                 self._segment_path(self._tail_segment).unlink(missing_ok=True)
                 self._tail, self._tail_segment, position = None, self._tail_segment + 1, (self._tail_segment + 1, 0)
             tmp = self.directory / "ack.tmp"
-            tmp.write_text(f"{position[0]} {position[1]}\n")
-            os.replace(tmp, self.directory / "ack")
+            try:
+                tmp.write_text(f"{position[0]} {position[1]}\n")
+                os.replace(tmp, self.directory / "ack")
+            except OSError as exc:
+                # The batch is stored; only the read position on disk lags.  A later process replays from the
+                # older position, and storage ignores the ids it already holds: nothing is lost or doubled.
+                log.warning("journal %s: cannot record the read position (%s); a later start may replay "
+                            "batches already stored (they are deduplicated)", self.directory, exc)
 
     # -- closing -------------------------------------------------------------------------------
 

@@ -7,10 +7,12 @@ the kernel hands them to hooks, so they are the whole vocabulary a plugin needs.
 from __future__ import annotations
 
 import base64
-import re
-import math
+import datetime as _dt
 import itertools
-import random
+import math
+import os
+import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,24 +21,38 @@ import attrs
 from .errors import InvalidEventError, InvalidQueryError
 from .times import now_ms, to_ms
 
-_random_bits = random.getrandbits
-
 EVENT_TYPES = frozenset({"start", "stream", "end", "error", "custom"})
 SESSION_STATUSES = ("active", "completed", "failed", "cancelled", "timeout")
 
 _sequence = itertools.count()
+_time_ns = time.time_ns
+_salt = 0
+
+
+def _new_salt() -> None:
+    """Draw this process's 32 random bits of every id (again in a forked child, which must not share them)."""
+    global _salt
+    _salt = int.from_bytes(os.urandom(4), "big") << 32
+
+
+_new_salt()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_salt)
 
 
 def new_id(timestamp_ms: int | None = None) -> str:
     """A 32-hex-digit id that sorts by creation time.
 
-    48 bits of milliseconds, a 16-bit per-process sequence that keeps ids made
-    within one millisecond in order, and 64 random bits so that ids made by
-    different processes never collide (``random`` is reseeded after ``fork``).
+    48 bits of milliseconds, then the low 16 bits of a per-process counter
+    (ids made within one millisecond stay in order), 32 random bits drawn once
+    per process (ids of different processes never collide), and the next 32
+    bits of the counter (ids of one process never collide, even if the clock
+    steps back).  One integer formatted once: ``track()`` makes one per event.
     Time-ordered keys also keep SQLite appends cheap.
     """
-    ms = now_ms() if timestamp_ms is None else timestamp_ms
-    return f"{ms & 0xFFFFFFFFFFFF:012x}{next(_sequence) & 0xFFFF:04x}{_random_bits(64):016x}"
+    count = next(_sequence)
+    ms = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+    return "%032x" % (((ms & 0xFFFFFFFFFFFF) << 80) | ((count & 0xFFFF) << 64) | _salt | ((count >> 16) & 0xFFFFFFFF))
 
 
 # Not slotted: attrs initialises a frozen dict-backed class by writing its __dict__ directly, which
@@ -77,20 +93,35 @@ class TelemetryEvent:
         """Build and validate an event from a mapping (snake_case or the seed's camelCase keys).
 
         Raises :class:`InvalidEventError` naming the field for unknown keys, wrong
-        types, a missing category or an unknown event type.
+        types, a missing category, an unknown event type, and values no store can
+        hold (see :func:`validate_event`).
         """
         if type(data) is not dict and not isinstance(data, Mapping):
             raise InvalidEventError("event", f"expected a mapping, got {type(data).__name__}")
         kwargs = {key: val for key, val in data.items() if val is not None}
         if not kwargs.keys() <= _FIELD_NAMES:
             kwargs = _rename_aliases(kwargs)
-        _check_fields(kwargs)
         timestamp = kwargs.get("timestamp")
         if timestamp is not None and type(timestamp) is not int:
+            if isinstance(timestamp, (str, float, _dt.date)) and not isinstance(timestamp, bool):
+                try:
+                    kwargs["timestamp"] = to_ms(timestamp)
+                except (ValueError, OverflowError) as exc:
+                    raise InvalidEventError("timestamp", str(exc)) from None
+            # anything else is refused by _check_fields below, by type
+        try:
+            _check_fields(kwargs)
+        except _NeedsPlainCopy:
+            # numpy numbers, read-only mappings, named tuples: converted losslessly, then checked again
+            if "metadata" in kwargs:
+                kwargs["metadata"] = _plain(kwargs["metadata"])
+            value = kwargs.get("value")
+            if isinstance(value, float) and type(value) is not float:
+                kwargs["value"] = float(value)
             try:
-                kwargs["timestamp"] = to_ms(timestamp)
-            except ValueError as exc:
-                raise InvalidEventError("timestamp", str(exc)) from None
+                _check_fields(kwargs)
+            except _NeedsPlainCopy as exc:  # pragma: no cover - _plain converts every kind it raises for
+                raise InvalidEventError(exc.path, f"holds a {exc.kind.__name__} that cannot be stored") from None
         kwargs.setdefault("event_type", "custom")
         if "truncated" in kwargs:
             kwargs["truncated"] = tuple(kwargs["truncated"])
@@ -126,21 +157,75 @@ _STRING_FIELDS = (
     "stream_data", "status", "error_type", "error_message", "error_stack",
 )
 _SESSION_TYPES = frozenset({"stream", "end", "error"})
-_TEXT_KEYS = frozenset(_STRING_FIELDS) | {"event_type", "category", "timestamp"}
 
+#: The range of timestamps accepted, in epoch milliseconds: 2000-01-01 to 2200-01-01 (UTC).  A value
+#: outside it is a unit mistake (seconds, nanoseconds) or garbage, and far outside it no store can hold it.
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_TIMESTAMP_MS = 7_258_118_400_000
+#: Integers SQLite, JSON stores and every exporter round-trip exactly: signed 64-bit.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Identifiers (event, session and parent ids) are 1 to this many printable ASCII characters without spaces,
+#: so they are safe wherever they go: file names, URLs once quoted, and line-based protocols (SSE, logs).
+MAX_ID_LENGTH = 256
+#: Names (category, action, label, agent, mode, status, error type) are at most this many characters, without
+#: control characters or line breaks.
+MAX_NAME_LENGTH = 256
 
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
+_ID = re.compile(r"[!-~]{1,%d}" % MAX_ID_LENGTH)
+#: What a name must not contain: C0 and C1 controls (CR and LF among them), Unicode line and paragraph
+#: separators, and lone surrogates (which are not valid UTF-8, so no file or socket can carry them).
+_NAME_BAD = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
-
-_CHECKS: dict[str, Any] = dict.fromkeys(_STRING_FIELDS, _is_str) | {
-    "event_type": _is_str,
-    "category": lambda v: isinstance(v, str) and v != "",
-    "value": lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v),
-    "timestamp": None,
-    "metadata": lambda v: type(v) is dict or isinstance(v, Mapping),
-    "truncated": lambda v: isinstance(v, (list, tuple)),
+_RULE_TEXT, _RULE_NAME, _RULE_ID = 0, 1, 2
+#: How each string field is checked: free text must be valid UTF-8; names also have no line breaks and a bounded
+#: length; ids are a safe character set.  ``timestamp`` arrives here already converted to an integer.
+_STRING_RULES = {
+    "prompt": _RULE_TEXT, "stream_data": _RULE_TEXT, "error_message": _RULE_TEXT, "error_stack": _RULE_TEXT,
+    "category": _RULE_NAME, "action": _RULE_NAME, "label": _RULE_NAME, "agent": _RULE_NAME, "mode": _RULE_NAME,
+    "status": _RULE_NAME, "error_type": _RULE_NAME, "event_type": _RULE_NAME,
+    "id": _RULE_ID, "session_id": _RULE_ID, "parent_session_id": _RULE_ID,
 }
+
+
+def _not_utf8(value: str) -> bool:
+    """Whether ``value`` holds a lone surrogate, which no UTF-8 file or socket can carry.
+
+    Encoding is the fastest test CPython has (a regex scan is six times slower on non-ASCII text, which LLM
+    output is full of); ``isascii`` is constant time and settles most strings.
+    """
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _bad_text(value: str) -> str | None:
+    """Why a free-text value cannot be stored, or ``None``."""
+    if _not_utf8(value):
+        return "is not valid UTF-8 (it holds a lone surrogate such as '\\ud800')"
+    return None
+
+
+def _bad_string(rule: int, value: str) -> str | None:
+    if rule == _RULE_ID:
+        if _ID.fullmatch(value) is not None:
+            return None
+        if not value:
+            return "must not be empty"
+        if len(value) > MAX_ID_LENGTH:
+            return f"is {len(value)} characters long; ids are at most {MAX_ID_LENGTH}"
+        return (f"{value[:40]!r} holds characters ids may not have: ids are printable ASCII without spaces "
+                "(letters, digits and punctuation)")
+    if rule == _RULE_NAME:
+        if len(value) > MAX_NAME_LENGTH:
+            return f"is {len(value)} characters long; at most {MAX_NAME_LENGTH}"
+        if (value.isascii() and value.isprintable()) or _NAME_BAD.search(value) is None:
+            return None
+        return f"{value[:40]!r} holds a control character, a line break or a lone surrogate"
+    return _bad_text(value)
 
 
 def _reject(field: str, value: Any) -> None:
@@ -149,7 +234,10 @@ def _reject(field: str, value: Any) -> None:
     if field == "category":
         raise InvalidEventError(field, f"must be a non-empty string, got {value!r}")
     if field == "value":
-        raise InvalidEventError(field, f"must be a finite number, got {value!r}")
+        raise InvalidEventError(field, f"must be a finite number that fits in 64 bits, got {value!r}")
+    if field == "timestamp":
+        raise InvalidEventError(field, f"must be epoch milliseconds between {MIN_TIMESTAMP_MS} (2000-01-01) and "
+                                       f"{MAX_TIMESTAMP_MS} (2200-01-01), got {value!r}")
     if field == "metadata":
         raise InvalidEventError(field, f"must be a JSON object (mapping), got {type(value).__name__}")
     if field == "truncated":
@@ -170,29 +258,85 @@ def _rename_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
     for key, val in kwargs.items():
         name = key if key in _FIELD_NAMES else _ALIASES.get(key)
         if name is None:
-            raise InvalidEventError(str(key), f"unknown field; known fields: {', '.join(_FIELD_ORDER)}")
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+            raise InvalidEventError(shown[:100], f"unknown field; known fields: {', '.join(_FIELD_ORDER)}")
         out[name] = val
     return out
 
 
 def validate_event(event: TelemetryEvent) -> None:
-    """Check an event's field types and values; raise :class:`InvalidEventError` naming the field."""
-    _check_fields({key: val for key, val in event.__dict__.items() if val is not None})
-    if type(event.timestamp) is not int:
-        raise InvalidEventError("timestamp", f"must be integer epoch milliseconds, got {event.timestamp!r}")
-    if not event.id:
-        raise InvalidEventError("id", "must not be empty")
+    """Check an event's field types and values; raise :class:`InvalidEventError` naming the field.
+
+    Besides types, it refuses what no store can hold, so that one bad value never
+    costs the batch it would travel in: timestamps outside 2000-2200 (epoch ms),
+    integers outside signed 64 bits and non-finite floats (in ``value`` and
+    metadata), strings that are not valid UTF-8, ids outside printable ASCII (or
+    longer than :data:`MAX_ID_LENGTH`), and names with line breaks.
+    """
+    fields = event.__dict__
+    if type(fields.get("timestamp")) is not int:
+        raise InvalidEventError("timestamp", f"must be integer epoch milliseconds, got {fields.get('timestamp')!r}")
+    try:
+        _check_fields({key: val for key, val in fields.items() if val is not None})
+    except _NeedsPlainCopy as exc:
+        raise InvalidEventError(exc.path, f"holds a {exc.kind.__name__}, which JSON cannot store as it is: use plain "
+                                          "float, dict and list values (a mapping given to track() is converted)") from None
+
+
+_TEXT_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_TEXT)
+_NAME_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_NAME)
+_ID_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_ID)
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
-    """The checks ``from_dict`` and ``validate_event`` share, over the fields that are set."""
+    """The checks ``from_dict`` and ``validate_event`` share, over the fields that are set.
+
+    This runs on every ``track()``: the common case (ASCII strings, short names, plain metadata) is
+    decided with C-level string predicates, and only a suspicious value takes the slow, explaining path.
+    """
     for key, val in fields.items():
-        if type(val) is str:
-            if key in _TEXT_KEYS:
-                continue
-            _reject(key, val)
-        check = _CHECKS[key]
-        if check is not None and not check(val):
+        kind = type(val)
+        if kind is str:
+            if val.isascii():
+                if key in _TEXT_FIELDS:
+                    continue
+                if key in _ID_FIELDS:
+                    if 0 < len(val) <= MAX_ID_LENGTH and val.isprintable() and " " not in val:
+                        continue
+                elif key in _NAME_FIELDS:
+                    if len(val) <= MAX_NAME_LENGTH and val.isprintable():
+                        continue
+                else:  # a string where a number, a mapping or a list belongs
+                    _reject(key, val)
+            rule = _STRING_RULES.get(key)
+            if rule is None:
+                _reject(key, val)
+            problem = _bad_string(rule, val)
+            if problem is not None:
+                raise InvalidEventError(key, problem)
+        elif kind is int and key == "timestamp":
+            if not MIN_TIMESTAMP_MS <= val <= MAX_TIMESTAMP_MS:
+                _reject(key, val)
+        elif key == "metadata":
+            if kind is not dict:
+                if not isinstance(val, Mapping):
+                    _reject(key, val)
+                raise _NeedsPlainCopy(key, kind)
+        elif key == "value":
+            if kind is bool or not isinstance(val, (int, float)):
+                _reject(key, val)
+            if isinstance(val, int):
+                if not INT64_MIN <= val <= INT64_MAX:
+                    _reject(key, val)
+            elif not math.isfinite(val):
+                _reject(key, val)
+            elif kind is not float:
+                raise _NeedsPlainCopy(key, kind)
+        elif key == "truncated":
+            if not isinstance(val, (list, tuple)) or not all(type(name) is str and not _not_utf8(name)
+                                                              for name in val):
+                _reject(key, val)
+        elif key in _STRING_RULES or key == "timestamp":
             _reject(key, val)
     event_type = fields.get("event_type", "custom")
     if event_type not in EVENT_TYPES:
@@ -203,32 +347,97 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
         raise InvalidEventError("session_id", f"required for {event_type} events")
     metadata = fields.get("metadata")
     if metadata:
-        _check_json("metadata", metadata, 0)
+        _check_metadata(metadata)
 
 
-_PLAIN = frozenset({str, int, bool, type(None)})
+_isfinite = math.isfinite
+
+
+def _check_metadata(metadata: Mapping[str, Any]) -> None:
+    """Metadata's top level with the common values decided inline; anything else goes to :func:`_check_json`."""
+    for key, item in metadata.items():
+        if type(key) is str and key.isascii():
+            kind = type(item)
+            if kind is str:
+                if item.isascii():
+                    continue
+            elif kind is int:
+                if INT64_MIN <= item <= INT64_MAX:
+                    continue
+            elif kind is float:
+                if _isfinite(item):
+                    continue
+            elif kind is bool or item is None:
+                continue
+        _check_json("metadata", {key: item}, 0)
+
+
+class _NeedsPlainCopy(Exception):
+    """Internal: a value JSON encoders refuse as it is but that converts losslessly (a float subclass such as
+    ``numpy.float64``, a ``MappingProxyType``, a namedtuple).  ``from_dict`` converts and checks again."""
+
+    def __init__(self, path: str, kind: type) -> None:
+        self.path = path
+        self.kind = kind
+        super().__init__(path)
 
 
 def _check_json(path: str, value: Any, depth: int) -> None:
-    """Raise :class:`InvalidEventError` at the first part of ``value`` that JSON cannot hold."""
+    """Raise :class:`InvalidEventError` at the first part of ``value`` that JSON (and every store) cannot hold.
+
+    Strings must be valid UTF-8, integers signed 64-bit, floats finite, keys strings.  Containers and numbers
+    of other types than JSON's own (and the subclasses every encoder takes) raise :class:`_NeedsPlainCopy`.
+    """
     if depth > 32:
         raise InvalidEventError(path, "nested more than 32 levels deep")
     kind = type(value)
-    if kind is dict or (kind not in _PLAIN and isinstance(value, Mapping)):
+    if kind is dict or (kind is not str and kind is not list and isinstance(value, dict)):
         for key, item in value.items():
             if type(key) is not str:
-                raise InvalidEventError(f"{path}.{key!r}", "object keys must be strings")
-            if type(item) not in _PLAIN:
+                raise InvalidEventError(f"{path}.{key!r}"[:200], "object keys must be strings")
+            if _not_utf8(key):
+                raise InvalidEventError(f"{path}.{key.encode('utf-8', 'backslashreplace').decode()}"[:200],
+                                        "the key is not valid UTF-8 (a lone surrogate)")
+            item_kind = type(item)
+            if item_kind is str:
+                if _not_utf8(item):
+                    raise InvalidEventError(f"{path}.{key}"[:200], _bad_text(item) or "")
+            elif item_kind is int:
+                if not INT64_MIN <= item <= INT64_MAX:
+                    raise InvalidEventError(f"{path}.{key}"[:200], f"integer {item} does not fit in 64 bits")
+            elif item_kind is not bool and item is not None:
                 _check_json(f"{path}.{key}", item, depth + 1)
-    elif kind is list or kind is tuple:
+    elif kind is list or kind is tuple or (kind is not str and isinstance(value, list)):
         for index, item in enumerate(value):
-            if type(item) not in _PLAIN:
-                _check_json(f"{path}[{index}]", item, depth + 1)
+            _check_json(f"{path}[{index}]", item, depth + 1)
+    elif isinstance(value, str):
+        if _not_utf8(value):
+            raise InvalidEventError(path[:200], _bad_text(value) or "")
     elif kind is float:
         if not math.isfinite(value):
-            raise InvalidEventError(path, f"must be a finite number, got {value!r}")
-    elif not isinstance(value, (str, int)):
-        raise InvalidEventError(path, f"is not JSON-serialisable ({kind.__name__})")
+            raise InvalidEventError(path[:200], f"must be a finite number, got {value!r}")
+    elif kind is bool or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidEventError(path[:200], f"integer {value} does not fit in 64 bits")
+    elif isinstance(value, (float, Mapping, tuple)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidEventError(path[:200], f"must be a finite number, got {value!r}")
+        raise _NeedsPlainCopy(path[:200], kind)
+    else:
+        raise InvalidEventError(path[:200], f"is not JSON-serialisable ({kind.__name__})")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with mappings as dicts, tuples as lists and float subclasses as floats (what ``_check_json`` asks)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and type(value) is not float:
+        return float(value)
+    return value
 
 
 _TOKEN_KEYS = {

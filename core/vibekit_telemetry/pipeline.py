@@ -9,15 +9,22 @@ order is kept); ``block`` waits up to a bound for room and then drops;
 ``drop_newest`` refuses the new event; ``drop_oldest`` makes room by
 discarding the oldest one.  Every event that is not written is reported
 through ``on_drop`` with a reason.
+
+With a ``stage`` (the service's write-ahead step under ``persist_buffer``), a
+second thread, the journal thread, takes what is queued every half flush
+interval and hands it to ``stage``, which makes it durable on disk; the flusher
+then writes the staged batches.  The two are independent: while the store is
+stalled and the flusher waits on it, accepted events still reach the disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,9 @@ class Pipeline:
         spill_dir: Path | None = None,
         spill_limits: tuple[int, int] = (1_000_000, 2**30),
         adopt: bool = True,
+        stage: Callable[[list[Any]], Any] | None = None,
+        spill_fsync: bool = False,
+        durable: Callable[[], int] | None = None,
     ) -> None:
         if on_full not in POLICIES:
             raise ValueError(f"on_full must be one of {', '.join(POLICIES)}, got {on_full!r}")
@@ -93,8 +103,28 @@ class Pipeline:
         self._write_lock = threading.Lock()
         self._writing: int | None = None
         self._stopping = False
+        self._stage = stage
+        #: staged batches (what ``stage`` returned, and how many events) waiting for the flusher, oldest first
+        self._staged: deque[tuple[Any, int]] = deque()
+        self._staged_events = 0
+        #: events that count against ``max_queue`` besides the queue: the staged ones, and what the durable
+        #: journals hold besides them (batches the store refused, waiting there), so that ``put`` refuses an event
+        #: while the caller can be told, rather than the journal dropping it later
+        self._reserved = 0
+        self._staging = 0
+        self._durable = durable
+        self._stage_lock = threading.Lock()
+        self._staging_owner: int | None = None
+        self._staged_lock = threading.Lock()
+        self._spill_fsync = spill_fsync
+        self._stage_wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vibekit-telemetry-flusher", daemon=True)
         self._thread.start()
+        self._stage_thread: threading.Thread | None = None
+        if stage is not None:
+            self._stage_thread = threading.Thread(target=self._run_stage, name="vibekit-telemetry-journal",
+                                                  daemon=True)
+            self._stage_thread.start()
 
     @property
     def batch_size(self) -> int:
@@ -113,8 +143,13 @@ class Pipeline:
 
     @property
     def depth(self) -> int:
-        """Events waiting in memory to be written."""
+        """Events waiting in memory to be written (not yet staged)."""
         return len(self._queue)
+
+    @property
+    def staged(self) -> int:
+        """Events the journal thread made durable that the flusher has not written yet."""
+        return self._staged_events
 
     @property
     def spilled(self) -> int:
@@ -126,20 +161,25 @@ class Pipeline:
     @property
     def saturated(self) -> bool:
         """Whether ``put`` would refuse an event now (the queue is full and so is the spill journal, if any)."""
-        if not (len(self._queue) >= self._max_queue or self._spilling or self.pressure):
+        full = len(self._queue) + self._reserved >= self._max_queue
+        if not (full or self._spilling or self.pressure):
             return False
         if self._on_full == "spill":
             with self._spill_lock:
                 return not self._spill_has_room()
-        return self._on_full in ("drop_newest", "block") and len(self._queue) >= self._max_queue
+        return self._on_full in ("drop_newest", "block") and full
+
+    def wake(self) -> None:
+        """Have the flusher drain now (a store that just became available replays its journal)."""
+        self._wake.set()
 
     def put(self, item: Any) -> bool:
         """Queue one event; ``False`` (and a reported drop) when the full-queue policy refused it."""
         queue = self._queue
-        if len(queue) >= self._max_queue or self._spilling or self.pressure:
+        if len(queue) + self._reserved >= self._max_queue or self._spilling or self.pressure:
             if self._on_full == "spill":
                 return self._put_spill(item)
-            if len(queue) >= self._max_queue and not self._make_room():
+            if len(queue) + self._reserved >= self._max_queue and not self._make_room():
                 self._on_drop("queue_full", 1)
                 return False
         queue.append(item)
@@ -149,7 +189,8 @@ class Pipeline:
 
     def _put_spill(self, item: Any) -> bool:
         with self._spill_lock:
-            if not self._spilling and len(self._queue) < self._max_queue and not self.pressure:
+            if (not self._spilling and len(self._queue) + self._reserved < self._max_queue
+                    and not self.pressure):
                 self._queue.append(item)  # the flusher caught up meanwhile
                 return True
             self._spilling = True
@@ -184,7 +225,7 @@ class Pipeline:
             if self._spill is None:
                 assert self._spill_dir is not None
                 self._spill = Journal.create(self._spill_dir, max_events=self._spill_limits[0],
-                                             max_bytes=self._spill_limits[1], fsync=False)
+                                             max_bytes=self._spill_limits[1], fsync=self._spill_fsync)
             self._spill.append(chunk)
         except JournalFull as exc:
             log.error("%s; %d events lost", exc, len(chunk))
@@ -200,7 +241,7 @@ class Pipeline:
             try:
                 self._queue.popleft()
             except IndexError:
-                return True
+                return False  # what fills the bound is durable already (persist_buffer): nothing to drop
             self._on_drop("queue_full_oldest", 1)
             return True
         deadline = time.monotonic() + self._enqueue_timeout
@@ -208,10 +249,10 @@ class Pipeline:
         with self._room:
             self._waiting += 1
             try:
-                while len(self._queue) >= self._max_queue:
+                while len(self._queue) + self._reserved >= self._max_queue:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._room.wait(remaining):
-                        return len(self._queue) < self._max_queue
+                        return len(self._queue) + self._reserved < self._max_queue
             finally:
                 self._waiting -= 1
         return True
@@ -222,11 +263,124 @@ class Pipeline:
             self._wake.clear()
             if self._stopping:
                 break
-            if not self.drain() and self._on_idle is not None and not self._queue:
+            try:
+                drained = self.drain()
+            except Exception:  # the flusher must outlive any fault; the next round tries again
+                log.exception("draining the queue failed")
+                continue
+            if not drained and self._on_idle is not None and not self._queue:
                 try:
                     self._on_idle()
                 except Exception:
                     log.exception("idle maintenance failed")
+
+    def _run_stage(self) -> None:
+        # Twice per flush interval, so that an event waits less than one interval to be durable even
+        # counting the time staging itself takes.
+        while not self._stopping:
+            self._stage_wake.wait(self._interval / 2)
+            self._stage_wake.clear()
+            if self._stopping:
+                break
+            try:
+                self._stage_queued(len(self._queue))
+                if self._spill_buffer:
+                    with self._spill_lock:
+                        self._write_spill_locked()
+            except Exception:
+                log.exception("journaling queued events failed")
+            self._refresh_reserved()
+            if self._staged:
+                self._wake.set()
+
+    def _stage_queued(self, limit: int) -> None:
+        """Hand up to ``limit`` queued events to ``stage`` in batches, oldest first, and keep what it returns."""
+        assert self._stage is not None
+        with self._stage_lock:
+            self._staging_owner = threading.get_ident()
+            try:
+                self._stage_locked(limit)
+            finally:
+                self._staging_owner = None
+
+    def _stage_locked(self, limit: int) -> None:
+        queue = self._queue
+        popleft = queue.popleft
+        while queue and limit > 0:
+            # The room these events hold is reserved before they leave the queue: in between, put() must
+            # not see it free (the journal could then fill past its bound with events already accepted).
+            count = min(self._max_batch, len(queue), limit)
+            with self._staged_lock:
+                self._staging = count
+                self._reserved += count
+            batch = []
+            try:
+                for _ in range(count):
+                    batch.append(popleft())
+            except IndexError:
+                pass
+            limit -= count
+            try:
+                item = self._stage(batch) if batch else None
+            except Exception:  # the stage reports its own losses; never let the journal thread die
+                log.exception("staging a batch of %d events failed", len(batch))
+                self._on_drop("stage_error", len(batch))
+                item = None
+            with self._staged_lock:
+                self._staging = 0
+                if item is not None:
+                    self._staged.append((item, len(batch)))
+                    self._staged_events += len(batch)
+                    self._reserved += len(batch) - count
+                else:
+                    self._reserved -= count
+            if not batch:
+                break
+
+    def _refresh_reserved(self) -> None:
+        """Recount what besides the queue holds room: the staged batches and the rest of the durable journals."""
+        if self._durable is None:
+            with self._staged_lock:
+                self._reserved = self._staged_events + self._staging
+            return
+        with self._staged_lock:
+            try:
+                held = self._durable()
+            except Exception:  # never let accounting stop the journal thread; keep the last figure
+                log.exception("reading the journals' backlog failed")
+                return
+            self._reserved = max(self._staged_events, held) + self._staging
+
+    def _write_staged(self) -> int:
+        """Write the batches staged so far, oldest first (only those: a producer that never pauses must not
+        keep a drain going)."""
+        written = 0
+        for _ in range(len(self._staged)):
+            try:
+                item, count = self._staged[0]
+            except IndexError:
+                break
+            self._write_safely(item)
+            with self._staged_lock:
+                self._staged.popleft()
+                self._staged_events -= count
+            self._refresh_reserved()
+            written += count
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
+        return written
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the flusher off writing for the block (maintenance that calls the writers itself)."""
+        me = threading.get_ident()
+        with self._write_lock:
+            self._writing = me
+            try:
+                yield
+            finally:
+                self._writing = None
 
     def drain(self) -> int:
         """Write everything queued so far, in batches; return how many events were handed to ``write``.
@@ -235,8 +389,10 @@ class Pipeline:
         reported dropped by ``write``).
         """
         me = threading.get_ident()
-        if self._writing == me:
-            return 0  # called from inside ``write`` (a hook that reads): the batch in hand is being written
+        if self._writing == me or self._staging_owner == me:
+            # called from inside ``write`` or ``stage`` (a hook or handler that reads): the batch in hand is
+            # being written or journaled, and waiting for it here would wait for ourselves
+            return 0
         with self._write_lock:
             self._writing = me
             try:
@@ -299,13 +455,16 @@ class Pipeline:
                 return written
             written += self._drain_journal(journal, limit=budget - written)
 
-    def _write_safely(self, batch: list[Any]) -> None:
+    def _write_safely(self, batch: Any) -> None:
         try:
             self._write(batch)
         except Exception:  # the writer reports its own failures; never let the flusher die
-            log.exception("writing a batch of %d events failed", len(batch))
+            log.exception("writing a batch failed")
 
     def _drain_queue(self, bounded: bool = True) -> int:
+        if self._stage is not None:
+            self._stage_queued(len(self._queue) if bounded else self._max_queue + 1)
+            return self._write_staged()
         # Only what was queued when the drain began: a producer that never pauses must not keep a flush
         # (and the reader waiting on it) going forever.
         written = 0
@@ -333,8 +492,10 @@ class Pipeline:
         """Stop the flusher and write what is left."""
         self._stopping = True
         self._wake.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._stage_wake.set()
+        for thread in (self._thread, self._stage_thread):
+            if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(timeout)
         self.drain()
         with self._spill_lock:
             self._write_spill_locked()
@@ -352,5 +513,6 @@ class Pipeline:
             self._write, batch_size=self._batch_size, max_batch=self._max_batch, flush_interval=self._interval,
             max_queue=self._max_queue, on_full=self._on_full, enqueue_timeout=self._enqueue_timeout,
             on_drop=self._on_drop, on_idle=self._on_idle, before_drain=self._before_drain,
-            spill_dir=self._spill_dir, spill_limits=self._spill_limits, adopt=False,
+            spill_dir=self._spill_dir, spill_limits=self._spill_limits, adopt=False, stage=self._stage,
+            spill_fsync=self._spill_fsync, durable=self._durable,
         )

@@ -16,6 +16,7 @@ import io
 import itertools
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -31,7 +32,16 @@ import attrs
 from .batcher import Batcher
 from .assembly import assemble
 from .config import LoadedConfig, TelemetryConfig, deep_merge, load_config, normalise_keys, structure
-from .errors import InvalidEventError, InvalidQueryError, PluginError, ServiceClosedError, StorageError, TelemetryError
+from .deadletter import DeadLetters
+from .errors import (
+    InvalidEventError,
+    InvalidQueryError,
+    PluginError,
+    ServiceClosedError,
+    StorageError,
+    StorageUnavailableError,
+    TelemetryError,
+)
 from .model import (
     Anomaly,
     Page,
@@ -159,6 +169,18 @@ class _PluginStats:
     write_ms_total: float = 0.0
 
 
+@attrs.frozen
+class _Staged:
+    """A batch the journal thread made durable: the events, their stored form, and each sink's journal token."""
+
+    events: list[TelemetryEvent]
+    stored: list[TelemetryEvent]
+    kept: dict[str, tuple[list[TelemetryEvent], int] | None]
+
+
+#: seconds a read waits for a storage plugin's attempt to open that is in progress (a large file being checked)
+READ_WAIT_S = 30.0
+
 #: most points ``metric_series`` computes in one call (a year and more per minute)
 MAX_SERIES_POINTS = 600_000
 
@@ -217,25 +239,40 @@ class TelemetryService:
         batch_size, flush_interval = self._assemble(plugin_objects)
         self._max_chars = self.config.max_field_bytes // 4
         reliability = self.config.reliability
+        self.dead_letters = DeadLetters(self.buffer_dir / "dead-letter")
         self._sinks = self._make_sinks()
         self._sink_list = list(self._sinks.values())
+        self._openers: list[threading.Thread] = []
+        #: per storage plugin opened in the background, the event set when its current attempt to open ends
+        self._opening: dict[str, threading.Event] = {}
+        self._stop_opening = threading.Event()
+        persist = any(sink.policy.persist_buffer for sink in self._sink_list)
         sampling = self.config.sampling or reliability.sampling
         self._thinner: Thinner | None = Thinner(sampling, reliability.rate_limit, self._record_thinned)
         if not self._thinner.active:
             self._thinner = None
+        persistent = [sink for sink in self._sink_list if sink.policy.persist_buffer]
+        max_queue = self.config.max_queue_size
+        if persistent:
+            # what the journals hold counts against the bound, so an event that cannot be journaled is refused
+            # by track() (which can tell the caller) instead of being dropped once accepted
+            max_queue = min(max_queue, *(sink.policy.buffer_size for sink in persistent))
         self._pipeline = Pipeline(
             self._write_batch,
             batch_size=batch_size,
             max_batch=max(batch_size, self.config.max_batch_size),
             flush_interval=flush_interval / 1000,
-            max_queue=self.config.max_queue_size,
-            on_full=self._on_full_policy(),
+            max_queue=max_queue,
+            on_full=self._on_full_policy(persist),
             enqueue_timeout=self.config.enqueue_timeout_ms / 1000,
             on_drop=self._record_drop,
             on_idle=self._idle,
             before_drain=self._before_drain,
             spill_dir=self.buffer_dir / "_spill",
             spill_limits=(max(reliability.buffer_size, self.config.max_queue_size), reliability.buffer_max_bytes),
+            stage=self._stage_batch if persist else None,
+            spill_fsync=persist,
+            durable=(lambda: max(sink.backlog for sink in persistent)) if persistent else None,
         )
         # read-path plugins, looked up once: most services have neither a cache nor a storage transform
         self._read_cache = bool(self.host.impls("cache_lookup"))
@@ -266,7 +303,12 @@ class TelemetryService:
             log.warning("no storage plugin is configured: events will be counted as dropped (reason no_storage)")
         return plan.batch_size, plan.flush_interval
 
-    def _on_full_policy(self) -> str:
+    def _on_full_policy(self, persist: bool) -> str:
+        if self.config.on_full == "spill" and persist:
+            # the storage journals are the disk buffer already; a spill journal in front of them could fill them
+            # past their bound when it drains, and drop events that were accepted
+            log.info("on_full = 'spill' is replaced by 'drop_newest' because persist_buffer journals every batch")
+            return "drop_newest"
         if self.config.on_full == "spill" and self.host.impls("before_store"):
             # the spill file holds events before before_store (encryption) sees them: never put those on disk
             log.info("on_full = 'spill' is replaced by 'block' because %s transforms events before storage",
@@ -292,7 +334,7 @@ class TelemetryService:
 
             sinks[impl.plugin] = GuardedSink(
                 impl.plugin, lambda events, impl=impl: impl(events=events), policy, directory,
-                report=report, emit=self._emit,
+                report=report, emit=self._emit, dead_letters=self.dead_letters,
             )
         return sinks
 
@@ -317,9 +359,16 @@ class TelemetryService:
         started: list[str] = []
         for impl in self.host.impls("startup"):
             try:
-                impl(service=self)
+                sink = self._sinks.get(impl.plugin)
+                if sink is not None and sink.policy.startup == "degrade":
+                    self._open_storage(impl, sink)
+                else:
+                    impl(service=self)
             except Exception as exc:
+                self._stop_opening.set()
                 self._pipeline.close(timeout=1)
+                for sink in self._sink_list:
+                    sink.close()  # removes the journal directories this failed start created
                 for name in reversed(started):
                     for shut in self.host.impls("shutdown"):
                         if shut.plugin == name:
@@ -331,6 +380,91 @@ class TelemetryService:
                     raise
                 raise PluginError(f"plugin {impl.plugin!r} failed to start: {type(exc).__name__}: {exc}") from exc
             started.append(impl.plugin)
+
+    def _open_storage(self, impl: Any, sink: GuardedSink) -> None:
+        """Run a storage plugin's ``startup`` for at most ``reliability.startup_timeout_ms``.
+
+        A plugin that opens in time, or fails for good (not a telemetry database, a wrong key), behaves as
+        a plain ``startup``: the error is raised here.  One that is only unavailable now
+        (:class:`StorageUnavailableError`: locked by another process, server not up) or still busy opening
+        starts degraded: its events are journaled and opening goes on in the background with backoff,
+        so telemetry never keeps the application from starting.
+        """
+        outcome: dict[str, BaseException | None] = {}
+        done = threading.Event()
+        self._opening[impl.plugin] = done
+        first = threading.Thread(target=self._attempt_open, args=(impl, sink, done, outcome),
+                                 name=f"vibekit-telemetry-open-{impl.plugin}", daemon=True)
+        first.start()
+        timeout = sink.policy.startup_timeout_ms / 1000
+        if done.wait(timeout):
+            error = outcome["error"]
+            if error is None:
+                return
+            if not isinstance(error, StorageUnavailableError):
+                raise error
+            reason, level = str(error), logging.WARNING
+        else:
+            # routine for a large file being checked on open (quick_check); a store refusing to open is not
+            reason, level = f"still opening after {sink.policy.startup_timeout_ms} ms", logging.INFO
+        sink.mark_unavailable(reason)
+        log.log(level,
+                "storage %s is not available (%s): starting without it; events are journaled and opening "
+                "continues in the background", impl.plugin, reason)
+        retrier = threading.Thread(target=self._keep_opening, args=(impl, sink, done, outcome),
+                                   name=f"vibekit-telemetry-reopen-{impl.plugin}", daemon=True)
+        self._openers.extend([first, retrier])
+        retrier.start()
+
+    def _attempt_open(self, impl: Any, sink: GuardedSink, done: threading.Event,
+                      outcome: dict[str, BaseException | None]) -> None:
+        """One call of a storage plugin's ``startup``; the outcome is left for the thread that waits on ``done``."""
+        try:
+            impl(service=self)
+        except BaseException as exc:  # reported to the thread that waits for it
+            outcome["error"] = exc
+        else:
+            outcome["error"] = None
+            if self._stop_opening.is_set() and self._closed:
+                # the service shut down while this was opening: close what just opened, nobody will
+                for shut in self.host.impls("shutdown"):
+                    if shut.plugin == impl.plugin:
+                        try:
+                            shut(service=self)
+                        except Exception:
+                            log.exception("closing %s after a late open failed", impl.plugin)
+            else:
+                sink.mark_available()  # before ``done``: a read waiting on it must find the store open
+        finally:
+            done.set()
+
+    def _keep_opening(self, impl: Any, sink: GuardedSink, done: threading.Event,
+                      outcome: dict[str, BaseException | None]) -> None:
+        """The background side of a degraded start: retry ``startup`` with backoff until it opens."""
+        delay = 0.25
+        while not self._stop_opening.is_set():
+            done.wait()
+            error = outcome.get("error")
+            if error is None:
+                if self._closed:
+                    return  # opened after shutdown: _attempt_open closed it again
+                log.warning("storage %s is open: storing what was journaled meanwhile", impl.plugin)
+                self._emit("storage:available", {"plugin": impl.plugin})
+                self._pipeline.wake()
+                return
+            if not isinstance(error, StorageUnavailableError):
+                sink.mark_unavailable(f"cannot open: {type(error).__name__}: {error}")
+                log.error("storage %s cannot open (%s); events stay journaled until the problem is fixed and the "
+                          "application restarts", impl.plugin, error)
+                self._emit("error", error if isinstance(error, TelemetryError) else PluginError(
+                    f"plugin {impl.plugin!r} failed to start: {type(error).__name__}: {error}"))
+                return
+            sink.mark_unavailable(str(error))
+            if self._stop_opening.wait(delay * (0.5 + random.random() / 2)):
+                return
+            delay = min(delay * 2, 30.0)
+            done.clear()
+            self._attempt_open(impl, sink, done, outcome)
 
     @property
     def service_name(self) -> str:
@@ -368,7 +502,7 @@ class TelemetryService:
 
     def _accept(self, event: TelemetryEvent) -> str | None:
         if self._closed:
-            self._record_drop("after_shutdown", 1)
+            self._drop_accepted("after_shutdown")
             log.warning("event %s tracked after shutdown was dropped", event.id)
             return None
         event = self._prepare(event)
@@ -376,16 +510,24 @@ class TelemetryService:
             try:
                 result = impl(event=event)
             except Exception as exc:
-                self._record_drop("before_track_error", 1)
+                self._drop_accepted("before_track_error")
                 self._plugin_failure(impl.plugin, exc)
                 return None
             if result is None:
                 self._count("filtered")
                 return None
             if not isinstance(result, TelemetryEvent):
-                self._record_drop("before_track_error", 1)
+                self._drop_accepted("before_track_error")
                 self._plugin_failure(impl.plugin, TypeError(f"before_track returned {type(result).__name__}, not a TelemetryEvent"))
                 return None
+            if result is not event:
+                # what a plugin made must pass the same gate: one value no store can hold would cost its whole batch
+                try:
+                    validate_event(result)
+                except InvalidEventError as exc:
+                    self._drop_accepted("before_track_error")
+                    self._plugin_failure(impl.plugin, exc)
+                    return None
             event = result
         with self._lock:
             self._accepted += 1
@@ -556,27 +698,69 @@ class TelemetryService:
         """Write everything tracked so far before returning."""
         self._pipeline.drain()
 
-    def _write_batch(self, batch: list[TelemetryEvent]) -> None:
-        count = len(batch)
-        if not self._sinks:
-            self._record_drop("no_storage", count)
+    def _stored_form(self, batch: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
+        """The batch through the ``before_store`` transforms (encryption), or ``None`` when one failed (counted)."""
         stored_form = batch
-        seconds = 0.0
         for impl in self.host.impls("before_store"):
             try:
                 result = impl(events=stored_form)
             except Exception as exc:
                 # never store what a transform (encryption) could not process: journal nothing, count the loss
                 self._plugin_failure(impl.plugin, exc)
-                self._record_drop("before_store_error", count)
-                return
+                self._record_drop("before_store_error", len(batch))
+                return None
             if result is not None:
                 stored_form = result
-        for sink in self._sinks.values():
+        return stored_form
+
+    def _stage_batch(self, batch: list[TelemetryEvent]) -> _Staged | None:
+        """``persist_buffer``'s write-ahead step, on the pipeline's journal thread: transform, then journal.
+
+        Each sink with ``persist_buffer`` appends the stored form to its journal (one ``fsync``); the flusher
+        later stores the batch and acknowledges it.  The store's progress does not matter here.
+        """
+        if not self._sinks:
+            return _Staged(batch, batch, {})
+        stored_form = self._stored_form(batch)
+        if stored_form is None:
+            return None
+        kept: dict[str, tuple[list[TelemetryEvent], int] | None] = {}
+        for sink in self._sink_list:
+            if sink.policy.persist_buffer:
+                try:
+                    kept[sink.name] = sink.stage(stored_form)
+                except Exception as exc:  # one sink's fault must not cost the others their batch
+                    self._plugin_failure(sink.name, exc)
+                    sink.lose(len(stored_form), "stage_error")
+                    kept[sink.name] = None
+        return _Staged(batch, stored_form, kept)
+
+    def _write_batch(self, item: list[TelemetryEvent] | _Staged) -> None:
+        staged: dict[str, Any] | None = None
+        if type(item) is _Staged:
+            batch, stored_form, staged = item.events, item.stored, item.kept
+        else:
+            batch = item
+            stored_form = self._stored_form(batch) if self._sinks else batch
+            if stored_form is None:
+                return
+        count = len(batch)
+        if not self._sinks:
+            self._record_drop("no_storage", count)
+        seconds = 0.0
+        for sink in self._sink_list:
             stats = self._plugin_stats[sink.name]
             failures = sink.stats.failures
             started = time.perf_counter()
-            sink.write(stored_form)
+            try:
+                if staged is not None and sink.name in staged:
+                    kept = staged[sink.name]
+                    if kept is not None:  # None: the journal could not take it, and the loss is counted
+                        sink.write_staged(*kept)
+                else:
+                    sink.write(stored_form)
+            except Exception as exc:  # a fault of one sink (its journal's disk) must not skip the next ones
+                self._plugin_failure(sink.name, exc)
             elapsed = time.perf_counter() - started
             stats.write_ms_total += elapsed * 1000
             seconds += elapsed
@@ -644,6 +828,13 @@ class TelemetryService:
         with self._lock:
             self._counts[name] += 1
 
+    def _drop_accepted(self, reason: str) -> None:
+        """An event that passed the gate is lost before it reaches the queue: counted accepted and dropped, so
+        ``accepted = stored + queued + ... + dropped`` holds."""
+        with self._lock:
+            self._accepted += 1
+        self._record_drop(reason, 1)
+
     def _record_drop(self, reason: str, count: int) -> None:
         with self._lock:
             self._drops[reason] += count
@@ -694,6 +885,14 @@ class TelemetryService:
         impls = self.host.impls(hook)
         if not impls:
             raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
+        primary = self._sink_list[0] if self._sink_list else None
+        if primary is not None and primary.unavailable is not None and primary.name in self._opening:
+            # a read may wait for the opening in progress (a large file being checked), not for retries
+            self._opening[primary.name].wait(READ_WAIT_S)
+        if primary is not None and primary.unavailable is not None:
+            raise StorageUnavailableError(
+                f"storage {primary.name!r} is not open yet ({primary.unavailable}); events tracked meanwhile are "
+                "journaled and will be stored once it opens")
         key = None
         if self._read_cache:
             cached, key = self._cache_lookup(hook, kwargs)
@@ -1127,6 +1326,40 @@ class TelemetryService:
             found.extend(self.detect(metric, self.metric_series(metric, time_range, step), sensitivity, emit=emit))
         return found
 
+    def replay_dead_letters(self, plugin: str | None = None) -> dict[str, dict[str, Any]]:
+        """Offer the events storage plugins refused for their content (the dead-letter file) to them again.
+
+        For after the cause is fixed (a plugin upgraded, a constraint dropped).  The events go straight to
+        the plugin that refused them, in the form it refused (already through ``before_store``).  Returns,
+        per plugin, how many were stored now, how many are left, and why those are left.
+        """
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        names = [plugin] if plugin else self.dead_letters.plugins()
+        unknown = [name for name in names if name not in self._sinks]
+        if plugin and unknown:
+            raise PluginError(f"no configured storage plugin is called {plugin!r} "
+                              f"(configured: {', '.join(self._sinks) or 'none'})")
+        self.flush()
+        results: dict[str, dict[str, Any]] = {}
+        primary = self._sink_list[0].name if self._sink_list else None
+        with self._pipeline.paused():
+            for name in names:
+                if name not in self._sinks:
+                    results[name] = {"stored": 0, "left": self.dead_letters.count(name),
+                                     "errors": [f"{name} is not a configured storage plugin"]}
+                    continue
+                stored, errors = self._sinks[name].replay_dead_letters()
+                self._plugin_stats[name].stored += stored
+                if name == primary and stored:
+                    with self._lock:  # accepted again here, and stored: the counters stay balanced
+                        self._accepted += stored
+                        self._counts["stored"] += stored
+                results[name] = {"stored": stored, "left": self.dead_letters.count(name), "errors": errors[:20]}
+        self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
+        self.audit("replay", "dead letters", {name: {k: r[k] for k in ("stored", "left")} for name, r in results.items()})
+        return results
+
     def rewrite(self, events: list[TelemetryEvent]) -> int:
         """Replace stored events' values (matched by id) through ``before_store`` and the ``rewrite`` hook.
 
@@ -1265,7 +1498,9 @@ class TelemetryService:
             if stats.last_error:
                 report["last_error"] = stats.last_error
                 report["last_error_at"] = stats.last_error_at
-                if stats.last_error_at and now_ms() - stats.last_error_at < 300_000:
+                # a store that stores again has recovered: its past failure is history, not a problem now
+                recovered = sink is not None and sink.healthy
+                if not recovered and stats.last_error_at and now_ms() - stats.last_error_at < 300_000:
                     report["healthy"] = False
                     report["issues"] = [*report["issues"], f"recent failure: {stats.last_error}"]
             components[name] = report
@@ -1281,7 +1516,10 @@ class TelemetryService:
         counters["retried"] = sum(sink.stats.retried for sink in self._sinks.values())
         counters["buffered"] = primary.backlog if primary is not None else 0
         counters["spilled"] = self._pipeline.spilled
-        counters["queued"] = self._pipeline.depth
+        # staged events are in the primary's journal (buffered) when it persists; otherwise still only in memory
+        staged_elsewhere = 0 if primary is None or primary.policy.persist_buffer else self._pipeline.staged
+        counters["queued"] = self._pipeline.depth + staged_elsewhere
+        counters["dead_letters"] = primary.stats.dead_lettered if primary is not None else 0
         counters["held"] = self._thinner.held if self._thinner is not None else 0
         counters["open_sessions"] = len(self._open_sessions)
         counters["sampled_out"] = sum(thinned.values())
@@ -1332,6 +1570,9 @@ class TelemetryService:
         self.host.each("before_shutdown", self._plugin_failure, service=self)
         with self._lock:
             self._closed = True
+        self._stop_opening.set()
+        for opener in self._openers:  # a store still opening must not be shut down halfway through
+            opener.join(timeout)
         if self._thinner is not None:
             for event in self._thinner.release_all():
                 self._pipeline.put(event)
@@ -1356,10 +1597,38 @@ class TelemetryService:
         if self._thinner is not None:
             self._thinner = Thinner(self._thinner.sampling, self._thinner.rate_limit, self._record_thinned)
         self._streams = []
+        self._openers, self._opening, self._stop_opening = [], {}, threading.Event()
         for sink in self._sinks.values():
             sink.abandon()
         self._pipeline = self._pipeline.after_fork()
-        self.host.each("after_fork", self._plugin_failure, service=self)
+        unavailable: dict[str, str] = {}
+
+        def failed(plugin: str, exc: BaseException) -> None:
+            if isinstance(exc, StorageUnavailableError) and plugin in self._sinks:
+                unavailable[plugin] = str(exc)  # locked right now: the child reopens in the background
+            else:
+                self._plugin_failure(plugin, exc)
+
+        self.host.each("after_fork", failed, service=self)
+        for sink in self._sink_list:
+            reason = unavailable.get(sink.name) or sink.unavailable
+            if reason is not None:
+                self._reopen_in_background(sink, reason)
+
+    def _reopen_in_background(self, sink: GuardedSink, reason: str) -> None:
+        """Mark ``sink`` unavailable and have its plugin's ``startup`` retried with backoff until it opens."""
+        impl = next((i for i in self.host.impls("startup") if i.plugin == sink.name), None)
+        sink.mark_unavailable(reason)
+        if impl is None:
+            return
+        done = threading.Event()
+        outcome: dict[str, BaseException | None] = {"error": StorageUnavailableError(reason)}
+        done.set()
+        self._opening[sink.name] = done
+        retrier = threading.Thread(target=self._keep_opening, args=(impl, sink, done, outcome),
+                                   name=f"vibekit-telemetry-reopen-{sink.name}", daemon=True)
+        self._openers.append(retrier)
+        retrier.start()
 
     def __enter__(self) -> TelemetryService:
         return self

@@ -26,7 +26,7 @@ def test_loaded_by_name_through_its_entry_point(tmp_path):
 def test_max_events_evicts_oldest_and_reports_it(tmp_path):
     with TelemetryService(storage=[{"type": "memory", "options": {"max_events": 10}}], data_dir=str(tmp_path)) as t:
         for i in range(25):
-            t.track({"event_type": "custom", "category": "c", "value": i, "timestamp": 1_000 + i})
+            t.track({"event_type": "custom", "category": "c", "value": i, "timestamp": 1_700_000_000_000 + i})
         values = [e.value for e in t.query(order="asc")]
         assert values == list(range(15, 25))
         assert t.get_health_status().components["memory"]["evicted"] == 15

@@ -106,6 +106,46 @@ def test_corrupt_database_gives_a_clear_error_and_is_left_alone(tmp_path):
     assert _digest(path) == before
 
 
+def test_a_database_with_corrupt_pages_but_a_valid_header_is_refused_before_any_write(tmp_path):
+    path = tmp_path / "t.db"
+    with _service(path) as telemetry:
+        for i in range(2000):
+            telemetry.track({"category": "c", "value": i, "prompt": f"prompt {i} " + "y" * 300})
+    page_size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    middle = (len(data) // page_size // 2) * page_size
+    data[middle + 8 : middle + page_size] = bytes(range(256)) * ((page_size - 8) // 256) + b"\x00" * ((page_size - 8) % 256)
+    path.write_bytes(bytes(data))
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    before = _digest(path)
+    with pytest.raises(StorageError, match=r"corrupt \(quick_check"):
+        _service(path)
+    assert _digest(path) == before
+    assert not (tmp_path / "t.db-wal").exists() or (tmp_path / "t.db-wal").stat().st_size == 0
+
+
+def test_a_database_of_another_application_is_refused_even_without_tables(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE VIEW answers AS SELECT 42 AS answer")
+        conn.execute("PRAGMA user_version = 42")
+    before = _digest(path)
+    with pytest.raises(StorageError, match="not a vibekit-telemetry one.*view answers.*user_version 42"):
+        _service(path)
+    assert _digest(path) == before
+    only_version = tmp_path / "versioned.db"
+    with sqlite3.connect(only_version) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    with pytest.raises(StorageError, match="user_version 7"):
+        _service(only_version)
+    ours = tmp_path / "ours.db"
+    with _service(ours) as telemetry:
+        telemetry.track({"category": "c"})
+    assert sqlite3.connect(ours).execute("PRAGMA application_id").fetchone()[0] == 0x564B5431
+    with _service(ours) as telemetry:  # and ours opens again
+        assert len(telemetry.query()) == 1
+
+
 def test_retried_batch_does_not_double_rows(tmp_path):
     store = SQLiteStorage.open(tmp_path / "t.db")
     try:

@@ -24,10 +24,12 @@ import attrs
 import orjson
 
 from vibekit_telemetry import (
+    EventsRejectedError,
     QueryFilter,
     Session,
     SessionFilter,
     StorageError,
+    StorageUnavailableError,
     TelemetryEvent,
     TokenUsage,
     decode_cursor,
@@ -36,7 +38,7 @@ from vibekit_telemetry import (
     summarize_sessions,
 )
 
-from .schema import EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
+from .schema import APPLICATION_ID, EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
 
 if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
@@ -129,7 +131,8 @@ def fts_query(text: str) -> str:
     return " ".join(words)
 
 
-_CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly", 13: "full", 14: "cantopen"}
+_CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly", 13: "full", 14: "cantopen",
+          18: "content", 19: "content", 20: "content", 25: "content"}
 
 #: connections a forked child inherited from its parent: kept referenced so they are never closed in the child
 _inherited: list[sqlite3.Connection | None] = []
@@ -138,6 +141,8 @@ _inherited: list[sqlite3.Connection | None] = []
 def _kind(exc: sqlite3.Error) -> str | None:
     """What went wrong, by SQLite's primary result code (or the message, for errors raised without one)."""
     kind = _CODES.get((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF)
+    if kind is None and isinstance(exc, (sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError)):
+        kind = "content"  # a value that cannot be bound or violates a constraint: the events', not the file's
     if kind is None and isinstance(exc, sqlite3.DatabaseError):
         text = str(exc)
         if "not a database" in text or "malformed" in text:
@@ -167,6 +172,9 @@ class SQLiteStorage:
         synchronous: Literal["off", "normal", "full"] = "normal"
         cache_size_kb: int = 16_384
         max_page_count: int | None = None
+        #: ``quick``: ``PRAGMA quick_check`` when the file is opened, refusing a corrupt file before anything is
+        #: written to it (about 1 s per GB, off the application's thread: see docs/reliability.md); ``off``: trust it
+        integrity_check: Literal["quick", "off"] = "quick"
 
     def __init__(self, config: SQLiteStorage.Config | None = None) -> None:
         self.config = config or SQLiteStorage.Config()
@@ -190,7 +198,8 @@ class SQLiteStorage:
         """Open the database file, refusing files that are not telemetry databases, and migrate it."""
         self._open(Path(self.config.path) if self.config.path else service.data_dir / "telemetry.db")
 
-    def _open(self, path: Path) -> None:
+    def _open(self, path: Path, *, integrity: bool = True, patience_ms: int | None = None) -> None:
+        """Open (and create or migrate) the file; ``patience_ms`` bounds the wait for another process's lock."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,19 +209,30 @@ class SQLiteStorage:
         # Two processes opening one new file at once can make SQLite answer "locked" at once, without waiting
         # (it refuses to wait where waiting could deadlock, e.g. both switching the file to WAL), so the whole
         # opening is retried with jitter until busy_timeout_ms has passed.
-        deadline = time.monotonic() + self.config.busy_timeout_ms / 1000
+        patience = self.config.busy_timeout_ms if patience_ms is None else patience_ms
+        deadline = time.monotonic() + patience / 1000
         delay = 0.005
         while True:
             conn = None
             try:
                 conn = self._connect()
+                if patience_ms is not None:
+                    conn.execute(f"PRAGMA busy_timeout={int(patience_ms)}")
                 self._check_foreign(conn)
+                if integrity:
+                    self._check_integrity(conn)
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != self.config.journal_mode.lower():
                     conn.execute(f"PRAGMA journal_mode={self.config.journal_mode}")
                 from . import migrations  # sqlite-utils is only needed to create or upgrade the schema
 
                 ran = migrations.apply(conn)
+                if patience_ms is not None:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout_ms)}")
                 break
+            except StorageError:
+                if conn is not None:
+                    conn.close()
+                raise
             except sqlite3.DatabaseError as exc:
                 if conn is not None:
                     conn.close()
@@ -240,19 +260,41 @@ class SQLiteStorage:
             )
 
     def _check_foreign(self, conn: sqlite3.Connection) -> None:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
+        """Refuse a database that belongs to another application: anything in its schema, a user_version or an
+        application_id that is not ours.  Only an empty file, or one our migrations made, is adopted."""
+        objects = conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if not objects and not user_version and application_id in (0, APPLICATION_ID):
             return
-        ours = False
-        if "_sqlite_migrations" in tables:
+        ours = application_id == APPLICATION_ID
+        if not ours and ("table", "_sqlite_migrations") in objects:
             ours = conn.execute(
                 "SELECT 1 FROM _sqlite_migrations WHERE migration_set = ? LIMIT 1", [MIGRATION_SET]
             ).fetchone() is not None
         if not ours:
-            shown = ", ".join(sorted(tables)[:8])
+            found = [f"{kind} {name}" for kind, name in sorted(objects)[:8]]
+            if user_version:
+                found.append(f"user_version {user_version}")
+            if application_id:
+                found.append(f"application_id {application_id}")
             raise StorageError(
-                f"{self.path} is a SQLite database but not a vibekit-telemetry one (tables: {shown}); "
+                f"{self.path} is a SQLite database but not a vibekit-telemetry one ({', '.join(found)}); "
                 "refusing to modify it: point the sqlite storage `path` option at another file"
+            )
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` before the first write: a corrupt file is refused while it is still untouched."""
+        if self.config.integrity_check == "off":
+            return
+        if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            return  # a new, empty file
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StorageError(
+                f"the database {self.path} is corrupt (quick_check: {'; '.join(problems)[:500]}); it was not "
+                "modified: move it aside (or restore a backup) and start again, or recover what is readable "
+                f"with `sqlite3 {self.path} .recover`"
             )
 
     def _explain(self, exc: sqlite3.Error) -> StorageError:
@@ -262,14 +304,18 @@ class SQLiteStorage:
             return StorageError(f"the database {self.path} is corrupt ({text}); it was not modified: "
                                 "move it aside (or restore a backup) and start again")
         if kind == "locked":
-            return StorageError(f"the database {self.path} is locked by another process ({text}) "
-                                f"for longer than busy_timeout_ms={self.config.busy_timeout_ms}")
+            return StorageUnavailableError(f"the database {self.path} is locked by another process ({text}) "
+                                           f"for longer than busy_timeout_ms={self.config.busy_timeout_ms}")
+        if kind == "content":
+            return EventsRejectedError(f"SQLite refused a value: {text}")
+        # the store is there but cannot take writes now: space may be freed, the disk remounted, the file restored
         if kind == "readonly":
-            return StorageError(f"the database {self.path} is read-only ({text})")
+            return StorageUnavailableError(f"the database {self.path} is read-only ({text})")
         if kind == "full":
-            return StorageError(f"the disk holding {self.path} is full ({text}); events already stored are intact")
+            return StorageUnavailableError(f"the disk holding {self.path} is full ({text}); events already stored "
+                                           "are intact")
         if kind == "cantopen":
-            return StorageError(f"cannot open the database {self.path} ({text})")
+            return StorageUnavailableError(f"cannot open the database {self.path} ({text})")
         return StorageError(f"the database {self.path}: {text}")
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
@@ -301,7 +347,7 @@ class SQLiteStorage:
     def store(self, events: list[TelemetryEvent]) -> None:
         """Insert a batch and update its sessions in one transaction; ids already stored are skipped."""
         if self._writer is None:
-            raise StorageError("the sqlite storage is not open")
+            raise StorageUnavailableError("the sqlite storage is not open")
         rows = [event_row(e) for e in events]
         with self._write_lock:
             conn = self._writer
@@ -633,7 +679,9 @@ class SQLiteStorage:
         self._readers = []
         self._readers_lock = threading.Lock()
         if self.path is not None and not self._closed:
-            self._open(self.path)
+            # The parent checked the file; a fork handler must not wait on another process's lock either.
+            # StorageUnavailableError tells the kernel to reopen in the background.
+            self._open(self.path, integrity=False, patience_ms=0)
 
     def close(self) -> None:
         """Close the writer and all reader connections."""

@@ -12,7 +12,7 @@ import sqlite3
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .schema import MIGRATION_SET
+from .schema import APPLICATION_ID, MIGRATION_SET
 
 migrations = Migrations(MIGRATION_SET)
 
@@ -72,13 +72,21 @@ def m001_events_and_sessions(db: Database) -> None:
 
 
 def apply(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to date; return how many migrations ran."""
+    """Bring the schema up to date; return how many migrations ran.
+
+    Whether any migration is pending is read first, without a write lock: an up-to-date database opens
+    even while another process holds a long write transaction (a backup, the ``sqlite3`` shell).
+    """
     db = Database(conn, execute_plugins=False)
+    if "_sqlite_migrations" in db.table_names() and not migrations.pending(db):
+        return 0
     conn.execute("BEGIN IMMEDIATE")
     try:
         pending = migrations.pending(db)
         if pending:
             migrations.apply(db)
+            if not conn.execute("PRAGMA application_id").fetchone()[0]:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

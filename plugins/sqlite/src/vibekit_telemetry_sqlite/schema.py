@@ -1,6 +1,8 @@
 """Column lists shared by the migrations and the hot path (kept apart so reading them needs no sqlite-utils)."""
 
 MIGRATION_SET = "vibekit_telemetry_sqlite"
+#: ``PRAGMA application_id`` of a vibekit-telemetry database ("VKT1"), set when the schema is created
+APPLICATION_ID = 0x564B5431
 
 EVENT_COLUMNS = (
     "id", "session_id", "event_type", "category", "action", "label", "value", "timestamp", "agent", "mode",
