@@ -423,7 +423,31 @@ def run(quick: bool) -> dict[str, Any]:
     figures["http_load_p99_ms"] = one(load["p99_ms"])
     figures["http_load_peak_rss_mb"] = one(load["peak_rss_mb"])
     figures["http_load_lost"] = one(load["lost"] + load["server_errors"])
+    genai_figures(results, quick)
     return results
+
+
+def genai_figures(results: dict[str, Any], quick: bool) -> None:
+    """GenAI spans: the in-process bridge next to the SDK's own batch processor, and OTLP/HTTP ingest."""
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+
+        from benchmarks import genai_bench
+    except ImportError:
+        return
+    spans = 5_000 if quick else 20_000
+    print(f"GenAI spans: span_processor() and BatchSpanProcessor, {spans:,} spans; OTLP/HTTP ingest ...", flush=True)
+    genai = genai_bench.run(spans)
+    results["genai"] = genai
+    figures = results["figures"]
+    bridge = genai["bridge"]
+    figures["genai_bridge_p50_us"] = {"median": bridge["bridge_us"]["p50"], "min": bridge["bridge_us"]["p50"],
+                                      "max": bridge["bridge_us"]["p99"], "runs": 1}
+    figures["genai_batch_processor_p50_us"] = {"median": bridge["batch_processor_us"]["p50"],
+                                               "min": bridge["batch_processor_us"]["p50"],
+                                               "max": bridge["batch_processor_us"]["p99"], "runs": 1}
+    figures["genai_bridge_vs_batch_ratio"] = single(bridge["ratio_p50"])
+    figures["genai_otlp_ingest_spans_per_s"] = single(genai["otlp"]["spans_per_s"])
 
 
 GOALS = [
@@ -484,6 +508,12 @@ GOALS = [
     ("  request p99 under load", "http_load_p99_ms", "ms", "", None),
     ("  server peak RSS", "http_load_peak_rss_mb", "MB", "", None),
     ("  5xx answers + acknowledged events not stored", "http_load_lost", "", "0", lambda v: v == 0),
+    ("GenAI chat span ended into telemetry.span_processor() p50 [p50 – p99]", "genai_bridge_p50_us", "µs", "", None),
+    ("  the same span into BatchSpanProcessor, discarding exporter [p50 – p99]", "genai_batch_processor_p50_us", "µs",
+     "peer", None),
+    ("  bridge / batch processor (p50)", "genai_bridge_vs_batch_ratio", "x", "", None),
+    ("OTLP/HTTP ingest of GenAI spans (protobuf, 100 a request) into SQLite", "genai_otlp_ingest_spans_per_s",
+     "spans/s", "", None),
     ("PII scan of a typical event (500-character prompt, 6 metadata fields)", "pii_scan_us", "µs", "under 50 µs",
      lambda v: v < 50),
 ]
@@ -507,7 +537,8 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
         "Written by `uv run python -m benchmarks`" + (" --quick" if quick else "") + "; do not edit by hand.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python {m['python']}, "
-        f"SQLite {m['sqlite']}; run {m['date']}.",
+        f"SQLite {m['sqlite']}; run {m['date']}"
+        + "".join(f"; {r['group']} figures re-run {r['date']}" for r in results.get("partial_reruns", [])) + ".",
         "",
         f"Sizes: {s['latency_n']:,} `track()` calls x {s['latency_runs']} runs; {s['ingest_n']:,} events ingested "
         f"x {s['ingest_runs']} runs (the service with its defaults: writes start at {s['batch_size']} waiting events and "
@@ -617,9 +648,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    parser.add_argument("--only", choices=["genai"],
+                        help="re-run one group and merge its figures into the existing JSON (same machine only)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run(args.quick)
+    if args.only:
+        results = json.loads(args.json.read_text(encoding="utf-8"))
+        if results["machine"]["cpu"] != machine()["cpu"] or results["machine"]["cores"] != machine()["cores"]:
+            parser.error(f"{args.json} was measured on another machine: run every benchmark")
+        genai_figures(results, args.quick)
+        results.setdefault("partial_reruns", []).append({"group": args.only, "date": machine()["date"]})
+    else:
+        results = run(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = markdown(results, args.quick)
     args.output.write_text(text, encoding="utf-8")

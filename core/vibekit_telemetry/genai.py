@@ -43,20 +43,20 @@ from typing import Any
 
 import orjson
 
-from .model import TelemetryEvent, TokenUsage
+from . import conventions
+from .model import _ANY_TOKEN_KEY, TelemetryEvent, TokenUsage
 
 SPAN_STATUS_ERROR = 2
 SPAN_KIND_CLIENT = 3
 #: span and log attributes that carry event metadata keys, so a round trip restores them
 METADATA_PREFIX = "vibekit.metadata."
-_COMPLETION_EVENTS = frozenset({"gen_ai.choice", "gen_ai.content.completion", "gen_ai.assistant.message"})
-_PROMPT_EVENTS = frozenset({"gen_ai.content.prompt", "gen_ai.user.message"})
-_TEXT_KEYS = frozenset({"gen_ai.completion", "message", "content", "index"})
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
-_USAGE_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.response.finish_reasons",
-               "gen_ai.response.id")
-_OUTCOME_KEYS = frozenset({*_USAGE_KEYS, "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.prompt",
-                           "gen_ai.completion"})
+#: the end event's token counts, under the names ``TokenUsage.from_metadata`` reads first
+_TOKEN_METADATA = {"input": "input_tokens", "output": "output_tokens", "cache_read": "cache_read_tokens",
+                   "cache_creation": "cache_creation_tokens", "reasoning": "reasoning_tokens"}
+#: completion events of a span: chunks of the answer when they arrive before its end
+_COMPLETION_EVENTS = frozenset({"gen_ai.choice", "gen_ai.content.completion", "gen_ai.assistant.message"})
+_NOT_CUSTOM = _COMPLETION_EVENTS | conventions.INPUT_EVENTS | conventions.FIRST_CHUNK_EVENTS | {"exception"}
 
 
 def any_value(value: Any) -> Any:
@@ -120,71 +120,16 @@ def _event_id(*parts: Any) -> str:
     return hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=16).hexdigest()
 
 
-def _text(value: Any) -> str | None:
-    """Text out of a GenAI message value: a string, a message list (``parts``/``content``) or JSON of one."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped[:1] in ("[", "{"):
-            try:
-                return _text(orjson.loads(stripped)) or value
-            except orjson.JSONDecodeError:
-                return value
-        return value
-    if isinstance(value, list):
-        texts = [t for t in (_text(v) for v in value) if t]
-        return "\n".join(texts) if texts else None
-    if isinstance(value, Mapping):
-        for key in ("content", "text", "message"):
-            if key in value:
-                return _text(value[key])
-        if "parts" in value:
-            return _text(value["parts"])
-    return None
-
-
-def _prompt(attrs: Mapping[str, Any], events: list[Mapping[str, Any]]) -> str | None:
-    messages = attrs.get("gen_ai.input.messages")
-    if isinstance(messages, str):
-        try:
-            messages = orjson.loads(messages)
-        except orjson.JSONDecodeError:
-            return messages
-    if isinstance(messages, list):
-        users = [m for m in messages if isinstance(m, Mapping) and m.get("role") in (None, "user")]
-        text = _text(users or messages)
-        if text:
-            return text
-    for key in ("gen_ai.prompt", "gen_ai.user.message"):
-        if attrs.get(key):
-            return _text(attrs[key])
-    for event in events:
-        if event.get("name") in _PROMPT_EVENTS:
-            ev_attrs = attributes(event.get("attributes"))
-            text = _text(ev_attrs.get("gen_ai.prompt") or ev_attrs.get("content"))
-            if text:
-                return text
-    return None
-
-
-def _agent(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> str:
-    for key in ("gen_ai.provider.name", "gen_ai.system", "gen_ai.agent.name"):
-        if isinstance(attrs.get(key), str) and attrs[key]:
-            return attrs[key]
-    name = resource.get("service.name")
-    return name if isinstance(name, str) and name else "otlp"
-
-
 def _metadata(attrs: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Attributes as event metadata: ``vibekit.metadata.<key>`` back to ``<key>``, other ``vibekit.*`` left out."""
+    """Attributes as event metadata: ``vibekit.metadata.<key>`` back to ``<key>``, other ``vibekit.*`` left out,
+    and what :func:`conventions.read_call` turned into fields (messages, usage) left out too."""
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         if key in skip:
             continue
         if key.startswith(METADATA_PREFIX):
             out[key[len(METADATA_PREFIX):]] = _unpack(value)
-        elif not key.startswith("vibekit."):
+        elif not key.startswith(("vibekit.", *conventions.CONSUMED_PREFIXES)) and key not in _ANY_TOKEN_KEY:
             out[key] = value
     return out
 
@@ -203,8 +148,41 @@ def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if v is not None}
 
 
-def span_events(span: Mapping[str, Any], resource: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The events one span becomes; raises ``ValueError`` for a span that cannot be read."""
+def _labels(call: conventions.Call) -> dict[str, Any]:
+    """What a session summary lifts into fields (``SESSION_LABELS``), from a call."""
+    out: dict[str, Any] = {}
+    if call.kind:
+        out["kind"] = call.kind
+    if call.conversation_id:
+        out["conversation_id"] = call.conversation_id
+    if call.user_id:
+        out["user_id"] = call.user_id
+    return out
+
+
+def _conversation(call: conventions.Call) -> dict[str, Any]:
+    """The structured side of a call kept in metadata: messages with roles, system prompt, tools offered."""
+    out: dict[str, Any] = {}
+    if call.messages and (len(call.messages) > 1 or call.messages[0].get("role") != "user"
+                          or call.messages[0].get("tool_calls")):
+        out["messages"] = call.messages
+    if call.system:
+        out["system_prompt"] = call.system
+    if call.tools:
+        out["tools"] = call.tools
+    return out
+
+
+def span_events(span: Mapping[str, Any], resource: Mapping[str, Any],
+                folder: CallFolder | None = None, scope: str | None = None) -> list[dict[str, Any]]:
+    """The events one span becomes; raises ``ValueError`` for a span that cannot be read.
+
+    A session: a start event (prompt, labels, messages), stream events for the chunks that arrived
+    (with their own times: the first sets the time to first token), error events, custom events for
+    other span events, and an end event with the model, the token usage (counted once, here) and, for a
+    call that streamed nothing, the answer's text.  A call with no sign of when its first chunk came has
+    no time to first token.
+    """
     trace_id = _hex_id(span.get("traceId"), 32, "traceId")
     span_id = _hex_id(span.get("spanId"), 16, "spanId")
     parent = span.get("parentSpanId")
@@ -214,122 +192,342 @@ def span_events(span: Mapping[str, Any], resource: Mapping[str, Any]) -> list[di
     end = _ms(end_raw, "endTimeUnixNano") if end_raw not in (None, "0", 0) else None
     if end is not None and end < start:
         raise ValueError("endTimeUnixNano is before startTimeUnixNano")
-    attrs = _jsonable(attributes(span.get("attributes")))
-    raw_events = [e for e in span.get("events") or () if isinstance(e, Mapping)]
+    events = []
+    for raw in span.get("events") or ():
+        if isinstance(raw, Mapping):
+            ts = _ms(raw.get("timeUnixNano"), "events.timeUnixNano") if raw.get("timeUnixNano") else start
+            events.append((raw.get("name") or "event", ts, _jsonable(attributes(raw.get("attributes")))))
+    status = span.get("status") or {}
+    return mapped_span_events(
+        trace_id=trace_id, span_id=span_id, parent_id=parent_id, name=span.get("name") or "", start=start, end=end,
+        attrs=_jsonable(attributes(span.get("attributes"))), events=events, kind=span.get("kind"),
+        failed=int(status.get("code") or 0) == SPAN_STATUS_ERROR, status_message=status.get("message") or None,
+        resource=resource, folder=folder, scope=scope)
+
+
+def mapped_span_events(*, trace_id: str, span_id: str, parent_id: str | None, name: str, start: int, end: int | None,
+                       attrs: Mapping[str, Any], events: list[tuple[str, int, Mapping[str, Any]]], kind: Any,
+                       failed: bool, status_message: str | None, resource: Mapping[str, Any],
+                       folder: CallFolder | None = None, scope: str | None = None) -> list[dict[str, Any]]:
+    """:func:`span_events` from a span's parts already decoded (the in-process bridge calls this directly).
+
+    With a ``folder``, a span describing a call already seen folds into that call's session.
+    """
     sid = session_id_of(trace_id, span_id)
-    agent = _agent(attrs, resource)
-    mode = attrs.get("gen_ai.operation.name") or span.get("name") or None
-    model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
-    context = {"otel.trace_id": trace_id, "otel.span_id": span_id, "otel.span_name": span.get("name") or ""}
+    call = conventions.read_call(attrs, events, name=name, start_ms=start, resource=resource)
+    if folder is not None:
+        first = folder.same_call(session_id=sid, trace_id=trace_id, parent_id=parent_id, start=start, end=end,
+                                 call=call, scope=scope, failed=failed)
+        if first is not None:
+            # the second span of a call: what it adds (content, tool calls) is kept, its usage is not counted again
+            first_session, learns_model = first
+            duplicate: dict[str, Any] = {"otel.trace_id": trace_id, "otel.span_id": span_id, "otel.span_name": name,
+                                         **_conversation(call)}
+            if learns_model and call.model:
+                duplicate["model"] = call.model
+            if call.tool_calls:
+                duplicate["tool_calls"] = call.tool_calls
+            if call.finish_reasons:
+                duplicate["finish_reasons"] = call.finish_reasons
+            return [{"id": _event_id(trace_id, span_id, "duplicate"), "event_type": "custom",
+                     "session_id": first_session,
+                     "category": call.provider or _str(resource.get("service.name")) or "otlp",
+                     "action": "otel.duplicate_span", "timestamp": start, "prompt": call.prompt,
+                     "stream_data": call.response, "metadata": duplicate}]
+    ours = "vibekit.session_id" in attrs  # written by TraceBuilder: every completion event is a chunk
+    category = attrs.get("vibekit.category")
+    service_name = _str(resource.get("service.name"))
+    if service_name and service_name.startswith("unknown_service"):
+        service_name = None  # the SDK's placeholder when the application named no service
+    agent = (call.agent_name if call.kind in ("agent", "tool") else None) or call.provider or call.agent_name \
+        or service_name or "otlp"
+    category = category if isinstance(category, str) and category else agent
+    mode = call.operation or name or None
+    context = {"otel.trace_id": trace_id, "otel.span_id": span_id, "otel.span_name": name}
     if resource.get("service.name"):
         context["service.name"] = resource["service.name"]
-    # token counts go on the end event only, where the session summary adds them up once
-    start_meta = {**context, **_metadata(attrs, _OUTCOME_KEYS)}
-    if span.get("kind"):
-        start_meta["otel.kind"] = int(span["kind"])
-    if model:
-        start_meta["model"] = model
+    labels = _labels(call)
+    taught: list[dict[str, Any]] = []
+    if folder is not None:
+        inherited, learners, named = folder.share_labels(trace_id, sid, labels)
+        labels.update(inherited)
+        taught = [{"id": _event_id(trace_id, span_id, "labels", learner), "event_type": "custom",
+                   "session_id": learner, "category": call.provider or _str(resource.get("service.name")) or "otlp",
+                   "action": "otel.trace_labels", "timestamp": start, "metadata": dict(named)}
+                  for learner in learners if learner != sid]
+    start_meta = {**context, **_metadata(attrs), **labels, **_conversation(call)}
+    if kind:
+        start_meta["otel.kind"] = int(kind)
+    if call.request_model or call.model:
+        start_meta["model"] = call.request_model or call.model
     out: list[dict[str, Any]] = [{
-        "id": _event_id(trace_id, span_id, "start"), "event_type": "start", "session_id": sid, "category": agent,
-        "agent": agent, "mode": mode, "action": mode, "prompt": _prompt(attrs, raw_events), "timestamp": start,
+        "id": _event_id(trace_id, span_id, "start"), "event_type": "start", "session_id": sid, "category": category,
+        "agent": agent, "mode": mode, "action": mode, "prompt": call.prompt, "timestamp": start,
         "parent_session_id": session_id_of(trace_id, parent_id) if parent_id else None, "metadata": start_meta,
     }]
     errored = False
-    streamed = False
-    for index, event in enumerate(raw_events):
-        name = event.get("name") or "event"
-        ev_attrs = _jsonable(attributes(event.get("attributes")))
-        ts = _ms(event.get("timeUnixNano"), "events.timeUnixNano") if event.get("timeUnixNano") else start
-        base = {"id": _event_id(trace_id, span_id, "event", index), "session_id": sid, "category": agent,
+    chunks: list[dict[str, Any]] = []
+    for index, (event_name, ts, ev_attrs) in enumerate(events):
+        base = {"id": _event_id(trace_id, span_id, "event", index), "session_id": sid, "category": category,
                 "timestamp": ts}
-        if name == "exception":
+        if event_name == "exception":
             errored = True
-            out.append({**base, "event_type": "error", "error_type": ev_attrs.get("exception.type") or "Exception",
-                        "error_message": ev_attrs.get("exception.message") or "", "error_stack": ev_attrs.get("exception.stacktrace"),
+            out.append({**base, "event_type": "error",
+                        "error_type": _type_name(_str(ev_attrs.get("exception.type"))) or "Exception",
+                        "error_message": ev_attrs.get("exception.message") or "",
+                        "error_stack": ev_attrs.get("exception.stacktrace"),
                         "metadata": _metadata({k: v for k, v in ev_attrs.items() if not k.startswith("exception.")})})
-        elif name in _COMPLETION_EVENTS:
-            streamed = True
-            text = _text(ev_attrs.get("gen_ai.completion") or ev_attrs.get("message") or ev_attrs.get("content")) or ""
-            out.append({**base, "event_type": "stream", "stream_data": text, "action": name,
-                        "metadata": _metadata(ev_attrs, _TEXT_KEYS)})
-        elif name not in _PROMPT_EVENTS:
-            out.append({**base, "event_type": "custom", "action": name, "label": ev_attrs.get("vibekit.label"),
+        elif event_name in conventions.FIRST_CHUNK_EVENTS or (
+                event_name in _COMPLETION_EVENTS and (ours or end is None or ts < end)):
+            # a chunk arriving (or the mark of the first one): its time is real
+            text = conventions.text_of(ev_attrs.get("gen_ai.completion.chunk") or ev_attrs.get("gen_ai.completion")
+                                       or ev_attrs.get("message") or ev_attrs.get("content")
+                                       or ev_attrs.get("llm.content.completion.chunk"))
+            chunk = {**base, "event_type": "stream", "stream_data": text or "", "action": event_name,
+                     "metadata": _metadata(ev_attrs, frozenset({"gen_ai.completion", "message", "content", "index",
+                                                                "gen_ai.completion.chunk"}))}
+            chunks.append(chunk)
+            out.append(chunk)
+        elif event_name not in _NOT_CUSTOM:
+            out.append({**base, "event_type": "custom", "action": event_name, "label": ev_attrs.get("vibekit.label"),
                         "value": ev_attrs.get("vibekit.value"), "metadata": _metadata(ev_attrs)})
-    output = attrs.get("gen_ai.output.messages") or attrs.get("gen_ai.completion")
-    if output and not streamed:
-        out.append({"id": _event_id(trace_id, span_id, "output"), "event_type": "stream", "session_id": sid,
-                    "category": agent, "stream_data": _text(output) or "", "timestamp": end or start})
-    status = span.get("status") or {}
-    failed = int(status.get("code") or 0) == SPAN_STATUS_ERROR
+    response = call.response
+    answered_in_chunks = any(c["stream_data"] for c in chunks)
+    if chunks and not answered_in_chunks and response:
+        chunks[0]["stream_data"] = response  # a first-token mark without text: the answer begins there
+        answered_in_chunks = True
+    elif not chunks and call.first_chunk_at is not None and (end is None or call.first_chunk_at <= end):
+        out.append({"id": _event_id(trace_id, span_id, "first-chunk"), "event_type": "stream", "session_id": sid,
+                    "category": category, "stream_data": response or "", "timestamp": max(start, call.first_chunk_at),
+                    "action": "first_chunk"})
+        answered_in_chunks = True
+    error_type = _type_name(_str(attrs.get("error.type")))
     if failed and not errored:
         out.append({"id": _event_id(trace_id, span_id, "status"), "event_type": "error", "session_id": sid,
-                    "category": agent, "timestamp": end or start, "error_type": attrs.get("error.type") or "Error",
-                    "error_message": status.get("message") or "span status ERROR"})
+                    "category": category, "timestamp": end or start, "error_type": error_type or "Error",
+                    "error_message": status_message or (f"{error_type}" if error_type else "span status ERROR")})
     if end is not None:
         end_meta: dict[str, Any] = {**context}
-        if model:
-            end_meta["model"] = model
-        for key in _USAGE_KEYS:
-            if key in attrs:
-                end_meta[key] = attrs[key]
-        if status.get("message"):
-            end_meta["status_message"] = status["message"]
+        if call.model:
+            end_meta["model"] = call.model
+        for field, count in call.tokens.items():
+            end_meta[_TOKEN_METADATA[field]] = count
+        if call.finish_reasons:
+            end_meta["finish_reasons"] = call.finish_reasons
+        if call.tool_calls:
+            end_meta["tool_calls"] = call.tool_calls
+        if call.response_id:
+            end_meta["response_id"] = call.response_id
+        if call.cost_usd is not None:
+            end_meta["reported_cost_usd"] = call.cost_usd
+        if status_message:
+            end_meta["status_message"] = status_message
         out.append({"id": _event_id(trace_id, span_id, "end"), "event_type": "end", "session_id": sid,
-                    "category": agent, "status": "failed" if failed else "completed", "timestamp": end,
-                    "metadata": end_meta})
-    return out
+                    "category": category, "status": "failed" if failed else "completed", "timestamp": end,
+                    "stream_data": None if answered_in_chunks else response, "metadata": end_meta})
+    return out + taught
+
+
+_CLASS_REPR = re.compile(r"^<class '([^']+)'>$")
+
+
+def _type_name(value: str | None) -> str | None:
+    """An error type as a name: ``<class 'openai.RateLimitError'>`` (what str() of a class gives) is the class."""
+    if value:
+        match = _CLASS_REPR.match(value.strip())
+        if match:
+            return match.group(1)
+    return value
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class _Seen:
+    __slots__ = ("session_id", "trace_id", "parent_id", "start", "end", "models", "response_id", "scopes")
+
+    def __init__(self, session_id: str, trace_id: str, parent_id: str | None, start: int, end: int,
+                 models: frozenset[str], response_id: str | None, scope: str) -> None:
+        self.session_id, self.trace_id, self.parent_id = session_id, trace_id, parent_id
+        self.start, self.end, self.models, self.response_id = start, end, models, response_id
+        self.scopes = {scope}
+
+
+class CallFolder:
+    """Recognises two spans that describe the same model call, so that the call is one session.
+
+    The anthropic SDK 2.x records its own ``anthropic.messages.create`` span beside the span of an
+    instrumentation (OpenLLMetry's ``anthropic.chat``) for the same request: two sessions, and usage
+    counted twice.  Two LLM spans are one call when they come from different instrumentation scopes (one
+    instrumentation never describes one call twice, so identical calls made in parallel stay apart),
+    report the same provider response id or the same input and output token counts (a failed call: the
+    failure), contradict each other on neither (two different response ids, or models with no name in
+    common, are two calls; a span may lack either, as OpenLLMetry's does in its events mode, as long as
+    one of the two names a model), overlap in time, and sit side by side: siblings under one parent in
+    one trace (a call inside an agent), or both roots of traces of their own.  The two need not agree on
+    usage when the response id matches (OpenLLMetry counts one output token more than the SDK does): the
+    first one seen is kept.
+    The second one seen folds into the first one's session: it adds its text, if the first had none, and
+    a ``otel.duplicate_span`` custom event naming it, never its usage or chunks again.
+
+    Holds the last ``max_calls`` LLM spans seen (in memory, per service).
+    """
+
+    def __init__(self, max_calls: int = 4096, max_traces: int = 4096) -> None:
+        self.max_calls = max_calls
+        self.max_traces = max_traces
+        self._seen: OrderedDict[tuple[Any, ...], list[_Seen]] = OrderedDict()
+        #: per trace: the conversation and user some span of it named, and the sessions seen without them
+        self._traces: OrderedDict[str, tuple[dict[str, str], list[str]]] = OrderedDict()
+        self.folded = 0
+
+    def share_labels(self, trace_id: str, session_id: str, labels: Mapping[str, Any]
+                     ) -> tuple[dict[str, str], list[str], dict[str, str]]:
+        """A trace's spans share its conversation and user, whichever span names them.
+
+        Returns what this span inherits, the earlier sessions of the trace that must learn what this span
+        names, and that (an agent span, which ends last, usually carries ``gen_ai.conversation.id``).
+        """
+        entry = self._traces.get(trace_id)
+        if entry is None:
+            entry = self._traces[trace_id] = ({}, [])
+            while len(self._traces) > self.max_traces:
+                self._traces.popitem(last=False)
+        known, sessions = entry
+        inherited = {k: v for k, v in known.items() if not labels.get(k)}
+        named = {k: labels[k] for k in ("conversation_id", "user_id") if labels.get(k) and k not in known}
+        learners = list(sessions) if named else []
+        known.update(named)
+        if len(sessions) < 256 and not all(labels.get(k) or k in known for k in ("conversation_id", "user_id")):
+            sessions.append(session_id)
+        return inherited, learners, named
+
+    def same_call(self, *, session_id: str, trace_id: str, parent_id: str | None, start: int, end: int | None,
+                  call: conventions.Call, scope: str | None, failed: bool = False) -> tuple[str, bool] | None:
+        """The session of an earlier span describing this call, and whether that span named no model
+        (so this one's model is the session's); ``None`` when there is none (and this span is remembered)."""
+        tokens = call.tokens
+        if call.kind != "llm" or end is None or not scope:
+            return None
+        models = frozenset(m.lower() for m in (call.request_model, call.response_model) if m)
+        response_id = call.response_id
+        keys: list[tuple[Any, ...]] = []
+        if response_id:
+            keys.append(("response", response_id))  # the provider's id names the call
+        if tokens.get("input") and tokens.get("output"):
+            keys.append(("usage", tokens["input"], tokens["output"]))
+        elif failed and not tokens:
+            keys.append(("failed",))  # a refused call (a 429) reports neither: the model and the times decide
+        if not keys:
+            return None
+        for key in keys:
+            for seen in self._seen.get(key, ()):
+                if seen.session_id == session_id or scope in seen.scopes:
+                    continue
+                if seen.response_id and response_id and seen.response_id != response_id:
+                    continue
+                if (seen.models and models and not (seen.models & models)) or not (seen.models or models):
+                    continue
+                if not (start <= seen.end and seen.start <= end):
+                    continue
+                siblings = seen.trace_id == trace_id and seen.parent_id == parent_id
+                separate_roots = seen.trace_id != trace_id and seen.parent_id is None and parent_id is None
+                if siblings or separate_roots:
+                    self.folded += 1
+                    seen.scopes.add(scope)
+                    learns_model = not seen.models
+                    if learns_model:
+                        seen.models = models
+                    return seen.session_id, learns_model
+        entry = _Seen(session_id, trace_id, parent_id, start, end, models, response_id, scope)
+        for key in keys:
+            candidates = self._seen.get(key)
+            if candidates is None:
+                candidates = self._seen[key] = []
+            candidates.append(entry)
+            del candidates[:-64]  # identical calls in a burst: the latest are the ones a duplicate can be of
+            self._seen.move_to_end(key)
+        while len(self._seen) > self.max_calls:
+            self._seen.popitem(last=False)
+        return None
 
 
 def log_event(record: Mapping[str, Any], resource: Mapping[str, Any], position: tuple[int, ...]) -> dict[str, Any]:
-    """The event one log record becomes; raises ``ValueError`` for a record that cannot be read."""
+    """The event one log record becomes; raises ``ValueError`` for a record that cannot be read.
+
+    A record with a span context belongs to that span's session and only **enriches** it: its prompt
+    fills the session's when the span carried none (content sent as events only), its answer is kept as
+    text, its messages and tool calls in metadata, and its token counts are left out, since the span
+    counts them once.  It is never a stream event, so it cannot fake a time to first token.
+    """
     attrs = _jsonable(attributes(record.get("attributes")))
     ts_raw = record.get("timeUnixNano") or record.get("observedTimeUnixNano")
     if not ts_raw or ts_raw in ("0", 0):
         raise ValueError("a log record needs timeUnixNano or observedTimeUnixNano")
     timestamp = _ms(ts_raw, "timeUnixNano")
     name = record.get("eventName") or attrs.pop("event.name", None) or "log"
-    agent = _agent(attrs, resource)
     trace, span = record.get("traceId"), record.get("spanId")
     sid = session_id_of(_hex_id(trace, 32, "traceId"), _hex_id(span, 16, "spanId")) if trace and span else None
     body = any_value(record.get("body"))
-    metadata = _metadata(attrs)
     digest = _event_id(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode(), *position)
-    event: dict[str, Any] = {"id": digest, "category": agent, "timestamp": timestamp, "session_id": sid,
-                             "action": name, "label": record.get("severityText") or None}
     if attrs.get("vibekit.event_type") in ("custom", "error"):  # written by TraceBuilder: restore the event
-        event.update(category=attrs.get("vibekit.category") or agent, label=attrs.get("vibekit.label"),
-                     value=attrs.get("vibekit.value"), event_type=attrs["vibekit.event_type"], metadata=metadata,
-                     action=attrs.get("vibekit.action"), error_type=attrs.get("exception.type"),
-                     error_message=attrs.get("exception.message"), error_stack=attrs.get("exception.stacktrace"))
-        event["metadata"] = {k: v for k, v in metadata.items() if not k.startswith("exception.")}
-        return event
+        metadata = _metadata(attrs)
+        agent = _str(attrs.get("gen_ai.provider.name")) or _str(resource.get("service.name")) or "otlp"
+        return {"id": digest, "category": attrs.get("vibekit.category") or agent, "timestamp": timestamp,
+                "session_id": sid, "label": attrs.get("vibekit.label"), "value": attrs.get("vibekit.value"),
+                "event_type": attrs["vibekit.event_type"], "action": attrs.get("vibekit.action"),
+                "error_type": attrs.get("exception.type"), "error_message": attrs.get("exception.message"),
+                "error_stack": attrs.get("exception.stacktrace"),
+                "metadata": {k: v for k, v in metadata.items() if not k.startswith("exception.")}}
+    content = dict(attrs)
+    if isinstance(body, Mapping):
+        content = {**{k: v for k, v in body.items() if k not in content}, **content}
+    call = conventions.read_call(content, [(name, timestamp, {"body": body, **attrs})], name=name,
+                                 start_ms=timestamp, resource=resource)
+    agent = call.provider or _str(resource.get("service.name")) or "otlp"
+    metadata = _metadata(attrs)
     if resource.get("service.name"):
         metadata["service.name"] = resource["service.name"]
     if record.get("severityNumber"):
         metadata["severity_number"] = int(record["severityNumber"])
-    if sid and name in _COMPLETION_EVENTS:
-        event.update(event_type="stream", stream_data=_text(body) or "", metadata=metadata)
-    else:
-        if body is not None:
-            metadata["body"] = body
-        event.update(event_type="custom", metadata=metadata)
+    event: dict[str, Any] = {"id": digest, "category": agent, "timestamp": timestamp, "session_id": sid,
+                             "action": name, "label": record.get("severityText") or None, "event_type": "custom"}
+    gen_ai = name == conventions.DETAILS_EVENT or name in conventions.INPUT_EVENTS or name in conventions.OUTPUT_EVENTS
+    if gen_ai:
+        event["prompt"] = call.prompt if name != "gen_ai.assistant.message" else None
+        event["stream_data"] = call.response
+        metadata.update(_conversation(call))
+        if call.tool_calls:
+            metadata["tool_calls"] = call.tool_calls
+        for key, value in _labels(call).items():
+            if key != "kind":
+                metadata[key] = value
+    elif body is not None:
+        metadata["body"] = body
+    if sid:
+        # the span counts the call's usage once; a record of the same call must not count it again
+        metadata = {k: v for k, v in metadata.items() if k not in _ANY_TOKEN_KEY}
+    event["metadata"] = metadata
     return event
 
 
-def trace_request_events(data: Mapping[str, Any]) -> tuple[list[TelemetryEvent], int, list[str]]:
+def trace_request_events(data: Mapping[str, Any], folder: CallFolder | None = None
+                         ) -> tuple[list[TelemetryEvent], int, list[str]]:
     """The validated events of an ``ExportTraceServiceRequest``, the number of rejected spans and why.
 
     A span is taken whole or not at all: storing its start without its end (whose timestamp the gate
-    refused, say) would leave a session open for ever.  The reasons name the span.
+    refused, say) would leave a session open for ever.  The reasons name the span.  ``folder`` (the
+    service's ``call_folder``) folds two spans of one call into one session.
     """
     events: list[TelemetryEvent] = []
     rejected, reasons = 0, []
     for resource_spans in _items(data.get("resourceSpans")):
         resource = attributes((resource_spans.get("resource") or {}).get("attributes"))
         for scope_spans in _items(resource_spans.get("scopeSpans")):
+            scope = (scope_spans.get("scope") or {}).get("name") if isinstance(scope_spans.get("scope"), Mapping) else None
             for index, span in enumerate(_items(scope_spans.get("spans"))):
                 try:  # InvalidEventError is a ValueError
-                    events.extend([TelemetryEvent.from_dict(e) for e in span_events(span, resource)])
+                    events.extend([TelemetryEvent.from_dict(e) for e in span_events(span, resource, folder, scope)])
                 except (ValueError, TypeError) as exc:
                     rejected += 1
                     reasons.append(f"span {span.get('name')!r} (#{index}): {_reason(exc)}")

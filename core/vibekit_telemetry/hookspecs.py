@@ -74,6 +74,20 @@ def start_api_server(service: TelemetryService, options: dict[str, Any]) -> Any:
     """
 
 
+@hookspec(firstresult=True)
+def span_processor(service: TelemetryService) -> Any:
+    """An OpenTelemetry SDK span processor that feeds finished spans into ``service``.
+
+    Spans go through the same GenAI mapping as ``/v1/traces``.  The first plugin
+    that returns one answers (the ``opentelemetry`` plugin of vibekit-telemetry-otlp).
+    """
+
+
+@hookspec(firstresult=True)
+def log_processor(service: TelemetryService) -> Any:
+    """An OpenTelemetry SDK log record processor that feeds log records into ``service`` (as ``/v1/logs``)."""
+
+
 @hookspec
 def api_routes(service: TelemetryService, register: Callable[..., None]) -> None:
     """Add pages or endpoints to the HTTP API server, by calling ``register`` once per mount.
@@ -144,6 +158,17 @@ def after_read(events: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
 @hookspec
 def after_read_sessions(sessions: list[Session]) -> list[Session] | None:
     """Transform sessions read from storage back (their prompt, metadata and last error)."""
+
+
+@hookspec
+def annotate_sessions(sessions: list[Session]) -> list[Session] | None:
+    """Add derived figures to sessions read from storage, such as their estimated cost (``cost_usd``).
+
+    Called in configuration order after ``after_read_sessions``, each plugin
+    getting the previous one's result; return the sessions (changed with
+    ``attrs.evolve``) or ``None`` to leave them as they are.  Must not read
+    storage per session: this runs on every session read.
+    """
 
 
 @hookspec

@@ -543,6 +543,18 @@ class Session:
     last_error: str | None = None
     has_start: bool = False
     children: tuple[Session, ...] = ()
+    #: what the session is: ``llm`` (a model call), ``agent``, ``tool``, ``chain``, ``embedding``, ``retriever``...
+    kind: str | None = None
+    #: the model that answered (the response model when it was reported, else the requested one)
+    model: str | None = None
+    #: the conversation (chat thread, user session) the session belongs to, across traces and processes
+    conversation_id: str | None = None
+    user_id: str | None = None
+    #: estimated dollars of this session's own calls (the analytics plugin's price table), ``None`` unknown
+    cost_usd: float | None = None
+    #: with ``get_session(id, tree=True)``: tokens and dollars of the session and all its descendants
+    tree_tokens: TokenUsage | None = None
+    tree_cost_usd: float | None = None
 
     @property
     def duration_ms(self) -> int | None:
@@ -562,6 +574,8 @@ class Session:
         """The session as a JSON-ready dict, with derived durations and nested children."""
         out = attrs.asdict(self, recurse=False)
         out["tokens"] = attrs.asdict(self.tokens) | {"total": self.tokens.total}
+        if self.tree_tokens is not None:
+            out["tree_tokens"] = attrs.asdict(self.tree_tokens) | {"total": self.tree_tokens.total}
         out["metadata"] = dict(self.metadata)
         out["duration_ms"] = self.duration_ms
         out["ttft_ms"] = self.ttft_ms
@@ -638,6 +652,9 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
         elif kind == "error":
             error_count += 1
             last_error = e["error_message"] or e["error_type"]
+        if prompt is None and e["prompt"] is not None:
+            # no start event gave one (content sent apart from the span, as OTel GenAI log events are)
+            prompt = e["prompt"]
         if agent is None:
             agent = e["category"]
         event_metadata = e["metadata"]
@@ -650,8 +667,24 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
         started_at=started if started is not None else first, ended_at=ended, first_event_at=first,
         last_event_at=last, first_stream_at=first_stream, event_count=event_count + len(events),
         stream_count=stream_count, error_count=error_count, metadata=metadata, tokens=tokens, last_error=last_error,
-        has_start=started is not None,
+        has_start=started is not None, kind=_label(metadata, "kind"), model=_label(metadata, "model"),
+        conversation_id=_label(metadata, "conversation_id"), user_id=_label(metadata, "user_id"),
     )
+
+
+#: Metadata keys a session summary lifts into fields of its own (``Session.kind`` ...): the GenAI mapping and
+#: ``track_start(kind=..., conversation_id=..., user_id=...)`` write them; the latest event's value wins, so the
+#: end event's response model replaces the start's requested one.
+SESSION_LABELS = ("kind", "model", "conversation_id", "user_id")
+
+
+def _label(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    if isinstance(value, str):
+        return value[:MAX_NAME_LENGTH] or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a numeric user or conversation id
+    return None
 
 
 _ORDERS = ("asc", "desc")
@@ -762,7 +795,8 @@ class QueryFilter:
 
 @attrs.frozen
 class SessionFilter:
-    """Which sessions ``get_sessions`` returns: by status, agent, mode, parent, start time and prompt text.
+    """Which sessions ``get_sessions`` returns: by status, agent, mode, parent, kind, model, conversation, user,
+    start time and prompt text.
 
     ``text`` matches prompts containing it (case-insensitive, for ASCII letters in SQLite; an encrypted prompt
     never matches).  ``sort`` is the column to order by (one of
@@ -773,6 +807,10 @@ class SessionFilter:
     agent: str | None = None
     mode: str | None = None
     parent_id: str | None = None
+    kind: str | None = None
+    model: str | None = None
+    conversation_id: str | None = None
+    user_id: str | None = None
     root_only: bool = False
     since: int | None = attrs.field(default=None, converter=_opt_time)
     until: int | None = attrs.field(default=None, converter=_opt_time)
@@ -809,6 +847,14 @@ class SessionFilter:
         if self.mode is not None and session.mode != self.mode:
             return False
         if self.parent_id is not None and session.parent_id != self.parent_id:
+            return False
+        if self.kind is not None and session.kind != self.kind:
+            return False
+        if self.model is not None and session.model != self.model:
+            return False
+        if self.conversation_id is not None and session.conversation_id != self.conversation_id:
+            return False
+        if self.user_id is not None and session.user_id != self.user_id:
             return False
         if self.root_only and session.parent_id is not None:
             return False

@@ -14,8 +14,8 @@ FORMATS = ("table", "json", "jsonl", "csv")
 _NO_WRAP = frozenset({"id", "session_id", "timestamp", "started_at", "event_type", "status", "duration_ms", "ttft_ms"})
 
 EVENT_COLUMNS = ("timestamp", "event_type", "category", "action", "session_id", "text", "value", "id")
-SESSION_COLUMNS = ("id", "agent", "mode", "status", "started_at", "duration_ms", "ttft_ms", "event_count",
-                   "stream_count", "error_count", "tokens", "prompt")
+SESSION_COLUMNS = ("id", "kind", "agent", "model", "status", "started_at", "duration_ms", "ttft_ms", "event_count",
+                   "error_count", "tokens", "cost_usd", "prompt")
 
 
 def _cell(column: str, record: dict[str, Any], width: int = 60) -> str:

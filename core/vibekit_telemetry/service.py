@@ -33,6 +33,7 @@ from .batcher import Batcher
 from .assembly import assemble
 from .config import LoadedConfig, TelemetryConfig, deep_merge, load_config, normalise_keys, structure
 from .deadletter import DeadLetters
+from .genai import CallFolder
 from .errors import (
     InvalidEventError,
     InvalidQueryError,
@@ -74,6 +75,9 @@ from .times import time_range as _time_range
 log = logging.getLogger("vibekit_telemetry.service")
 
 _current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_session", default=None)
+#: the conversation and user of the innermost session block, which sessions opened inside it inherit
+_current_labels: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("vibekit_telemetry_labels",
+                                                                                        default=None)
 
 _TEXT_FIELDS = ("prompt", "stream_data", "label", "action", "error_message", "error_stack")
 _SHORT = frozenset({int, float, bool, type(None)})
@@ -236,6 +240,8 @@ class TelemetryService:
         self._process: Any = None
         self.host = PluginHost()
         self.storage_plugins: list[str] = []
+        #: spans of one model call seen twice (an SDK's own span beside an instrumentation's) fold into one session
+        self.call_folder = CallFolder()
         batch_size, flush_interval = self._assemble(plugin_objects)
         self._max_chars = self.config.max_field_bytes // 4
         reliability = self.config.reliability
@@ -276,7 +282,8 @@ class TelemetryService:
         )
         # read-path plugins, looked up once: most services have neither a cache nor a storage transform
         self._read_cache = bool(self.host.impls("cache_lookup"))
-        self._read_decoders = bool(self.host.impls("after_read") or self.host.impls("after_read_sessions"))
+        self._read_decoders = bool(self.host.impls("after_read") or self.host.impls("after_read_sessions")
+                                   or self.host.impls("annotate_sessions"))
         self._start_plugins()
         self._started = True  # from now on the flusher may replay journals into the started plugins
         _live_services.add(self)
@@ -559,13 +566,16 @@ class TelemetryService:
                     cut.append(name)
         metadata = fields["metadata"]
         if metadata:
+            if not self.config.capture_content and not metadata.keys().isdisjoint(CONTENT_METADATA_KEYS):
+                metadata = changes["metadata"] = _without_content(metadata)
             for value in metadata.values():
                 if type(value) is str and len(value) <= limit or type(value) in _SHORT:
                     continue
-                before = len(cut)
-                capped_meta = _cap_json(dict(metadata), self.config.max_field_bytes, cut)
-                if len(cut) > before:
-                    changes["metadata"] = capped_meta
+                if _too_long(metadata, limit):  # a walk without copies: most nested metadata is short
+                    before = len(cut)
+                    capped_meta = _cap_json(dict(metadata), self.config.max_field_bytes, cut)
+                    if len(cut) > before:
+                        changes["metadata"] = capped_meta
                 break
         if cut:
             changes["truncated"] = tuple(dict.fromkeys((*event.truncated, *cut)))
@@ -584,16 +594,29 @@ class TelemetryService:
 
     def track_start(self, agent: str, mode: str | None = None, prompt: str | None = None, *,
                     metadata: Mapping[str, Any] | None = None, session_id: str | None = None,
-                    parent_session_id: str | None = None, timestamp: Any = None, category: str | None = None) -> str:
+                    parent_session_id: str | None = None, timestamp: Any = None, category: str | None = None,
+                    kind: str | None = None, model: str | None = None, conversation_id: str | None = None,
+                    user_id: str | None = None) -> str:
         """Start a session and return its id.
 
         Inside a ``telemetry.session(...)`` block the new session becomes a child
-        of that block's session unless ``parent_session_id`` says otherwise.
+        of that block's session unless ``parent_session_id`` says otherwise, and
+        takes its ``conversation_id`` and ``user_id`` unless given.  ``kind``
+        (``llm``, ``agent``, ``tool`` ...), ``model``, ``conversation_id`` and
+        ``user_id`` become fields of the session (``get_sessions(kind=...)``).
         """
         sid = session_id or new_id()
+        labels = dict(metadata or {})
+        inherited = _current_labels.get()
+        for key, value in (("kind", kind), ("model", model), ("conversation_id", conversation_id),
+                           ("user_id", user_id)):
+            if value is not None:
+                labels[key] = value
+            elif key in ("conversation_id", "user_id") and inherited and inherited.get(key) and key not in labels:
+                labels[key] = inherited[key]
         fields: dict[str, Any] = {
             "event_type": "start", "session_id": sid, "category": category or agent, "agent": agent,
-            "mode": mode, "prompt": prompt, "action": mode, "metadata": dict(metadata or {}),
+            "mode": mode, "prompt": prompt, "action": mode, "metadata": labels,
             "parent_session_id": parent_session_id or _current_session.get(),
         }
         if timestamp is not None:
@@ -668,6 +691,30 @@ class TelemetryService:
         """
         return self._pipeline.saturated
 
+    def track_all(self, events: list[TelemetryEvent | Mapping[str, Any]], *, validated: bool = False) -> list[str | None]:
+        """Accept several events as one unit: if one is invalid, none is accepted (the error names it).
+
+        For what must be stored whole or not at all, such as the events of one span.  ``validated=True``
+        trusts that each event came from :meth:`TelemetryEvent.from_dict` (the OTLP mapping's output) and
+        skips checking it again.  Returns each event's id, ``None`` where the queue refused it.
+        """
+        try:
+            if validated:
+                checked = [e if type(e) is TelemetryEvent else TelemetryEvent.from_dict(e) for e in events]
+            else:
+                checked = []
+                for event in events:
+                    if type(event) is TelemetryEvent:
+                        validate_event(event)
+                        checked.append(event)
+                    else:
+                        checked.append(TelemetryEvent.from_dict(event))
+        except InvalidEventError:
+            self._count("rejected")
+            raise
+        accept = self._accept
+        return [accept(event) for event in checked]
+
     def track_batch(self, events: list[TelemetryEvent | Mapping[str, Any]]) -> BatchResult:
         """Accept many events; each invalid one is rejected alone, with its index and error."""
         accepted, rejected, dropped = [], [], []
@@ -684,15 +731,19 @@ class TelemetryService:
         return BatchResult(accepted=accepted, rejected=rejected, dropped=dropped)
 
     def session(self, agent: str, mode: str | None = None, prompt: str | None = None, *,
-                metadata: Mapping[str, Any] | None = None, parent_session_id: str | None = None) -> SessionScope:
+                metadata: Mapping[str, Any] | None = None, parent_session_id: str | None = None,
+                kind: str | None = None, model: str | None = None, conversation_id: str | None = None,
+                user_id: str | None = None) -> SessionScope:
         """A context manager (sync or async) around one session.
 
         It ends the session as ``completed``, or records the exception and ends it
         as ``failed`` when the block raises.  Sessions opened inside it (in this
         thread, in threads started with its context, or in asyncio tasks it
-        creates) become its children.
+        creates) become its children and share its ``conversation_id`` and ``user_id``.
         """
-        return SessionScope(self, agent, mode, prompt, metadata, parent_session_id)
+        labels = {"kind": kind, "model": model, "conversation_id": conversation_id, "user_id": user_id}
+        return SessionScope(self, agent, mode, prompt, metadata, parent_session_id,
+                            {k: v for k, v in labels.items() if v is not None})
 
     def flush(self) -> None:
         """Write everything tracked so far before returning."""
@@ -914,11 +965,16 @@ class TelemetryService:
         if hook == "query":
             for impl in reversed(self.host.impls("after_read")):
                 result = impl(events=result) or result
-        elif hook in ("get_session", "get_sessions") and self.host.impls("after_read_sessions"):
+        elif hook in ("get_session", "get_sessions"):
             single = hook == "get_session"
             sessions = [result] if single else result
             for impl in reversed(self.host.impls("after_read_sessions")):
                 sessions = impl(sessions=sessions) or sessions
+            for impl in self.host.impls("annotate_sessions"):
+                try:
+                    sessions = impl(sessions=sessions) or sessions
+                except Exception as exc:  # a figure is missing, the read still answers
+                    self._plugin_failure(impl.plugin, exc)
             result = sessions[0] if single else sessions
         return result
 
@@ -1010,10 +1066,17 @@ class TelemetryService:
         return self._with_children(session, depth=0)
 
     def _with_children(self, session: Session, depth: int) -> Session:
-        if depth > 32:
-            return session
-        children = self.get_sessions(parent_id=session.id, order="asc")
-        return attrs.evolve(session, children=tuple(self._with_children(c, depth + 1) for c in children))
+        """The session with its descendants, and the tree's tokens and cost rolled up onto each node."""
+        children = () if depth > 32 else tuple(self._with_children(c, depth + 1)
+                                               for c in self.get_sessions(parent_id=session.id, order="asc"))
+        tokens = session.tokens
+        costs = [session.cost_usd]
+        for child in children:
+            tokens = tokens + (child.tree_tokens or child.tokens)
+            costs.append(child.tree_cost_usd)
+        known = [cost for cost in costs if cost is not None]
+        return attrs.evolve(session, children=children, tree_tokens=tokens,
+                            tree_cost_usd=sum(known) if known else None)
 
     def get_sessions(self, filter: SessionFilter | Mapping[str, Any] | None = None, /, **kwargs: Any) -> list[Session]:
         """Sessions matching a filter (status, agent, mode, parent_id, since/until, text), newest first.
@@ -1447,6 +1510,35 @@ class TelemetryService:
             raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
         return result
 
+    def span_processor(self) -> Any:
+        """An OpenTelemetry SDK span processor that records finished spans here, with no server in between.
+
+        ``TracerProvider().add_span_processor(telemetry.span_processor())``: every OTel GenAI
+        instrumentation (openai-v2, OpenInference, OpenLLMetry, Langfuse) then writes into this service
+        through the same mapping as ``/v1/traces``.  Loads the ``opentelemetry`` plugin
+        (vibekit-telemetry-otlp) on first use.
+        """
+        return self._otel_bridge("span_processor")
+
+    def log_processor(self) -> Any:
+        """An OpenTelemetry SDK log record processor recording log records here (as ``/v1/logs`` would).
+
+        ``LoggerProvider().add_log_record_processor(telemetry.log_processor())``: GenAI log events that share a
+        span's context enrich its session without counting its usage again.
+        """
+        return self._otel_bridge("log_processor")
+
+    def _otel_bridge(self, hook: str) -> Any:
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        if not self.host.impls(hook):
+            self.require_plugin("opentelemetry", where=f"{hook}()")
+        result = self.host.first(hook, service=self)[1]
+        if result is None:
+            raise PluginError(f"no installed plugin provides an OpenTelemetry {hook.replace('_', ' ')}; "
+                              "pip install vibekit-telemetry-otlp")
+        return result
+
     def require_plugin(self, name: str, *, start: bool = True, where: str = "require_plugin()",
                        options: Mapping[str, Any] | None = None) -> None:
         """Load the installed plugin ``name`` with ``options`` (default none), unless one by that name is loaded.
@@ -1652,8 +1744,11 @@ class SessionScope:
     """
 
     def __init__(self, service: TelemetryService, agent: str, mode: str | None, prompt: str | None,
-                 metadata: Mapping[str, Any] | None, parent_session_id: str | None) -> None:
+                 metadata: Mapping[str, Any] | None, parent_session_id: str | None,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.service = service
+        self.labels = dict(labels or {})
+        self._labels_token: contextvars.Token[dict[str, str] | None] | None = None
         self.agent = agent
         self.mode = mode
         self.prompt = prompt
@@ -1666,8 +1761,14 @@ class SessionScope:
 
     def __enter__(self) -> SessionScope:
         self.id = self.service.track_start(self.agent, self.mode, self.prompt, metadata=self.metadata,
-                                           parent_session_id=self.parent_session_id)
+                                           parent_session_id=self.parent_session_id, **self.labels)
         self._token = _current_session.set(self.id)
+        inherited = dict(_current_labels.get() or {})
+        for key in ("conversation_id", "user_id"):
+            value = self.labels.get(key) or self.metadata.get(key)
+            if value:
+                inherited[key] = value
+        self._labels_token = _current_labels.set(inherited or None)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -1676,6 +1777,11 @@ class SessionScope:
                 _current_session.reset(self._token)
             except ValueError:  # left in another context than entered (a generator, another task)
                 _current_session.set(self.parent_session_id)
+        if self._labels_token is not None:
+            try:
+                _current_labels.reset(self._labels_token)
+            except ValueError:
+                _current_labels.set(None)
         if self._ended or self.id is None:
             return
         if exc is not None:
@@ -1719,6 +1825,31 @@ def _cap(value: str, max_bytes: int) -> str:
     if len(encoded) <= max_bytes:
         return value
     return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+#: metadata keys that hold what was said (the GenAI mapping writes them): left out with ``capture_content = false``
+CONTENT_METADATA_KEYS = frozenset({"messages", "system_prompt", "tool_calls"})
+
+
+def _without_content(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata without messages and system prompt, and tool calls without their arguments."""
+    out = {k: v for k, v in metadata.items() if k not in ("messages", "system_prompt")}
+    calls = out.get("tool_calls")
+    if isinstance(calls, list):
+        out["tool_calls"] = [{k: v for k, v in call.items() if k != "arguments"} if isinstance(call, Mapping) else call
+                             for call in calls]
+    return out
+
+
+def _too_long(value: Any, limit: int) -> bool:
+    """Whether any string in ``value`` (at any depth) is longer than ``limit`` characters."""
+    if type(value) is str:
+        return len(value) > limit
+    if isinstance(value, Mapping):
+        return any(_too_long(item, limit) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_too_long(item, limit) for item in value)
+    return False
 
 
 def _cap_json(value: Any, max_bytes: int, cut: list[str], path: str = "metadata") -> Any:

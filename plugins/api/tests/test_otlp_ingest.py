@@ -53,14 +53,18 @@ def test_genai_spans_from_the_sdk_become_sessions(api):
     assert chat_session.prompt == "Fix the bug"
     assert chat_session.status == "completed" and chat_session.parent_id == agent_sid
     assert chat_session.tokens.input == 120 and chat_session.tokens.output == 45
-    assert [e.stream_data for e in service.query(session_id=chat_sid, event_type="stream")] == ["Here is the fix"]
+    # the answer came whole at the end (no chunk arrived before it): it is the end event's text, and the call
+    # has no time to first token (never its whole duration)
+    assert service.query(session_id=chat_sid, event_type="stream") == []
+    assert service.query(session_id=chat_sid, event_type="end")[0].stream_data == "Here is the fix"
+    assert chat_session.ttft_ms is None and chat_session.kind == "llm" and chat_session.model == "claude-sonnet-4-5"
     start = service.query(session_id=chat_sid, event_type="start")[0]
     assert start.metadata["model"] == "claude-sonnet-4-5" and start.metadata["service.name"] == "chat-app"
     failed = service.get_session(fail_sid)
     assert failed.status == "failed" and failed.agent == "openai"
     error = service.query(session_id=fail_sid, event_type="error")[0]
     assert error.error_type == "TimeoutError" and error.error_message == "upstream timed out"
-    assert service.get_session(agent_sid).agent == "planner"
+    assert service.get_session(agent_sid).agent == "planner" and service.get_session(agent_sid).kind == "agent"
 
 
 def test_gzip_protobuf_and_retries_store_nothing_twice(api):

@@ -55,7 +55,11 @@ def test_sensitive_fields_are_ciphertext_on_disk_and_plaintext_through_the_servi
     raw = b"".join(p.read_bytes() for p in (in_tmp / ".vibekit").rglob("*") if p.is_file())
     for plaintext in (SECRET_PROMPT, "streamed secret words", "private note", "deep secret", "password rejected"):
         assert plaintext.encode() not in raw, plaintext
-    assert b"enc:v2:" in raw and b"gpt-4o" not in raw
+    # the session labels (kind, model, conversation, user) stay clear, like agent and mode, to filter sessions by
+    assert b"enc:v2:" in raw and b"gpt-4o" in raw
+    with _service(key) as t:
+        [found] = t.get_sessions(model="gpt-4o")
+        assert found.id == sid and found.prompt == SECRET_PROMPT
 
 
 def test_missing_wrong_and_old_keys(in_tmp, monkeypatch):

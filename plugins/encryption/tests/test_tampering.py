@@ -134,7 +134,7 @@ def test_a_session_value_copied_onto_another_session_is_refused(db, key):
         original = _cell(db, "sessions", column, b)
         _set(db, "sessions", column, b, _cell(db, "sessions", column, a))
         with _service(db, key) as t:
-            field = "metadata.model" if column == "metadata" else column
+            field = "metadata.note" if column == "metadata" else column  # (the model is a clear label)
             with pytest.raises(DecryptionError,
                                match=rf"session {b} field {field}: .*does not authenticate.*another session"):
                 t.get_session(b)

@@ -39,7 +39,7 @@ def test_the_sdk_grpc_exporter_reports_genai_spans(served):
     service.flush()
     [session] = service.get_sessions()
     assert session.agent == "anthropic" and session.status == "completed" and session.tokens.output == 7
-    assert service.query(event_type="stream")[0].stream_data == "hi over grpc"
+    assert service.query(event_type="end")[0].stream_data == "hi over grpc"  # whole at the end: no chunk
 
 
 def test_subscribe_streams_new_matching_events(served):

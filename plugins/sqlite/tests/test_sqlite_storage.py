@@ -39,7 +39,7 @@ def test_schema_is_created_by_numbered_migrations_once(tmp_path):
         assert telemetry.get_health_status().components["sqlite"]["migrations"] == [m.name for m in migrations._migrations]
     rows = sqlite3.connect(path).execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]).fetchall()
-    assert [r[0] for r in rows] == ["m001_events_and_sessions"]
+    assert [r[0] for r in rows] == ["m001_events_and_sessions", "m002_session_labels"]
     with sqlite3.connect(path) as conn:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"events_session_time", "events_category_time", "events_type_time", "events_id"} <= indexes

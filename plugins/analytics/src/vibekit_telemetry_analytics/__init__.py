@@ -425,6 +425,25 @@ class AnalyticsPlugin:
             unfinished_sessions=unfinished[:20], changes=changes, summary=summary)
 
     @hookimpl
+    def annotate_sessions(self, sessions: list[Any]) -> list[Any]:
+        """Each session's estimated cost (``cost_usd``) from its model and tokens, cache discounts included.
+
+        A failed session is free unless ``bill_failed``, as in the metrics; a model the price table does not
+        know leaves ``cost_usd`` unset rather than zero.
+        """
+        out = []
+        for session in sessions:
+            tokens = session.tokens
+            if not session.model or not tokens:
+                out.append(session)
+                continue
+            counts = [tokens.input, tokens.output, tokens.cache_read, tokens.cache_creation, tokens.reasoning]
+            failed = counts if session.status not in ("active", "completed") else [0, 0, 0, 0, 0]
+            cost = self.prices.cost(session.model, counts, failed)
+            out.append(session if cost is None else attrs.evolve(session, cost_usd=round(cost, 8)))
+        return out
+
+    @hookimpl
     def get_alerts(self, limit: int) -> dict[str, Any] | None:
         """The alert channels, their counters and latest deliveries (``None`` without ``[analytics.alerts]``)."""
         return self.alerts.status(limit) if self.alerts is not None else None

@@ -89,6 +89,8 @@ class APIContext:
     metrics: ServerMetrics
     export_dir: Path
     live: Subscriptions = attrs.field(init=False)
+    #: the last cumulative point of each metric series, so ``/v1/metrics`` stores the change since it
+    metric_deltas: otlp.MetricDeltas = attrs.field(init=False, factory=otlp.MetricDeltas)
 
     def __attrs_post_init__(self) -> None:
         self.live = Subscriptions(self)
@@ -317,7 +319,8 @@ async def post_session(request: Request) -> Response:
     try:
         session_id = ctx.service.track_start(start.agent, start.mode, start.prompt, metadata=start.metadata,
                                              session_id=start.session_id, parent_session_id=start.parent_session_id,
-                                             timestamp=start.timestamp)
+                                             timestamp=start.timestamp, kind=start.kind, model=start.model,
+                                             conversation_id=start.conversation_id, user_id=start.user_id)
     except InvalidEventError as exc:
         raise from_telemetry_error(exc, "request body", 422) from None
     ctx.metrics.ingested.labels("api").inc()
@@ -568,8 +571,12 @@ def _otlp_handler(signal: str) -> Callable[[Request], Any]:
         try:
             body = await read_body(request, ctx.config.max_body_bytes)
             data = otlp.decode(signal, body, content_type)
-            make = otlp.trace_request_events if signal == "traces" else otlp.log_request_events
-            events, rejected, reasons = make(data)
+            if signal == "traces":
+                events, rejected, reasons = otlp.trace_request_events(data, ctx.service.call_folder)
+            elif signal == "metrics":
+                events, rejected, reasons = otlp.metric_request_events(data, ctx.metric_deltas)
+            else:
+                events, rejected, reasons = otlp.log_request_events(data)
         except otlp.OTLPDecodeError as exc:
             return Response(otlp.encode_status(content_type, 3, str(exc)), status_code=400, media_type=content_type)
         except APIError as exc:
@@ -742,6 +749,7 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
         WebSocketRoute("/ws/events", websocket_events),
         Route("/v1/traces", _otlp_handler("traces"), methods=["POST"]),
         Route("/v1/logs", _otlp_handler("logs"), methods=["POST"]),
+        Route("/v1/metrics", _otlp_handler("metrics"), methods=["POST"]),
     ]
     if analytics:
         routes += [

@@ -209,6 +209,13 @@ def openapi_document(service: TelemetryService, config: APIConfig, *, analytics:
             "responses": {**_json("Export response (partialSuccess when something was rejected)"),
                           "400": {"description": "Undecodable"}, "413": {"description": "Too large"},
                           "415": {"description": "Unsupported content type"}, **guarded}, **read}},
+        "/v1/metrics": {"post": {
+            "summary": "OTLP/HTTP metric ingest (data points become metric events)", "operationId": "otlpMetrics",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
+                                                          "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {**_json("Export response (partialSuccess when something was rejected)"),
+                          "400": {"description": "Undecodable"}, "413": {"description": "Too large"},
+                          "415": {"description": "Unsupported content type"}, **guarded}, **read}},
     }
     if analytics:
         paths["/api/metrics"] = {"get": {"summary": "Live metrics of a window", "operationId": "getMetrics",

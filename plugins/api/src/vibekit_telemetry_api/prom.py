@@ -6,6 +6,10 @@ registry of their own, so two servers in one process never share numbers.
 Service state (accepted, stored, dropped by reason, queue depth, open
 sessions) and, with the analytics plugin, window gauges (latency percentiles,
 error rate, tokens, cost, custom metrics) are read at scrape time.
+
+The exposition passes ``promtool check metrics`` (a test runs it): latency
+percentiles are a ``summary`` (the only type a ``quantile`` label belongs to),
+and every token kind the analytics plugin counts has its ``kind`` label.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vibekit_telemetry.api")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: the ``kind`` label of ``vibekit_window_tokens`` for each field of the analytics plugin's token counts
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation", "reasoning")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -132,12 +138,13 @@ class _ServiceCollector:
                                 value=metrics.events.per_minute)
         yield GaugeMetricFamily("vibekit_window_error_rate", "Error events per 100 events" + window,
                                 value=metrics.errors.rate)
-        latency = GaugeMetricFamily("vibekit_window_latency_seconds", "Session duration percentiles" + window,
-                                    labels=["quantile"])
+        # quantiles over a sliding window are what a summary holds; its _sum and _count would be counters since
+        # the start, which a window's figures are not (they go down), so they are left out, as the format allows
+        latency = Metric("vibekit_window_latency_seconds", "Session duration percentiles" + window, "summary")
         perf = metrics.performance
         for quantile, value in (("0.5", perf.p50_latency), ("0.95", perf.p95_latency), ("0.99", perf.p99_latency)):
             if value is not None:
-                latency.add_metric([quantile], value / 1000)
+                latency.add_sample("vibekit_window_latency_seconds", {"quantile": quantile}, value / 1000)
         yield latency
         ttft = GaugeMetricFamily("vibekit_window_ttft_seconds", "Average time to first chunk" + window, labels=[])
         if perf.avg_ttft is not None:
@@ -146,8 +153,8 @@ class _ServiceCollector:
         tokens = GaugeMetricFamily("vibekit_window_tokens", "Tokens by model and kind" + window, labels=["model", "kind"])
         cost = GaugeMetricFamily("vibekit_window_cost_usd", "Estimated cost by model" + window, labels=["model"])
         for model, breakdown in sorted(metrics.by_model.items()):
-            tokens.add_metric([model, "input"], breakdown.tokens.input)
-            tokens.add_metric([model, "output"], breakdown.tokens.output)
+            for kind in TOKEN_KINDS:
+                tokens.add_metric([model, kind], getattr(breakdown.tokens, kind))
             if breakdown.tokens.cost is not None:
                 cost.add_metric([model], breakdown.tokens.cost)
         yield tokens

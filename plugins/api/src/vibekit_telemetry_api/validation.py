@@ -189,7 +189,8 @@ class EventsQuery:
 
 @attrs.frozen
 class SessionsQuery:
-    """``GET /api/sessions``: sessions by status, agent, mode, parent, start time and prompt text.
+    """``GET /api/sessions``: sessions by status, agent, mode, parent, kind, model, conversation, user, start time
+    and prompt text.
 
     ``sort`` picks the column, ``order`` its direction; ``count=true`` adds ``total`` (all matches).
     """
@@ -198,6 +199,10 @@ class SessionsQuery:
     agent: str | None = None
     mode: str | None = None
     parent_id: str | None = None
+    kind: str | None = None
+    model: str | None = None
+    conversation_id: str | None = None
+    user_id: str | None = None
     root_only: bool = False
     since: int | str | None = None
     until: int | str | None = None
@@ -319,6 +324,10 @@ class SessionStart:
     session_id: str | None = None
     parent_session_id: str | None = None
     timestamp: int | str | None = None
+    kind: str | None = None
+    model: str | None = None
+    conversation_id: str | None = None
+    user_id: str | None = None
 
 
 @attrs.frozen

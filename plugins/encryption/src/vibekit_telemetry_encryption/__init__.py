@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from vibekit_telemetry import ConfigError, Session, TelemetryError, TelemetryEvent, hookimpl
+from vibekit_telemetry import SESSION_LABELS, ConfigError, Session, TelemetryError, TelemetryEvent, hookimpl
 
 if TYPE_CHECKING:
     import click
@@ -63,6 +63,9 @@ PREFIX = "enc:v2:"
 LEGACY_PREFIX = "enc:v1:"
 KEY_ENV = "TELEMETRY_ENCRYPTION_KEY"
 TEXT_FIELDS = ("prompt", "stream_data", "label", "error_type", "error_message", "error_stack")
+#: Top-level metadata keys kept in clear: the labels a session summary lifts into columns to filter by
+#: (``get_sessions(kind=..., model=..., conversation_id=..., user_id=...)``), like agent and mode.
+CLEAR_LABELS = frozenset(SESSION_LABELS)
 #: The event fields a session's ``last_error`` may have been copied from (the message, or the type without one).
 LAST_ERROR_FIELDS = ("error_message", "error_type")
 _KEY_ID = re.compile(r"[0-9a-f]{8}")
@@ -156,6 +159,11 @@ class Keyring:
             moved = "another field, or the event moved to another session"
         raise DecryptionError(f"{where}: the value does not authenticate with key {kid}: the row was changed "
                               f"(a byte of the value, or a value copied from {moved})")
+
+
+def _sealed(value: Any) -> bool:
+    """Whether a stored value is (or was made to look like) an encrypted one."""
+    return isinstance(value, str) and (value.startswith("enc:v") or looks_encrypted(value))
 
 
 def _bound_to(event_id: str, session_id: str | None, field: str) -> bytes:
@@ -265,7 +273,8 @@ class EncryptionPlugin:
         if isinstance(value, str):
             return keyring.encrypt(value, eid, path, sid) if value else value
         if isinstance(value, Mapping):
-            return {k: self._seal(v, eid, sid, keyring, f"{path}.{k}") for k, v in value.items()}
+            return {k: v if path == "metadata" and k in CLEAR_LABELS else self._seal(v, eid, sid, keyring, f"{path}.{k}")
+                    for k, v in value.items()}
         if isinstance(value, list):
             return [self._seal(v, eid, sid, keyring, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
@@ -333,7 +342,8 @@ class EncryptionPlugin:
                 return keyring.decrypt(value, path, f"{owner} field {path}", session_id=sid, event_id=eid)
             return value
         if isinstance(value, Mapping):
-            return {k: self._open(v, owner, keyring, sid, eid, f"{path}.{k}") for k, v in value.items()}
+            return {k: v if path == "metadata" and k in CLEAR_LABELS and not _sealed(v)
+                    else self._open(v, owner, keyring, sid, eid, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
             return [self._open(v, owner, keyring, sid, eid, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
@@ -377,7 +387,8 @@ class EncryptionPlugin:
             value = fields[name]
             if value and not (isinstance(value, str) and value.startswith(prefix)):
                 return True
-        return self.config.encrypt_metadata and _any_string(fields["metadata"], lambda v: not v.startswith(prefix))
+        sealed = {k: v for k, v in fields["metadata"].items() if k not in CLEAR_LABELS or _sealed(v)}
+        return self.config.encrypt_metadata and _any_string(sealed, lambda v: not v.startswith(prefix))
 
     def rotate(self, service: TelemetryService, *, batch: int = 500, max_batches: int | None = None) -> dict[str, Any]:
         """Re-encrypt every stored event (and its session) that is not under the current key, resumably.

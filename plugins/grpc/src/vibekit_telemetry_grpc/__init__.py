@@ -1,10 +1,12 @@
 """The ``grpc`` plugin: a gRPC server (grpcio) for a telemetry service.
 
-* **OTLP/gRPC ingest**: the standard ``opentelemetry.proto.collector.trace.v1.TraceService/Export``
-  and ``logs.v1.LogsService/Export``, so an application's OpenTelemetry SDK can
-  export here (default port 4317).  Spans and log records become sessions and
-  events by the GenAI conventions (:mod:`vibekit_telemetry.genai`); unreadable
-  ones are reported as a partial success.
+* **OTLP/gRPC ingest**: the standard ``opentelemetry.proto.collector.trace.v1.TraceService/Export``,
+  ``logs.v1.LogsService/Export`` and ``metrics.v1.MetricsService/Export``, so an
+  application's OpenTelemetry SDK can export here (default port 4317).  Spans
+  and log records become sessions and events by the GenAI conventions
+  (:mod:`vibekit_telemetry.genai`), metric data points metric events
+  (:mod:`vibekit_telemetry.otlp_metrics`, as ``/v1/metrics`` does); unreadable
+  ones, and ones the kernel refuses, are reported as a partial success.
 * **Live events**: a server-streaming ``vibekit.telemetry.v1.Events/Subscribe``.
   The request is a JSON object (the query filter: ``category``, ``event_type``,
   ``session_id``, ``action``); each response message is one event as JSON.
@@ -31,6 +33,7 @@ import orjson
 
 from vibekit_telemetry import ConfigError, InvalidEventError, InvalidQueryError, QueryFilter, hookimpl
 from vibekit_telemetry.genai import hex_ids, log_request_events, trace_request_events
+from vibekit_telemetry.otlp_metrics import MetricDeltas, metric_request_events
 
 if TYPE_CHECKING:
     import grpc
@@ -81,12 +84,15 @@ class GRPCPlugin:
         self.subscribers = 0
         self._lock = threading.Lock()
         self.received = {"events": 0, "rejected": 0}
+        #: the last cumulative point of each metric series, so ``MetricsService/Export`` stores the change since it
+        self.metric_deltas = MetricDeltas()
 
     @hookimpl
     def startup(self, service: TelemetryService) -> None:
         """Start listening."""
         import grpc
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
         self.service = service
@@ -95,6 +101,7 @@ class GRPCPlugin:
                                                         thread_name_prefix="vibekit-grpc"), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_OTLPService(self, "traces"), server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_OTLPService(self, "logs"), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_OTLPService(self, "metrics"), server)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("vibekit.telemetry.v1.Events", {
             "Subscribe": grpc.unary_stream_rpc_method_handler(self._subscribe, request_deserializer=orjson.loads,
                                                               response_serializer=orjson.dumps)})])
@@ -134,20 +141,21 @@ class GRPCPlugin:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "send x-api-key or authorization: Bearer metadata")
         return ok
 
-    def ingest(self, events: list[dict[str, Any]]) -> tuple[int, list[str]]:
-        """Track decoded events; the number refused and why."""
+    def ingest(self, events: list[Any]) -> tuple[int, int, list[str]]:
+        """Track decoded events: how many the pipeline did not take (worth sending again), how many the kernel
+        refused as invalid (not worth it), and why."""
         assert self.service is not None
-        refused, reasons = 0, []
+        not_taken, invalid, reasons = 0, 0, []
         for event in events:
             try:
                 if self.service.track(event) is None:
-                    refused += 1
+                    not_taken += 1
             except InvalidEventError as exc:
-                refused += 1
+                invalid += 1
                 reasons.append(str(exc))
-        self.received["events"] += len(events) - refused
-        self.received["rejected"] += refused
-        return refused, reasons
+        self.received["events"] += len(events) - not_taken - invalid
+        self.received["rejected"] += not_taken + invalid
+        return not_taken, invalid, reasons
 
     def _subscribe(self, request: Any, context: grpc.ServicerContext) -> Iterator[dict[str, Any]]:
         import grpc
@@ -179,7 +187,7 @@ class GRPCPlugin:
 
 
 class _OTLPService:
-    """``Export`` of the OTLP TraceService or LogsService (grpcio only needs the method)."""
+    """``Export`` of the OTLP TraceService, LogsService or MetricsService (grpcio only needs the method)."""
 
     def __init__(self, plugin: GRPCPlugin, signal: str) -> None:
         self.plugin = plugin
@@ -189,24 +197,26 @@ class _OTLPService:
         import grpc
         from google.protobuf.json_format import MessageToDict
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         self.plugin._authorized(context)
         data = MessageToDict(request, use_integers_for_enums=True)
         hex_ids(data)
-        make = trace_request_events if self.signal == "traces" else log_request_events
-        events, rejected, reasons = make(data)
-        refused, more = self.plugin.ingest(events)
         if self.signal == "traces":
-            response = trace_service_pb2.ExportTraceServiceResponse()
-            if rejected:
-                response.partial_success.rejected_spans = rejected
+            events, rejected, reasons = trace_request_events(data, getattr(self.plugin.service, "call_folder", None))
+            response, field = trace_service_pb2.ExportTraceServiceResponse(), "rejected_spans"
+        elif self.signal == "metrics":
+            events, rejected, reasons = metric_request_events(data, self.plugin.metric_deltas)
+            response, field = metrics_service_pb2.ExportMetricsServiceResponse(), "rejected_data_points"
         else:
-            response = logs_service_pb2.ExportLogsServiceResponse()
-            if rejected:
-                response.partial_success.rejected_log_records = rejected
-        if rejected:
-            response.partial_success.error_message = "; ".join((reasons + more)[:5])
-        elif refused and refused == len(events):
+            events, rejected, reasons = log_request_events(data)
+            response, field = logs_service_pb2.ExportLogsServiceResponse(), "rejected_log_records"
+        not_taken, invalid, more = self.plugin.ingest(events)
+        rejected += invalid
+        if not_taken and not_taken == len(events):
             context.abort(grpc.StatusCode.UNAVAILABLE, "the telemetry pipeline is not accepting events")
+        if rejected:
+            setattr(response.partial_success, field, rejected)
+            response.partial_success.error_message = "; ".join((reasons + more)[:5])
         return response

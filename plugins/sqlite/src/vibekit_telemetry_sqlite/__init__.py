@@ -101,21 +101,21 @@ def _session_row(s: Session) -> tuple[Any, ...]:
         s.id, s.agent, s.mode, s.prompt, s.status, s.parent_id, s.started_at, s.ended_at, s.first_event_at,
         s.last_event_at, s.first_stream_at, s.event_count, s.stream_count, s.error_count,
         _dumps(dict(s.metadata)), t.input, t.output, t.cache_read, t.cache_creation, t.reasoning, s.last_error,
-        int(s.has_start),
+        int(s.has_start), s.kind, s.model, s.conversation_id, s.user_id,
     )
 
 
 def _session_from_row(row: tuple[Any, ...]) -> Session:
     (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
      first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error,
-     has_start) = row
+     has_start, kind, model, conversation_id, user_id) = row
     return Session(
         id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
         ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
         first_stream_at=first_stream_at, event_count=event_count or 0, stream_count=stream_count or 0,
         error_count=error_count or 0, metadata=orjson.loads(metadata) if metadata else {},
         tokens=TokenUsage(tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0), last_error=last_error,
-        has_start=bool(has_start),
+        has_start=bool(has_start), kind=kind, model=model, conversation_id=conversation_id, user_id=user_id,
     )
 
 
@@ -729,7 +729,8 @@ def session_page_sql(filter: SessionFilter) -> tuple[str, list[Any]]:
 def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    _equal_and_range(filter, ("status", "agent", "mode", "parent_id"), "started_at", where, params)
+    _equal_and_range(filter, ("status", "agent", "mode", "parent_id", "kind", "model", "conversation_id", "user_id"),
+                     "started_at", where, params)
     if filter.root_only:
         where.append("parent_id IS NULL")
     if filter.text:

@@ -71,6 +71,22 @@ def m001_events_and_sessions(db: Database) -> None:
     sessions.create_index(["parent_id", "started_at"], index_name="sessions_parent")
 
 
+@migrations()
+def m002_session_labels(db: Database) -> None:
+    """What a session is and whose: kind, model, conversation and user, as columns with indexes for filters.
+
+    Filled for existing sessions from the metadata keys the summaries already held.
+    """
+    sessions = db["sessions"]
+    for column in ("kind", "model", "conversation_id", "user_id"):
+        sessions.add_column(column, str)
+        db.execute(f"UPDATE sessions SET {column} = json_extract(metadata, '$.{column}') "
+                   f"WHERE json_valid(metadata) AND json_type(metadata, '$.{column}') IN ('text', 'integer')")
+    sessions.create_index(["conversation_id", "started_at"], index_name="sessions_conversation")
+    sessions.create_index(["user_id", "started_at"], index_name="sessions_user")
+    sessions.create_index(["kind", "started_at"], index_name="sessions_kind")
+
+
 def apply(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date; return how many migrations ran.
 

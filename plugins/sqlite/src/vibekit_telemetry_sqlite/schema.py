@@ -14,5 +14,5 @@ SESSION_COLUMNS = (
     "id", "agent", "mode", "prompt", "status", "parent_id", "started_at", "ended_at", "first_event_at",
     "last_event_at", "first_stream_at", "event_count", "stream_count", "error_count", "metadata",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens", "last_error",
-    "has_start",
+    "has_start", "kind", "model", "conversation_id", "user_id",
 )
