@@ -424,6 +424,7 @@ def run(quick: bool) -> dict[str, Any]:
     figures["http_load_peak_rss_mb"] = one(load["peak_rss_mb"])
     figures["http_load_lost"] = one(load["lost"] + load["server_errors"])
     genai_figures(results, quick)
+    instrument_figures(results, quick)
     return results
 
 
@@ -448,6 +449,29 @@ def genai_figures(results: dict[str, Any], quick: bool) -> None:
                                                "max": bridge["batch_processor_us"]["p99"], "runs": 1}
     figures["genai_bridge_vs_batch_ratio"] = single(bridge["ratio_p50"])
     figures["genai_otlp_ingest_spans_per_s"] = single(genai["otlp"]["spans_per_s"])
+
+
+def instrument_figures(results: dict[str, Any], quick: bool) -> None:
+    """What ``telemetry.instrument("openai")`` adds to a call and to a chunk, next to openai-v2 (OTel)."""
+    try:
+        import openai  # noqa: F401
+
+        from benchmarks import instrument_bench
+    except ImportError:
+        return
+    calls = 500 if quick else 2000
+    print(f"auto-instrumentation: the openai SDK bare, instrumented and under openai-v2, {calls:,} calls ...",
+          flush=True)
+    r = instrument_bench.run(calls)
+    results["instrument"] = r
+    figures = results["figures"]
+    figures["instrument_call_us"] = single(r["overhead_per_call_us"])
+    figures["instrument_call_beyond_track_us"] = single(r["beyond_track_per_call_us"])
+    figures["instrument_chunk_us"] = single(r["overhead_per_chunk_us"])
+    figures["instrument_chunk_beyond_track_us"] = single(r["beyond_track_per_chunk_us"])
+    if "otel_v2" in r:
+        figures["instrument_otel_v2_call_us"] = single(r["otel_v2_overhead_per_call_us"])
+        figures["instrument_otel_v2_chunk_us"] = single(r["otel_v2_overhead_per_chunk_us"])
 
 
 GOALS = [
@@ -514,6 +538,15 @@ GOALS = [
     ("  bridge / batch processor (p50)", "genai_bridge_vs_batch_ratio", "x", "", None),
     ("OTLP/HTTP ingest of GenAI spans (protobuf, 100 a request) into SQLite", "genai_otlp_ingest_spans_per_s",
      "spans/s", "", None),
+    ("telemetry.instrument(\"openai\"): added to a chat call", "instrument_call_us", "µs", "", None),
+    ("  of which beyond its two track() calls", "instrument_call_beyond_track_us", "µs", "under 20 µs",
+     lambda v: v < 20),
+    ("  added to each streamed chunk", "instrument_chunk_us", "µs", "", None),
+    ("  of which beyond its track() call", "instrument_chunk_beyond_track_us", "µs", "under 20 µs",
+     lambda v: v < 20),
+    ("opentelemetry-instrumentation-openai-v2 (discarding exporter): added to a chat call",
+     "instrument_otel_v2_call_us", "µs", "peer", None),
+    ("  added to each streamed chunk", "instrument_otel_v2_chunk_us", "µs", "peer", None),
     ("PII scan of a typical event (500-character prompt, 6 metadata fields)", "pii_scan_us", "µs", "under 50 µs",
      lambda v: v < 50),
 ]
@@ -648,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
-    parser.add_argument("--only", choices=["genai"],
+    parser.add_argument("--only", choices=["genai", "instrument"],
                         help="re-run one group and merge its figures into the existing JSON (same machine only)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -656,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.json.read_text(encoding="utf-8"))
         if results["machine"]["cpu"] != machine()["cpu"] or results["machine"]["cores"] != machine()["cores"]:
             parser.error(f"{args.json} was measured on another machine: run every benchmark")
-        genai_figures(results, args.quick)
+        (genai_figures if args.only == "genai" else instrument_figures)(results, args.quick)
         results.setdefault("partial_reruns", []).append({"group": args.only, "date": machine()["date"]})
     else:
         results = run(args.quick)

@@ -282,7 +282,7 @@ def test_health_status_reports_components_resources_and_counters(telemetry):
     assert health.healthy and health.issues == []
     assert health.components["sqlite"]["size_bytes"] > 0
     assert health.counters["accepted"] == health.counters["stored"] == 1
-    assert health.memory["used"] > 0 and health.storage["used"] > 0 and "usage" in health.cpu
+    assert health.memory["used"] > 0 and health.storage["used_bytes"] > 0 and "usage" in health.cpu
     assert health.to_dict()["pipeline"]["queue_depth"] == 0
 
 
@@ -325,7 +325,7 @@ def test_an_installed_format_loads_on_first_use_and_a_failed_export_leaves_no_fi
     assert {"csv", "json", "jsonl", "parquet"} <= set(memory_telemetry.export_formats())
     assert memory_telemetry.export(output="events.jsonl") == 1
     assert "json" in memory_telemetry.plugin_names()
-    with pytest.raises(ValueError, match="no options"):
+    with pytest.raises(ValueError, match="unknown export key"):
         memory_telemetry.export(output="broken.jsonl", delimiter=";")
     assert not (in_tmp / "broken.jsonl").exists() and not (in_tmp / "broken.jsonl.partial").exists()
 

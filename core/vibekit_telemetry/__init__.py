@@ -20,6 +20,7 @@ from .errors import (
     StorageError,
     StorageUnavailableError,
     TelemetryError,
+    UnknownEventError,
 )
 from .hookspecs import hookimpl
 from .model import (
@@ -57,7 +58,7 @@ from .service import (
     install_signal_handlers,
 )
 from .streams import EventStream
-from .times import format_ms, now_ms, span_ms, time_range, to_ms
+from .times import format_ms, now_ms, query_time, span_ms, time_range, to_ms
 
 __version__ = "0.1.0"
 
@@ -98,6 +99,7 @@ __all__ = [
     "TelemetryEvent",
     "TelemetryService",
     "TokenUsage",
+    "UnknownEventError",
     "current_session_id",
     "decode_cursor",
     "encode_cursor",
@@ -110,6 +112,7 @@ __all__ = [
     "new_id",
     "search_words",
     "now_ms",
+    "query_time",
     "redact_secrets",
     "span_ms",
     "time_range",

@@ -17,14 +17,14 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import DEFAULT_CONFIG_TOML, load_config, redact_secrets
+from .config import DEFAULT_CONFIG_TOML, check_sections, load_config, redact_secrets
 from .errors import TelemetryError
 from .model import QueryFilter, encode_cursor
 from .output import EVENT_COLUMNS, FORMATS, SESSION_COLUMNS, render
 from .assembly import assemble
 from .plugins import ENTRY_POINT_GROUP, PluginHost, command_plugins, installed_plugins
 from .service import install_signal_handlers
-from .times import to_ms
+from .times import query_time
 
 
 class _Group(click.Group):
@@ -54,13 +54,14 @@ class _State:
             self._service.shutdown()
 
 
-def _time_option(value: str | None) -> int | None:
+def _time_option(value: str | None, option: str | None = None) -> int | None:
+    """A time option's value as epoch ms: the kernel's parser and range check, a usage error (exit 2) otherwise."""
     if value is None:
         return None
     try:
-        return to_ms(value)
+        return query_time(value, option or "time")
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc).split(": ", 2)[-1], param_hint=option) from None
 
 
 def _format_option(default: str = "table") -> Any:
@@ -136,11 +137,28 @@ def config_show(state: _State) -> None:
 @config.command("validate")
 @click.pass_obj
 def config_validate(state: _State) -> None:
-    """Check the configuration and that every plugin it names is installed and accepts its options."""
+    """Check the configuration and that every plugin it names is installed and accepts its options.
+
+    Sections that are present but not enabled are checked against their plugin's options too (a typo
+    there would only show once the section is turned on); one whose plugin is not installed is reported.
+    Exits 1 when anything is wrong.
+    """
     loaded = load_config(state.config_path)
-    host = _planned_host(state.config_path)
+    problems, notes = check_sections(loaded)
+    host = None
+    try:
+        host = _planned_host(state.config_path)
+    except TelemetryError as exc:
+        problems.insert(0, str(exc))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if problems:
+        click.echo("configuration has problems:\n" + "\n".join(f"- {p}" for p in problems), err=True)
+        sys.exit(1)
+    assert host is not None
     click.echo(f"configuration OK ({', '.join(loaded.sources) or 'defaults only'}); "
-               f"plugins: {', '.join(host.order) or 'none'}")
+               f"plugins: {', '.join(host.order) or 'none'}"
+               + (f"; {len(notes)} section(s) not checked (see the notes)" if notes else ""))
 
 
 @config.command("init")
@@ -193,8 +211,8 @@ def _meta_pairs(values: tuple[str, ...]) -> dict[str, Any]:
 @click.pass_obj
 def query(state: _State, fmt: str, meta: tuple[str, ...], since: str | None, until: str | None, **kwargs: Any) -> None:
     """Query events."""
-    events = state.service().query(since=_time_option(since), until=_time_option(until), metadata=_meta_pairs(meta),
-                                   **kwargs)
+    events = state.service().query(since=_time_option(since, "--since"), until=_time_option(until, "--until"),
+                                   metadata=_meta_pairs(meta), **kwargs)
     render([e.to_dict() for e in events], EVENT_COLUMNS, fmt, title=f"{len(events)} events")
 
 
@@ -333,7 +351,7 @@ def health(state: _State, detailed: bool, fmt: str) -> None:
             if "circuit" in report:
                 click.echo(f"storage {name}: circuit {report['circuit']}, {report['buffered']} events in its journal, "
                            f"{report['retried']} retries, {report['lost']} lost")
-        click.echo(f"memory: {status.memory['used']} MB; storage: {status.storage['used']} bytes")
+        click.echo(f"memory: {status.memory['used']} MB; storage: {status.storage['used_bytes']} bytes")
         if detailed:
             for name, report in status.components.items():
                 click.echo(f"[{name}] " + json.dumps(report, default=str))
@@ -487,36 +505,67 @@ def dead_letter_purge(state: _State, plugin: str | None, yes: bool) -> None:
 
 @cli.command("export")
 @click.option("--format", "fmt", help="json, jsonl, csv, parquet, otlp ... (default: from the output file name).")
-@click.option("-o", "--output", required=True, help="A file, '-' for standard output, or a URL such as s3://bucket/key.")
+@click.option("-o", "--output", help="A file, '-' for standard output, or a URL such as s3://bucket/key "
+                                     "(default: telemetry-export-<time>.<format> here, printed).")
 @click.option("--since", help="Start time: 30m, 1h, 2d, an ISO date.")
 @click.option("--until", help="End time, same forms as --since.")
 @click.option("--category", help="Only this category (agent).")
 @click.option("--type", "event_type", type=click.Choice(["start", "stream", "end", "error", "custom"]))
 @click.option("--sessions", help="Only these sessions (comma-separated ids).")
-@click.option("--compress", type=click.Choice(["gzip", "zstd"]), help="Compress (default: from the file name).")
+@click.option("--compress", "--compression", "compress",
+              help="gzip, zstd or none (default: from the file name); for Parquet its codec: snappy, zstd, gzip, "
+                   "lz4, none. The compression= of export() and GET /api/export.")
+@click.option("--compression-level", type=int, help="The gzip/zstd level.")
 @click.option("--delimiter", help="CSV field delimiter (default ',').")
-@click.option("--no-header", is_flag=True, help="CSV: leave out the header row.")
+@click.option("--header/--no-header", "--headers/--no-headers", "header", default=None,
+              help="CSV: write the header row (default) or leave it out.")
 @click.option("--metadata", "metadata_mode", type=click.Choice(["json", "flatten", "struct"]),
               help="How metadata is written: a JSON column (default), flattened columns (CSV), a struct (Parquet).")
+@click.option("--schema", help="Parquet: the schema ('events', the only one).")
+@click.option("-O", "--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any other export option or filter key, as export() takes it (VALUE is read as JSON if it parses).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
-def export_command(state: _State, fmt: str | None, output: str, since: str | None, until: str | None,
+def export_command(state: _State, fmt: str | None, output: str | None, since: str | None, until: str | None,
                    category: str | None, event_type: str | None, sessions: str | None, compress: str | None,
-                   delimiter: str | None, no_header: bool, metadata_mode: str | None, force: bool) -> None:
-    """Export events, oldest first, streaming (memory stays bounded however many there are)."""
-    flt: dict[str, Any] = {k: v for k, v in (("since", _time_option(since)), ("until", _time_option(until)),
-                                               ("category", category), ("event_type", event_type)) if v is not None}
-    if sessions:
-        flt["session_ids"] = tuple(s for s in sessions.split(",") if s)
-    options: dict[str, Any] = {}
-    if delimiter is not None:
-        options["delimiter"] = delimiter
-    if no_header:
-        options["header"] = False
-    if metadata_mode is not None:
-        options["metadata"] = metadata_mode
+                   compression_level: int | None, delimiter: str | None, header: bool | None,
+                   metadata_mode: str | None, schema: str | None, extra: tuple[str, ...], force: bool) -> None:
+    """Export events, oldest first, streaming (memory stays bounded however many there are).
+
+    Options mean what they mean in ``export()``: ``--compress`` is its ``compression``, ``-O key=value``
+    passes any other key, and an unknown one is an error listing the valid ones.
+    """
+    arguments: dict[str, Any] = {k: v for k, v in (
+        ("since", _time_option(since)), ("until", _time_option(until)), ("category", category),
+        ("event_type", event_type), ("session_ids", sessions), ("compression", compress),
+        ("compression_level", compression_level), ("delimiter", delimiter), ("header", header),
+        ("metadata", metadata_mode), ("schema", schema)) if v is not None}
+    for item in extra:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            arguments[key.strip()] = json.loads(text)
+        except ValueError:
+            arguments[key.strip()] = text
+    from .transfer import default_export_name, stream_compression
+
     target: Any = output
-    if output == "-":
+    service = None
+    named_here = output is None
+    if output is None:
+        if fmt is None:
+            raise click.UsageError("name the export: --format (the file is then named after it) or --output FILE")
+        service = state.service()
+        # the name says the compression the kernel applies; a format that compresses itself (Parquet) keeps its own
+        native = "compression" in (service.export_options(fmt) or ())
+        try:
+            suffix = None if native or compress is None else stream_compression(compress, fmt)
+        except TelemetryError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        output = target = default_export_name(fmt, suffix)
+    elif output == "-":
         target = click.get_binary_stream("stdout")
         if fmt is None:
             raise click.UsageError("--format is needed when writing to standard output")
@@ -524,22 +573,23 @@ def export_command(state: _State, fmt: str | None, output: str, since: str | Non
         if not (sys.stdin.isatty() and click.confirm(f"{output} exists; overwrite it?", err=True)):
             click.echo(f"error: {output} exists; pass --force to overwrite it", err=True)
             sys.exit(2)
-    service = state.service()
+    service = service or state.service()
     try:
         if output != "-" and sys.stderr.isatty():
             from rich.progress import Progress, SpinnerColumn, TextColumn
 
             with Progress(SpinnerColumn(), TextColumn("exported {task.completed:,} events"), transient=True) as bar:
                 task = bar.add_task("export", total=None)
-                count = service.export(fmt, flt, output=target, compression=compress,
-                                       progress=lambda n: bar.update(task, completed=n), **options)
+                count = service.export(fmt, arguments, output=target,
+                                       progress=lambda n: bar.update(task, completed=n))
         else:
-            count = service.export(fmt, flt, output=target, compression=compress, **options)
+            count = service.export(fmt, arguments, output=target)
     except (TelemetryError, ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if output != "-":
-        click.echo(f"exported {count:,} events to {output}", err=True)
+        # a name the command chose goes to standard output: it is the result the caller needs to find the file
+        click.echo(f"exported {count:,} events to {output}", err=not named_here)
 
 
 @cli.command("import")

@@ -10,6 +10,12 @@ never shown by ``telemetry config show``.
 One cattrs converter structures the tree and every plugin's options, with
 unknown keys forbidden, so a typo fails with the source, the key path and the
 expected type instead of being ignored.
+
+A configuration written like the TypeScript seed's works as the seed says: its
+environment switches (``TELEMETRY_ENCRYPTION_ENABLED``, ``TELEMETRY_AUTH_ENABLED``)
+set the keys they name, and its ``security.redaction`` / ``security.data_minimization``
+sections become options of the pii and compliance plugins
+(:func:`translate_seed_sections`).  ``docs/configuration.md`` lists every seed key.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import cattrs
 import cattrs.cols
 from cattrs.v import format_exception
 
-from .errors import ConfigError
-from .reliability import ReliabilityConfig, SamplingConfig
+from .errors import ConfigError, TelemetryError
+from .model import TelemetryEvent
+from .reliability import SINK_OPTION_KEYS, ReliabilityConfig, SamplingConfig
 
 ENV_PREFIX = "TELEMETRY_"
 
@@ -50,6 +57,20 @@ STREAMING_PROVIDERS = {"grpc": "grpc", "websocket": "api", "sse": "api"}
 
 #: Keys a seed-style storage entry may carry for the pipeline rather than for its plugin.
 PIPELINE_STORAGE_KEYS = ("stream_batch_size", "stream_flush_interval")
+
+#: ``security.*`` sections with no plugin of their own: the kernel maps them onto a plugin's options
+#: (see :func:`translate_seed_sections`).
+SEED_SECURITY_SECTIONS = ("redaction", "data_minimization")
+
+#: The switches of the seed's environment table and the config key each sets.  They sit beside the nested
+#: form (``TELEMETRY_SECURITY__ENCRYPTION__ENABLED``), which means the same.  The rest of that table
+#: (``TELEMETRY_ENCRYPTION_KEY``, ``TELEMETRY_API_KEYS``, ``TELEMETRY_BEARER_TOKENS``,
+#: ``TELEMETRY_ALLOWED_ORIGINS``) holds secrets and lists the plugin using them reads when it starts, so they
+#: never enter the configuration tree (nor ``config show``, nor the audit trail's fingerprint).
+SEED_ENV_SWITCHES: dict[str, tuple[str, ...]] = {
+    "TELEMETRY_ENCRYPTION_ENABLED": ("security", "encryption", "enabled"),
+    "TELEMETRY_AUTH_ENABLED": ("api", "auth", "enabled"),
+}
 
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passphrase|authorization|credential)", re.IGNORECASE)
 _VERBATIM_KEYS = frozenset({"headers", "resource_attributes", "metadata", "labels", "tags", "options_verbatim"})
@@ -104,10 +125,18 @@ class TelemetryConfig:
     enqueue_timeout_ms: int = 100
     max_field_bytes: int = 65_536
     capture_content: bool = True
+    #: SDKs to auto-instrument at start (``telemetry.instrument(*names)``): "openai", "anthropic"
+    instrument: list[str] = attrs.Factory(list)
     debug: bool = False
     log_level: str = "WARNING"
 
     def __attrs_post_init__(self) -> None:
+        _check_switches(self)
+        security, compliance = translate_seed_sections(self.security, self.compliance)
+        # frozen: the seed-only sections are replaced by the plugin options they mean, once, here, so every way
+        # of building a config (file, environment, keywords, a TelemetryConfig object) gets the same plugins
+        object.__setattr__(self, "security", security)
+        object.__setattr__(self, "compliance", compliance)
         checks = {
             "stream_batch_size": self.stream_batch_size >= 1,
             "stream_flush_interval": self.stream_flush_interval >= 1,
@@ -120,6 +149,132 @@ class TelemetryConfig:
             if not ok:
                 minimum = 64 if key == "max_field_bytes" else 0 if key == "enqueue_timeout_ms" else 1
                 raise ConfigError(f"{key}: out of range ({getattr(self, key)!r}); expected at least {minimum}")
+
+
+def _check_switches(cfg: TelemetryConfig) -> None:
+    """``enabled`` of a plugin section is a boolean (a string such as ``"false"`` would load the plugin)."""
+    for path in (*SECTION_PLUGINS, ("streaming",)):
+        section: Any = cfg
+        for part in path:
+            section = section.get(part) if isinstance(section, Mapping) else getattr(section, part, None)
+        if isinstance(section, Mapping) and "enabled" in section and not isinstance(section["enabled"], bool):
+            raise ConfigError(f"{'.'.join(path)}.enabled: expected true or false, got {section['enabled']!r}")
+    metrics = cfg.analytics.get("metrics")
+    if cfg.analytics.get("enabled") and isinstance(metrics, Mapping) and metrics.get("enabled") is False:
+        raise ConfigError("analytics.metrics.enabled: false would leave the analytics plugin without the metrics it "
+                          "is made of (its rollups); to turn analytics off write analytics.enabled = false")
+    known = {path[1] for path in SECTION_PLUGINS if path[0] == "security"} | set(SEED_SECURITY_SECTIONS)
+    for name, section in cfg.security.items():
+        if name not in known:
+            raise ConfigError(f"security.{name}: unknown section (known: {', '.join(sorted(known))})")
+        if "enabled" in section and not isinstance(section["enabled"], bool):
+            raise ConfigError(f"security.{name}.enabled: expected true or false, got {section['enabled']!r}")
+
+
+#: Event fields a seed field name may mean (``streamData`` is ``stream_data``); any other bare name is a
+#: metadata key, which is where the seed's examples keep ``password``, ``token`` or ``customer_note``.
+_EVENT_FIELDS = frozenset(f.name for f in attrs.fields(TelemetryEvent))
+
+
+def _field_path(name: Any, where: str) -> str:
+    """A seed field name as a dotted event path: ``prompt``, ``stream_data`` or ``metadata.<key>``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: expected a field name such as 'prompt' or 'metadata.customer_note', got {name!r}")
+    name = name.strip()
+    if name.startswith("metadata."):
+        return name
+    if _camel_to_snake(name) in _EVENT_FIELDS:
+        return _camel_to_snake(name)
+    if "." in name:
+        raise ConfigError(f"{where}: {name!r} is neither an event field nor under metadata; write 'metadata.{name}' "
+                          f"for a metadata key, or one of {', '.join(sorted(_EVENT_FIELDS - {'metadata'}))}")
+    return f"metadata.{name}"
+
+
+def _names(section: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = section.get(key, [])
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}.{key}: expected a list of field names, got {value!r}")
+    return list(value)
+
+
+def translate_seed_sections(security: Mapping[str, Any], compliance: Mapping[str, Any]
+                            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``security`` and ``compliance`` with the seed's ``security.redaction`` and ``security.data_minimization``
+    replaced by the plugin options they mean.
+
+    * ``redaction = {enabled, fields}`` enables the ``pii`` plugin with ``redact_fields``: each named field
+      (``prompt``, a metadata path such as ``metadata.customer_note``, or a bare metadata key, matched at
+      any depth) has its value replaced whole before the event is queued.  When ``security.pii`` itself is
+      not enabled, only those fields are redacted (no pattern detection, which was not asked for).
+    * ``data_minimization = {enabled, exclude_fields, include_only}`` enables the ``compliance`` plugin with
+      ``exclude_fields`` (event fields, or metadata keys: a bare name is one, as in the seed's
+      ``['password', 'token']``) dropped before queueing and ``include_only`` (the only metadata keys kept).
+    * ``compliance.gdpr`` / ``compliance.ccpa`` with ``enabled = true`` enable the ``compliance`` plugin
+      unless ``compliance.enabled`` says otherwise (the seed has no switch of its own there).
+
+    ``enabled`` defaults to true when fields are listed; ``enabled = false`` turns the section off.  Any other
+    key is a :class:`ConfigError` naming it: nothing in these sections is ignored.
+    """
+    security = {name: dict(section) for name, section in security.items()}
+    compliance = dict(compliance)
+    regulations = [name for name in ("gdpr", "ccpa")
+                   if isinstance(compliance.get(name), Mapping) and compliance[name].get("enabled")]
+    if regulations and "enabled" not in compliance:
+        # the seed writes `compliance = {gdpr = {enabled = true, ...}}` with no switch of its own: a regulation
+        # that is on needs the plugin that enforces it (an explicit `enabled = false` still turns it off)
+        compliance["enabled"] = True
+    redaction = security.pop("redaction", None)
+    if redaction is not None:
+        unknown = sorted(set(redaction) - {"enabled", "fields"})
+        if unknown:
+            raise ConfigError(f"security.redaction.{unknown[0]}: unknown key; the section has enabled and fields "
+                              "(dotted paths such as 'metadata.customer_note')")
+        fields = _names(redaction, "fields", "security.redaction")
+        for i, name in enumerate(fields):
+            # the pii plugin reads the names (event fields, metadata paths, bare keys at any depth) and says
+            # which it cannot redact; a non-name is caught here, where the message can point at the seed key
+            if not isinstance(name, str) or not name.strip(". "):
+                raise ConfigError(f"security.redaction.fields[{i}]: expected a field name such as 'prompt', "
+                                  f"'metadata.customer_note' or 'customer_note', got {name!r}")
+        if redaction.get("enabled", True) and fields:
+            pii = security.get("pii", {})
+            if not pii.get("enabled"):
+                pii.setdefault("patterns", [])
+                pii.setdefault("secret_keys", [])
+                pii["enabled"] = True
+            existing = list(pii.get("redact_fields", []))
+            pii["redact_fields"] = existing + [f for f in fields if f not in existing]
+            security["pii"] = pii
+    minimization = security.pop("data_minimization", None)
+    if minimization is not None:
+        where = "security.data_minimization"
+        unknown = sorted(set(minimization) - {"enabled", "exclude_fields", "include_only"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; the section has enabled, exclude_fields "
+                              "and include_only")
+        exclude = [_field_path(f, f"{where}.exclude_fields[{i}]")
+                   for i, f in enumerate(_names(minimization, "exclude_fields", where))]
+        include = None
+        if minimization.get("include_only") is not None:
+            include = []
+            for i, name in enumerate(_names(minimization, "include_only", where)):
+                path = _field_path(name, f"{where}.include_only[{i}]")
+                if not path.startswith("metadata."):
+                    raise ConfigError(f"{where}.include_only[{i}]: {name!r} is an event field; include_only lists "
+                                      "the metadata keys to keep (event fields are dropped with exclude_fields)")
+                include.append(path.removeprefix("metadata."))
+        if minimization.get("enabled", True) and (exclude or include is not None):
+            # the plugin may already be configured under either name; add to that section, not a second one
+            own = security.get("compliance")
+            target = own if own is not None and own.get("enabled") else compliance
+            target["enabled"] = True
+            existing = list(target.get("exclude_fields", []))
+            target["exclude_fields"] = existing + [f for f in exclude if f not in existing]
+            if include is not None:
+                kept = target.get("include_only")
+                target["include_only"] = include if kept is None else [*kept, *(k for k in include if k not in kept)]
+    return security, compliance
 
 
 def _structure_plugin_spec(value: Any, _type: type) -> PluginSpec:
@@ -208,6 +363,22 @@ def structure(data: Mapping[str, Any], cls: type, *, where: str, path: str = "")
             messages = [f"{exc} @ $"]
         lines = [_readable(msg, path) for msg in messages]
         raise ConfigError(f"invalid configuration in {where}:\n  " + "\n  ".join(lines)) from None
+
+
+def plugin_options(cls: type, config: Any, options: Mapping[str, Any], *, where: str) -> Any:
+    """A plugin's ``Config`` from what its constructor got, the seed's ways included.
+
+    ``config`` is a ``Config`` instance, one mapping of options (as the seed passes them) or ``None``;
+    ``options`` are keywords.  Keys may be snake_case or camelCase; they are checked like a
+    configuration file (an unknown or mistyped one is a :class:`ConfigError` naming ``where``).
+    Returns ``None`` when neither gave anything (the plugin's defaults).
+    """
+    if isinstance(config, Mapping):
+        config, options = None, {**config, **options}
+    if not options:
+        return config
+    base = converter.unstructure(config) if config is not None else {}
+    return structure({**base, **normalise_keys(dict(options))}, cls, where=where)
 
 
 def _format_exception(exc: BaseException, type_: Any) -> str:
@@ -311,18 +482,42 @@ def _parse_env_value(text: str) -> Any:
 _TOP_LEVEL = frozenset(f.name for f in attrs.fields(TelemetryConfig))
 
 
+def _parse_switch(name: str, text: str) -> bool:
+    """An on/off variable: ``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {text!r}")
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Config values from ``TELEMETRY_*`` variables.
 
     ``TELEMETRY_SERVICE_NAME=x`` sets a top-level key; a double underscore goes
     one table deeper: ``TELEMETRY_SECURITY__PII__ENABLED=true``.  Values are read
-    as booleans, JSON (numbers, lists, tables) or plain strings.  Variables that
-    are not config keys (``TELEMETRY_API_KEYS``, ``TELEMETRY_CONFIG`` ...) are
-    left to whoever reads them.
+    as booleans, JSON (numbers, lists, tables) or plain strings.  The seed's
+    switches (:data:`SEED_ENV_SWITCHES`: ``TELEMETRY_ENCRYPTION_ENABLED``,
+    ``TELEMETRY_AUTH_ENABLED``) set the key they name; one that disagrees with
+    the nested form of the same key is an error.  Variables that are not config
+    keys (``TELEMETRY_API_KEYS``, ``TELEMETRY_ENCRYPTION_KEY``, ``TELEMETRY_CONFIG``
+    ...) are left to whoever reads them.
     """
     out: dict[str, Any] = {}
+    for name, path in SEED_ENV_SWITCHES.items():
+        if name not in environ:
+            continue
+        value = _parse_switch(name, environ[name])
+        nested = ENV_PREFIX + "__".join(path).upper()
+        if nested in environ and _parse_env_value(environ[nested]) != value:
+            raise ConfigError(f"{name}={environ[name]} and {nested}={environ[nested]} disagree: set only one of them")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in SEED_ENV_SWITCHES:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if parts[0] not in _TOP_LEVEL or parts[0] in ("storage", "plugins") and len(parts) > 1:
@@ -438,6 +633,68 @@ def _validate_layer(layer: Mapping[str, Any], *, where: str, environ: Mapping[st
     structure(resolved, TelemetryConfig, where=where)
 
 
+def check_sections(loaded: LoadedConfig) -> tuple[list[str], list[str]]:
+    """Check the plugin sections the service will *not* load, as if they were enabled.
+
+    ``[api] prot = 3000`` passes the service's start when ``api`` is not enabled, and fails later (at
+    ``telemetry api``, or when someone turns it on).  This structures every section that is present but not
+    enabled (``security.*``, ``analytics``, ``api``, ``compliance``, ``streaming``, storage entries with
+    ``enabled = false``) with its plugin's ``Config``, found by entry point, without instantiating it.
+    Returns ``(problems, notes)``: the errors found, and the sections that could not be checked because
+    their plugin is not installed.  Enabled sections are checked by :func:`~vibekit_telemetry.assembly.assemble`.
+    """
+    # plugins imports this module: import it when a check runs, not at import time
+    from .plugins import installed_plugins, package_hint, resolve_entry_points
+
+    cfg = loaded.config
+    where = " + ".join(loaded.sources) or "defaults"
+    todo: list[tuple[str, str, dict[str, Any]]] = []
+    for path, plugin in SECTION_PLUGINS.items():
+        section: Any = cfg
+        for part in path:
+            section = section.get(part) if isinstance(section, Mapping) else getattr(section, part, None)
+        if isinstance(section, Mapping) and section and not section.get("enabled"):
+            todo.append((".".join(path), plugin, {k: v for k, v in section.items() if k != "enabled"}))
+    problems: list[str] = []
+    streaming = cfg.streaming
+    if streaming and not streaming.get("enabled"):
+        unknown = sorted(set(streaming) - {"enabled", "provider", "options"})
+        provider = streaming.get("provider", "websocket")
+        if unknown:
+            problems.append(f"streaming: unknown keys {unknown}; the section has enabled, provider and options")
+        elif provider not in STREAMING_PROVIDERS:
+            problems.append(f"streaming.provider: expected one of {', '.join(STREAMING_PROVIDERS)}, got {provider!r}")
+        else:
+            todo.append(("streaming.options", STREAMING_PROVIDERS[provider], dict(streaming.get("options") or {})))
+    for index, entry in enumerate(cfg.storage):
+        if not entry.enabled:
+            skipped = (*PIPELINE_STORAGE_KEYS, *SINK_OPTION_KEYS)
+            todo.append((f"storage[{index}].options", entry.type,
+                         {k: v for k, v in entry.options.items() if k not in skipped}))
+    installed = {p.name for p in installed_plugins()}
+    notes: list[str] = []
+    for path, plugin, options in todo:
+        if plugin not in installed:
+            notes.append(f"{path}: not checked: its plugin {plugin!r} is not installed "
+                         f"(pip install {package_hint(plugin)})")
+            continue
+        try:
+            target = resolve_entry_points([plugin])[plugin]
+        except TelemetryError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        config_cls = getattr(target, "Config", None) if isinstance(target, type) else None
+        if config_cls is None:
+            if options:
+                problems.append(f"{path}: plugin {plugin!r} takes no options, got {sorted(options)}")
+            continue
+        try:
+            structure(options, config_cls, where=where, path=path)
+        except ConfigError as exc:
+            problems.append(f"{exc}\n  ({path} is not enabled yet: this fails once it is)")
+    return problems, notes
+
+
 DEFAULT_CONFIG_TOML = '''\
 # vibekit-telemetry configuration. Every key is optional; the values shown are the defaults.
 # Keys may also be set with TELEMETRY_<KEY> (TELEMETRY_SECURITY__PII__ENABLED=true for nested ones)
@@ -459,6 +716,7 @@ on_full = "spill"                # "spill" (to a journal on disk), "block" (up t
 enqueue_timeout_ms = 100
 max_field_bytes = 65536          # longer text fields are cut and listed in the event's `truncated`
 capture_content = true           # false keeps prompts and streamed text out of storage
+instrument = []                  # SDKs recorded with no code: "openai", "anthropic" (telemetry.instrument)
 debug = false
 log_level = "WARNING"
 
@@ -504,6 +762,10 @@ enabled = true
 # Seed-style sections load their plugin when enabled:
 # [security.pii]
 # enabled = true
+# [security.redaction]            # the pii plugin replaces these fields' values whole
+# fields = ["metadata.customer_note"]
+# [security.data_minimization]    # the compliance plugin drops (or keeps only) these before queueing
+# exclude_fields = ["password", "token"]
 # [analytics]
 # enabled = true
 # [api]

@@ -159,7 +159,13 @@ def text_of(value: Any) -> str | None:
         kind = value.get("type")
         if kind in ("tool_call", "tool_use", "function_call", "tool_call_request"):
             return None
-        for key in ("content", "text", "message", "parts", "value"):
+        if kind in ("tool_call_response", "tool_result", "function_call_output"):
+            # a tool's output is kept as it was written, JSON text included
+            result = value.get("response", value.get("content", value.get("output")))
+            return result if isinstance(result, str) else text_of(result)
+        if kind == "text" and isinstance(value.get("text"), str):
+            return value["text"] or None  # a text block's text is a leaf, even when it reads like JSON
+        for key in ("content", "text", "message", "parts", "value", "output"):
             if key in value:
                 return text_of(value[key])
     return None
@@ -179,6 +185,22 @@ def _tool_calls_of(message: Mapping[str, Any]) -> list[dict[str, Any]]:
                 calls.append({"id": part.get("id"), "name": part.get("name"),
                               "arguments": _json(part.get("arguments", part.get("input")))})
     return [{k: v for k, v in c.items() if v is not None} for c in calls if c.get("name")]
+
+
+def _tool_result_id(message: Mapping[str, Any]) -> str | None:
+    """The id of the tool call a message answers, or ``None`` for a message that is not a tool's result."""
+    if message.get("tool_call_id"):
+        return str(message["tool_call_id"])
+    parts = message.get("parts") or message.get("content")
+    if isinstance(parts, list) and parts and all(
+            isinstance(p, Mapping) and p.get("type") in ("tool_call_response", "tool_result", "function_call_output")
+            for p in parts):
+        first = parts[0]
+        found = first.get("id") or first.get("tool_use_id") or first.get("call_id")
+        return str(found) if found else None
+    if message.get("role") == "tool" and message.get("id"):
+        return str(message["id"])
+    return None
 
 
 def normalise_messages(value: Any) -> list[dict[str, Any]]:
@@ -206,8 +228,14 @@ def normalise_messages(value: Any) -> list[dict[str, Any]]:
         calls = _tool_calls_of(message)
         if calls:
             entry["tool_calls"] = calls
-        if message.get("tool_call_id") or message.get("id") and message.get("role") == "tool":
-            entry["tool_call_id"] = message.get("tool_call_id") or message.get("id")
+        answered = _tool_result_id(message)
+        if answered:
+            # a tool's result, whichever way it is written (OpenAI's tool role, the semconv's
+            # tool_call_response part, Anthropic's tool_result block in a user message)
+            entry["role"] = "tool"
+            entry["tool_call_id"] = answered
+            if isinstance(message.get("content"), str):
+                entry["content"] = message["content"] or None  # a tool's JSON output is its text
         out.append(entry)
     return out
 

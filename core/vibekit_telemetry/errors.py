@@ -28,6 +28,15 @@ class InvalidQueryError(TelemetryError, ValueError):
         super().__init__(f"invalid query: {field}: {message}")
 
 
+class UnknownEventError(TelemetryError, ValueError):
+    """``on(name, ...)`` was given a name the service never emits; the message lists the names it does."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        super().__init__(f"unknown event {name!r}: on() listens to {', '.join(known)}; a plugin that emits "
+                         "its own events declares them with service.register_event(name)")
+
+
 class ConfigError(TelemetryError, ValueError):
     """The configuration is invalid: the message names the source, key path and problem."""
 

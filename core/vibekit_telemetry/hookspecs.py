@@ -14,7 +14,11 @@ and isolation are under its control:
   the first plugin in configuration order that returns something other than
   ``None``.
 
-Every hook is documented with an example in ``docs/hooks.md``.
+Every hook is documented with an example in ``docs/hooks.md``.  An implementation
+may be an ``async def``: the kernel runs it to completion on a helper event loop.
+An object passed in ``plugins=[...]`` with no ``@hookimpl`` at all is read as
+written for the TypeScript seed: its public methods are the hooks of their names
+(``initialize`` is ``startup``, ``beforeTrack`` is ``before_track``).
 """
 
 from __future__ import annotations
@@ -255,8 +259,9 @@ def optimize() -> None:
 def health() -> dict[str, Any] | None:
     """Report this plugin's state as a JSON-ready dict.
 
-    ``healthy`` (bool) and ``issues`` (list of strings) are read by the kernel;
-    anything else (``size_bytes``, ``path`` ...) is shown as it is.
+    ``healthy`` (bool) and ``issues`` (list of strings) are read by the kernel, and
+    ``connections`` (``{"active": int, "max": int | None}``) is summed into the
+    service's ``connections``; anything else (``size_bytes``, ``path`` ...) is shown as it is.
     """
 
 
@@ -298,6 +303,16 @@ def export(format: str, events: Iterable[TelemetryEvent], output: BinaryIO, opti
 @hookspec
 def export_formats() -> list[str] | None:
     """Return the export format names this plugin handles (shown in errors and ``telemetry plugins``)."""
+
+
+@hookspec(firstresult=True)
+def export_options(format: str) -> list[str] | None:
+    """Return the option names this plugin's exporter of ``format`` takes, or ``None`` for another format.
+
+    The kernel sorts what an export call passes into filter keys, its own options and these, and refuses
+    any other name, listing the valid ones.  ``"compression"`` among them means the format compresses
+    itself (Parquet's codecs): the kernel then passes ``compression`` on instead of wrapping the output.
+    """
 
 
 @hookspec

@@ -701,8 +701,16 @@ def search_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _opt_time(value: object) -> int | None:
-    return None if value is None else to_ms(value)
+def _opt_time(value: object, field: attrs.Attribute) -> int | None:
+    if value is None:
+        return None
+    try:
+        return to_ms(value)
+    except ValueError as exc:  # a filter's error names its field, as every other filter check does
+        raise InvalidQueryError(field.name, str(exc)) from None
+
+
+_TIME_FIELD = attrs.Converter(_opt_time, takes_field=True)
 
 
 def _tuple(value: object) -> tuple:
@@ -731,8 +739,8 @@ class QueryFilter:
     session_ids: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     action: str | None = None
     label: str | None = None
-    since: int | None = attrs.field(default=None, converter=_opt_time)
-    until: int | None = attrs.field(default=None, converter=_opt_time)
+    since: int | None = attrs.field(default=None, converter=_TIME_FIELD)
+    until: int | None = attrs.field(default=None, converter=_TIME_FIELD)
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     text: str | None = None
     limit: int | None = None
@@ -812,8 +820,8 @@ class SessionFilter:
     conversation_id: str | None = None
     user_id: str | None = None
     root_only: bool = False
-    since: int | None = attrs.field(default=None, converter=_opt_time)
-    until: int | None = attrs.field(default=None, converter=_opt_time)
+    since: int | None = attrs.field(default=None, converter=_TIME_FIELD)
+    until: int | None = attrs.field(default=None, converter=_TIME_FIELD)
     text: str | None = None
     limit: int | None = None
     offset: int = 0

@@ -113,6 +113,13 @@ class Thinner:
         self._window_count += 1
         return self._window_count > limit.max_requests
 
+    def holds(self, event: TelemetryEvent) -> bool:
+        """Whether ``event`` is held back until its session ends (so it may still be stored), not dropped."""
+        with self._lock:
+            held = self._held.get(event.session_id) if event.session_id else None
+            # it was appended last, unless another thread tracked into the same session since
+            return held is not None and any(e is event for e in reversed(held.events))
+
     def admit(self, event: TelemetryEvent) -> list[TelemetryEvent]:
         """The events to queue now because ``event`` was accepted."""
         with self._lock:

@@ -12,12 +12,15 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import fnmatch
 import io
 import itertools
 import logging
 import os
 import random
+import re
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +37,7 @@ from .assembly import assemble
 from .config import LoadedConfig, TelemetryConfig, deep_merge, load_config, normalise_keys, structure
 from .deadletter import DeadLetters
 from .genai import CallFolder
+from . import instrumentation
 from .errors import (
     InvalidEventError,
     InvalidQueryError,
@@ -42,6 +46,7 @@ from .errors import (
     StorageError,
     StorageUnavailableError,
     TelemetryError,
+    UnknownEventError,
 )
 from .model import (
     Anomaly,
@@ -67,9 +72,8 @@ from .plugins import (
 from .reliability import GuardedSink, ReliabilityConfig
 from .sampling import Thinner
 from .streams import EventStream
-from .times import now_ms, span_ms
-from .transfer import COMPRESSIONS, compressed_writer, decompressed_reader, infer_from_name
-from .times import to_ms as _to_ms
+from .times import check_time_range, now_ms, query_time, span_ms
+from .transfer import compressed_writer, decompressed_reader, infer_from_name, split_export_arguments
 from .times import time_range as _time_range
 
 log = logging.getLogger("vibekit_telemetry.service")
@@ -85,6 +89,65 @@ _SNAKE = {"sessionId": "session_id", "streamData": "stream_data"}
 
 #: seconds between flushes at most while a live stream listens (``create_event_stream``)
 LIVE_FLUSH_INTERVAL = 0.25
+
+#: what ``on(name, handler)`` can listen to: the kernel's events; plugins add theirs with ``register_event``
+EVENT_NAMES = frozenset({
+    "initialized",  # initialize() was called (the seed's first call after construction)
+    "error",  # an exception: a plugin failed, a store failed or cannot open
+    "flush",  # {"count", "seconds"}: a batch was handed to every store
+    "drop",  # {"reason", "count"}: events not stored
+    "shutdown",  # the service has shut down
+    "memory:high",  # {"rss", "limit", "percentage"}: over reliability.memory_limit
+    "storage:available",  # {"plugin"}: a store that could not open at start is open
+    "connection:error",  # a StorageError: one attempt to store a batch failed (it is retried)
+    "circuit:open", "circuit:half_open", "circuit:close",  # {"plugin", ...}: a store's circuit breaker
+    "anomaly",  # an Anomaly found by a detector
+})
+
+#: the namespaces of the seed's ``debug`` module that ``DEBUG`` patterns are matched against
+_DEBUG_NAMESPACES = ("vibekit:telemetry", "vibekit:telemetry:service")
+
+
+def _debug_env(value: str) -> bool:
+    """Whether a ``DEBUG`` variable in the seed's ``debug`` syntax (``vibekit:*,-other``) selects this kernel."""
+    selected = False
+    for pattern in re.split(r"[\s,]+", value.strip()):
+        if not pattern:
+            continue
+        excluded = pattern.startswith("-")
+        if any(fnmatch.fnmatchcase(ns, pattern.lstrip("-")) for ns in _DEBUG_NAMESPACES):
+            if excluded:
+                return False
+            selected = True
+    return selected
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (test runners and apps replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _debug_to_stderr(logger: logging.Logger, on: bool) -> None:
+    """Give the kernel's logger a stderr handler while it logs at debug and nothing else would print the records."""
+    ours = [h for h in logger.handlers if isinstance(h, _StderrHandler)]
+    if not on:
+        for handler in ours:
+            logger.removeHandler(handler)
+        return
+    configured = logging.getLogger().handlers or [h for h in logger.handlers if h not in ours]
+    if not configured and not ours:
+        logger.addHandler(_StderrHandler())
 
 
 _current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("vibekit_telemetry_actor", default=None)
@@ -158,6 +221,8 @@ class HealthStatus:
     cpu: dict[str, float]
     storage: dict[str, Any]
     uptime_s: float
+    #: the seed's ``connections``: ``{"active", "max"}`` summed over the plugins that report theirs
+    connections: dict[str, Any] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -219,6 +284,12 @@ class TelemetryService:
         self.config: TelemetryConfig = self.loaded.config
         self._configure_logging()
         self._started_at = time.monotonic()
+        # CPU use is the process's CPU time over wall time since the previous sample: taken here, the first
+        # get_health_status() already measures something (stdlib clocks, so starting costs no psutil import)
+        self._cpu_sample = (self._started_at, time.process_time())
+        self._cpu_percent = 0.0
+        self._initialized = False
+        self._event_names = set(EVENT_NAMES)
         self._lock = threading.Lock()
         self._handlers: dict[str, list[Callable[..., Any]]] = {}
         self._counts: Counter[str] = Counter()
@@ -287,10 +358,27 @@ class TelemetryService:
         self._start_plugins()
         self._started = True  # from now on the flusher may replay journals into the started plugins
         _live_services.add(self)
+        if self.config.instrument:
+            try:
+                self.instrument(*self.config.instrument)
+            except Exception:
+                self.shutdown()  # a name that is not installed is a start-up error, not a half-started service
+                raise
+        log.debug("service %s started: plugins %s; storage %s; batches of %d every %d ms", self.service_name,
+                  ", ".join(self.host.order) or "none", ", ".join(self.storage_plugins) or "none", batch_size,
+                  flush_interval)
 
     def _configure_logging(self) -> None:
-        level = os.environ.get("TELEMETRY_LOG_LEVEL") or ("DEBUG" if self.config.debug else self.config.log_level)
-        logging.getLogger("vibekit_telemetry").setLevel(level.upper())
+        """Set the kernel's log level; at ``debug`` print the log to stderr unless the application set up logging.
+
+        ``debug = true``, ``log_level = "debug"`` and the seed's ``DEBUG=vibekit:telemetry:*`` turn it on
+        (``TELEMETRY_LOG_LEVEL`` wins over all of them).
+        """
+        level = os.environ.get("TELEMETRY_LOG_LEVEL") or (
+            "DEBUG" if self.config.debug or _debug_env(os.environ.get("DEBUG", "")) else self.config.log_level)
+        logger = logging.getLogger("vibekit_telemetry")
+        logger.setLevel(level.upper())
+        _debug_to_stderr(logger, logger.getEffectiveLevel() <= logging.DEBUG)
 
     def _assemble(self, plugin_objects: list[Any]) -> tuple[int, int]:
         """Register every configured plugin, then the plugin objects passed in, in that order."""
@@ -541,10 +629,15 @@ class TelemetryService:
         if event.event_type == "start" and event.session_id:
             self._remember_session(event.session_id, event.category)
         if self._thinner is not None:
+            queued = None
             for admitted in self._thinner.admit(event):
-                if not self._pipeline.put(admitted) and admitted is event:
-                    return None
-            return event.id
+                stored = self._pipeline.put(admitted)
+                if admitted is event:
+                    queued = stored
+            if queued is None:
+                # sampled out or rate-limited (counted): an id only for an event held until its session ends
+                return event.id if self._thinner.holds(event) else None
+            return event.id if queued else None
         if not self._pipeline.put(event):
             return None
         return event.id
@@ -647,22 +740,36 @@ class TelemetryService:
         return self.track(data)
 
     def track_end(self, session_id: str, status: str = "completed", *, metadata: Mapping[str, Any] | None = None,
-                  category: str | None = None, timestamp: Any = None) -> str | None:
-        """End a session with a status (``completed``, ``failed``, ``cancelled``...)."""
+                  category: str | None = None, timestamp: Any = None, stream_data: str | None = None) -> str | None:
+        """End a session with a status (``completed``, ``failed``, ``cancelled``...).
+
+        ``stream_data`` is the session's answer when it was not streamed (a function's return value).
+        """
         data: dict[str, Any] = {"event_type": "end", "session_id": session_id, "status": status,
                                 "category": self._category_of(session_id, category), "metadata": dict(metadata or {})}
         if timestamp is not None:
             data["timestamp"] = timestamp
+        if stream_data is not None:
+            data["stream_data"] = stream_data
         event_id = self.track(data)
         with self._lock:
             self._open_sessions.pop(session_id, None)
         return event_id
 
-    def track_error(self, session_id: str | None = None, error: BaseException | str | None = None, *,
-                    error_type: str | None = None, message: str | None = None, stack: str | None = None,
+    def track_error(self, session_id: str | Mapping[str, Any] | None = None, error: BaseException | str | None = None,
+                    *, error_type: str | None = None, message: str | None = None, stack: str | None = None,
                     category: str | None = None, metadata: Mapping[str, Any] | None = None,
                     timestamp: Any = None) -> str | None:
-        """Record an error, from an exception (type, message and traceback are taken from it) or from text."""
+        """Record an error, from an exception (type, message and traceback are taken from it) or from text.
+
+        Also accepts the seed's single-mapping form, camelCase keys included:
+        ``track_error({"sessionId": sid, "error": exc, "metadata": {...}})``.
+        """
+        if isinstance(session_id, Mapping):
+            params = _call_options(session_id, ("session_id", "error", "error_type", "message", "stack", "category",
+                                                "metadata", "timestamp"), "track_error", InvalidEventError,
+                                   aliases={"error_message": "message", "error_stack": "stack", "type": "error_type"})
+            return self.track_error(params.pop("session_id", None), params.pop("error", None), **params)
         session_id = session_id or _current_session.get()
         if isinstance(error, BaseException):
             error_type = error_type or type(error).__name__
@@ -744,6 +851,29 @@ class TelemetryService:
         labels = {"kind": kind, "model": model, "conversation_id": conversation_id, "user_id": user_id}
         return SessionScope(self, agent, mode, prompt, metadata, parent_session_id,
                             {k: v for k, v in labels.items() if v is not None})
+
+    def observe(self, kind: str | None = None, name: str | None = None, *, capture: bool = True,
+                metadata: Mapping[str, Any] | None = None) -> instrumentation.Observer:
+        """A decorator (sync, async and generator functions) and context manager making a child session.
+
+        ``kind`` is one of ``agent``, ``llm``, ``tool``, ``chain`` (the default), ``retrieval``,
+        ``embedding``, ``workflow``; ``name`` defaults to the function's qualified name.  The
+        arguments are the session's prompt and the return value its answer, unless
+        ``capture=False`` or ``capture_content = false``.
+        """
+        return instrumentation.Observer(self, kind, name, capture, metadata)
+
+    def instrument(self, *names: str) -> list[str]:
+        """Record every call of the named SDKs (``"openai"``, ``"anthropic"``) as a child session.
+
+        The instrumentors are plugins found by entry point (``vibekit-telemetry-instrument-openai`` ...);
+        returns the names instrumented now.  An unknown name is a ``ConfigError`` listing the installed ones.
+        """
+        return instrumentation.instrument(self, names)
+
+    def uninstrument(self, *names: str) -> list[str]:
+        """Undo :meth:`instrument` (all, or the named SDKs): the SDKs are restored exactly."""
+        return instrumentation.uninstrument(self, names or None)
 
     def flush(self) -> None:
         """Write everything tracked so far before returning."""
@@ -830,6 +960,7 @@ class TelemetryService:
                     break
         for stream in list(self._streams):
             stream.offer(batch)
+        log.debug("flushed %d events to %s in %.1f ms", count, ", ".join(self._sinks) or "no storage", seconds * 1000)
         self._emit("flush", {"count": count, "seconds": seconds})
 
     def _note_sink_failures(self, sink: GuardedSink, before: int) -> None:
@@ -889,6 +1020,7 @@ class TelemetryService:
     def _record_drop(self, reason: str, count: int) -> None:
         with self._lock:
             self._drops[reason] += count
+        log.debug("%d events not stored: %s", count, reason)
         self._emit("drop", {"reason": reason, "count": count})
 
     def _plugin_failure(self, plugin: str, exc: BaseException) -> None:
@@ -904,13 +1036,27 @@ class TelemetryService:
         """Call ``handler(payload)`` whenever the service emits ``name``.
 
         Names: ``error`` (an exception), ``flush`` (``{"count"}``), ``drop``
-        (``{"reason", "count"}``), ``shutdown``; plugins add their own (``anomaly``).
-        A handler that raises is logged and skipped.  Returns the handler, so it
-        works as a decorator.
+        (``{"reason", "count"}``), ``shutdown``, ``initialized``, ``memory:high``,
+        ``storage:available``, ``connection:error``, ``circuit:open|half_open|close``,
+        ``anomaly`` (see :data:`EVENT_NAMES`); plugins add theirs with :meth:`register_event`.
+        Any other name is an :class:`~vibekit_telemetry.UnknownEventError` listing these, since a
+        handler for a name nothing emits would never be called.  A handler that raises is
+        logged and skipped.  Returns the handler, so it works as a decorator.
         """
+        if name not in self._event_names:
+            raise UnknownEventError(name, sorted(self._event_names))
+        if not callable(handler):
+            raise TypeError(f"on({name!r}, handler): the handler must be callable, got {type(handler).__name__}")
         with self._lock:
             self._handlers.setdefault(name, []).append(handler)
         return handler
+
+    def register_event(self, name: str) -> None:
+        """Declare an event name a plugin emits (with :meth:`emit`), so that ``on(name, ...)`` accepts it."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("an event name is a non-empty string")
+        with self._lock:
+            self._event_names.add(name)
 
     def off(self, name: str, handler: Callable[[Any], Any]) -> None:
         """Stop calling ``handler`` for ``name``."""
@@ -932,6 +1078,7 @@ class TelemetryService:
     def _read(self, hook: str, **kwargs: Any) -> Any:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
+        _check_bounds(kwargs.get("filter"))
         self.flush()
         impls = self.host.impls(hook)
         if not impls:
@@ -1046,6 +1193,7 @@ class TelemetryService:
     def _scan(self, flt: QueryFilter) -> Iterator[TelemetryEvent] | None:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
+        _check_bounds(flt)
         self.flush()
         stream = self.host.first("scan", filter=flt)[1]
         if stream is None:
@@ -1108,6 +1256,69 @@ class TelemetryService:
     async def aflush(self) -> None:
         """``flush`` without blocking the event loop."""
         await asyncio.to_thread(self.flush)
+
+    def initialize(self) -> TelemetryService:
+        """The seed's first call after construction; returns the service.
+
+        Construction already started everything, so this only checks that the service is still
+        running (an :class:`~vibekit_telemetry.ServiceClosedError` once it was shut down, as a
+        shut-down service cannot start again) and emits ``initialized`` the first time.
+        Calling it again does nothing more.
+        """
+        if self._closed or self._shutting_down:
+            raise ServiceClosedError("the telemetry service was shut down and cannot be initialized again; "
+                                     "create a new TelemetryService")
+        with self._lock:
+            first, self._initialized = not self._initialized, True
+        if first:
+            self._emit("initialized", None)
+        return self
+
+    async def ainitialize(self) -> TelemetryService:
+        """``initialize`` for ``await telemetry.ainitialize()``."""
+        return await asyncio.to_thread(self.initialize)
+
+    # The a-prefixed forms run the call in a worker thread: track() may wait for room in the queue
+    # (on_full = "block") or for an async before_track hook, and reads do I/O; none of it on the loop.
+
+    async def atrack(self, event: TelemetryEvent | Mapping[str, Any] | None = None, /, **fields: Any) -> str | None:
+        """``track`` without blocking the event loop."""
+        return await asyncio.to_thread(self.track, event, **fields)
+
+    async def atrack_start(self, agent: str, mode: str | None = None, prompt: str | None = None,
+                           **kwargs: Any) -> str:
+        """``track_start`` without blocking the event loop."""
+        return await asyncio.to_thread(self.track_start, agent, mode, prompt, **kwargs)
+
+    async def atrack_stream(self, session_id: str | Mapping[str, Any] | None = None, stream_data: str | None = None,
+                            **kwargs: Any) -> str | None:
+        """``track_stream`` without blocking the event loop."""
+        return await asyncio.to_thread(self.track_stream, session_id, stream_data, **kwargs)
+
+    async def atrack_end(self, session_id: str, status: str = "completed", **kwargs: Any) -> str | None:
+        """``track_end`` without blocking the event loop."""
+        return await asyncio.to_thread(self.track_end, session_id, status, **kwargs)
+
+    async def atrack_error(self, session_id: str | Mapping[str, Any] | None = None,
+                           error: BaseException | str | None = None, **kwargs: Any) -> str | None:
+        """``track_error`` without blocking the event loop."""
+        return await asyncio.to_thread(self.track_error, session_id, error, **kwargs)
+
+    async def aget_metrics(self, time_range: Any = None) -> Any:
+        """``get_metrics`` without blocking the event loop."""
+        return await asyncio.to_thread(self.get_metrics, time_range)
+
+    async def aget_insights(self, time_range: Any = None, categories: list[str] | str | None = None) -> Any:
+        """``get_insights`` without blocking the event loop."""
+        return await asyncio.to_thread(self.get_insights, time_range, categories)
+
+    async def aexport(self, *args: Any, **kwargs: Any) -> Any:
+        """``export`` (same arguments) without blocking the event loop."""
+        return await asyncio.to_thread(self.export, *args, **kwargs)
+
+    async def ashutdown(self, timeout: float = 10.0) -> None:
+        """``shutdown`` without blocking the event loop."""
+        await asyncio.to_thread(self.shutdown, timeout)
 
     def clean(self, retention_days: float) -> int:
         """Delete events older than ``retention_days`` from every storage plugin; return how many went."""
@@ -1178,7 +1389,7 @@ class TelemetryService:
                 impl(service=self)
 
     def export(self, format: str | None = None, filter: QueryFilter | Mapping[str, Any] | None = None, *,
-               output: str | os.PathLike[str] | BinaryIO | None = None, compression: str | None = None,
+               output: str | os.PathLike[str] | BinaryIO | None = None, compression: str | bool | None = None,
                **options: Any) -> bytes | int:
         """Export matching events (oldest first) in ``format`` through the ``export`` hook.
 
@@ -1186,28 +1397,51 @@ class TelemetryService:
         ``events.jsonl.gz``; the file appears complete or not at all), a URL such as
         ``s3://bucket/key`` that a destination plugin handles, or a binary file.
         Without ``output`` the exported bytes are returned, otherwise the count.
-        ``compression`` is ``gzip`` or ``zstd`` for any format; ``progress`` is called with
-        the count so far every few thousand events; other ``options`` go to the exporter
-        (``delimiter``, ``metadata`` ...).
+
+        ``filter`` and ``options`` share one vocabulary (the HTTP API's and the CLI's too),
+        so one mapping may hold both, as in the seed: ``export("json", {"sessionId": sid,
+        "compress": True})``, ``export("csv", {"category": "claude", "delimiter": ";",
+        "headers": True})``, ``export("otlp", {"sessions": [a, b]})``,
+        ``export("parquet", {"schema": "events", "compression": "snappy"})``.  Filter keys go
+        to the query (:class:`QueryFilter`, camelCase, ``sessions`` and ``timeRange`` too);
+        ``compression`` (alias ``compress``: ``gzip``, ``zstd``, ``True`` for gzip, ``"none"``)
+        wraps any format, except one that compresses itself (Parquet: its codec);
+        ``compression_level``; ``progress`` is called with 0 once the options are checked and
+        writing begins, then with the count so far every few thousand events; the rest go to
+        the exporter (``delimiter``, ``header``, ``metadata`` ...).  An unknown key is an
+        :class:`InvalidQueryError` listing the valid ones, raised before anything is written.
         """
         name = os.fspath(output) if isinstance(output, (str, os.PathLike)) else None
+        named_compression = None
         if name is not None:
             named_format, named_compression = infer_from_name(name)
             format = format or named_format
-            compression = compression or named_compression
         if not format:
             raise ValueError("name an export format (or an output file whose name says it, such as events.jsonl)")
         self._require_format("export_formats", format, "; install an exporter plugin such as vibekit-telemetry-json")
-        if compression is not None and compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-        level = options.pop("compression_level", None)
-        progress = options.pop("progress", None)
-        events = self.iter_events(filter, page_size=5000)
-        if progress is not None:
-            events = _reporting(events, progress)
+        base = filter if isinstance(filter, QueryFilter) else None
+        layers: list[Mapping[str, Any]] = [filter] if filter is not None and base is None else []
+        layers.append(options)
+        if compression is not None:
+            layers.append({"compression": compression})
+        args = split_export_arguments(format, layers, format_options=self.export_options(format))
+        compression = args.compression if args.compression_given else named_compression
+        flt = QueryFilter.build(base, **args.filter)
+        options = args.options
+        # An exporter checks its options before it writes: run it on no events first, so a bad option fails
+        # before a file, an upload or an HTTP response has begun.
+        for impl in self.host.impls("export"):
+            if impl(format=format, events=iter(()), output=io.BytesIO(), options=dict(options)) is not None:
+                break
+        events = self.iter_events(flt, page_size=5000)
+        if args.progress is not None:
+            events = _reporting(events, args.progress)
+        final = name.rstrip("/").rsplit("/", 1)[-1] if name is not None else ""
 
         def write(stream: BinaryIO) -> int:
-            with compressed_writer(stream, compression, level) as out:
+            if args.progress is not None:
+                args.progress(0)
+            with compressed_writer(stream, compression, args.level, name=final) as out:
                 return self._export_to(format, events, out, options)
 
         if output is None:
@@ -1238,9 +1472,23 @@ class TelemetryService:
                     os.unlink(partial)
         else:
             count = write(output)  # type: ignore[arg-type]
-        self.audit("export", "events", {"format": format, "compression": compression, "count": count,
-                                        "filter": repr(filter) if filter is not None else None, "output": name})
+        self.audit("export", "events", {"format": format, "compression": compression or options.get("compression"),
+                                        "count": count, "filter": repr(flt), "output": name})
         return buffer.getvalue() if output is None else count
+
+    def export_options(self, format: str) -> list[str] | None:
+        """The option names the exporter of ``format`` takes (its ``export_options`` hook), ``None`` if it does not say.
+
+        ``"compression"`` among them means the format compresses itself (Parquet's codec).  The format's
+        plugin is loaded if it is installed; a :class:`PluginError` names the choices when none is.
+        """
+        self._require_format("export_formats", format, "; install an exporter plugin such as vibekit-telemetry-json")
+        exporter = next((impl.plugin for impl in self.host.impls("export_formats")
+                         if format in (impl() or ())), None)
+        for impl in self.host.impls("export_options"):
+            if impl.plugin == exporter:
+                return impl(format=format)
+        return None
 
     def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int:
         for impl in self.host.impls("export"):
@@ -1330,15 +1578,30 @@ class TelemetryService:
     def get_metrics(self, time_range: Any = None) -> Any:
         """Live metrics of a window (default the last 24 hours): events, sessions, errors, latency, tokens, cost.
 
-        ``time_range`` is a span (``"1h"``), ``(start, end)`` or ``{"start", "end"}``.
-        Answered by the analytics plugin from rollups, so its cost does not grow with the data.
+        ``time_range`` is a span (``"1h"``), ``(start, end)`` or ``{"start", "end"}`` (also wrapped
+        as the seed's ``{"timeRange": {...}}``).  Answered by the analytics plugin from rollups, so
+        its cost does not grow with the data.
         """
-        start, end = _time_range(time_range)
+        if isinstance(time_range, Mapping) and not time_range.keys() <= {"start", "end"}:
+            time_range = _call_options(time_range, ("time_range",), "get_metrics").get("time_range")
+        start, end = _window(time_range)
         return self._analytics("get_metrics", start=start, end=end)
 
-    def get_insights(self, time_range: Any = None, categories: list[str] | None = None) -> Any:
-        """Findings about a window: busiest and slowest agents and models, error hot spots, changes."""
-        start, end = _time_range(time_range)
+    def get_insights(self, time_range: Any = None, categories: list[str] | str | None = None) -> Any:
+        """Findings about a window: busiest and slowest agents and models, error hot spots, changes.
+
+        Also takes the seed's options mapping: ``get_insights({"timeRange": {"start": ...},
+        "categories": ["claude", "gpt-4"]})``; with ``categories`` every finding and the summary
+        are about those categories only.
+        """
+        if isinstance(time_range, Mapping) and not time_range.keys() <= {"start", "end"}:
+            options = _call_options(time_range, ("time_range", "categories"), "get_insights")
+            if categories is not None and "categories" in options:
+                raise InvalidQueryError("categories", "given twice: in the options mapping and as an argument")
+            time_range, categories = options.get("time_range"), options.get("categories", categories)
+        if isinstance(categories, str):
+            categories = [categories]
+        start, end = _window(time_range)
         return self._analytics("get_insights", start=start, end=end, categories=list(categories) if categories else None)
 
     def get_alerts(self, limit: int = 50) -> dict[str, Any]:
@@ -1351,9 +1614,16 @@ class TelemetryService:
         _, status = self.host.first("get_alerts", limit=limit)
         return status if status is not None else {"enabled": False, "channels": [], "counts": {}, "recent": []}
 
-    def define_metric(self, name: str, type: str = "counter", unit: str | None = None,
+    def define_metric(self, name: str | Mapping[str, Any], type: str = "counter", unit: str | None = None,
                       description: str | None = None) -> Any:
-        """Declare a custom metric, fed by ``track(category="metrics", action=name, value=...)``."""
+        """Declare a custom metric, fed by ``track(category="metrics", action=name, value=...)``.
+
+        Also takes the seed's mapping: ``define_metric({"name": ..., "type": "counter", "unit": ..., "description": ...})``.
+        """
+        if isinstance(name, Mapping):
+            options = _call_options(name, ("name", "type", "unit", "description"), "define_metric")
+            return self.define_metric(options.pop("name", ""), **{"type": type, "unit": unit,
+                                                                  "description": description, **options})
         if type not in ("counter", "gauge", "histogram"):
             raise ValueError(f"type must be counter, gauge or histogram, got {type!r}")
         if not name or not isinstance(name, str):
@@ -1365,7 +1635,7 @@ class TelemetryService:
 
     def metric_series(self, metric: str, time_range: Any = None, step: Any = "1m") -> list[tuple[int, float]]:
         """``metric`` over a window as ``(bucket start, value)`` points every ``step`` (default one minute)."""
-        start, end = _time_range(time_range)
+        start, end = _window(time_range)
         step_ms = span_ms(step)
         if step_ms < 60_000 or step_ms % 60_000:
             raise ValueError(f"step must be a whole number of minutes, got {step!r}")
@@ -1460,9 +1730,23 @@ class TelemetryService:
         self.host.each("audit", self._plugin_failure, action=action, target=target, actor=who,
                        details=dict(details or {}))
 
-    def get_audit_logs(self, action: str | None = None, since: Any = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Audit entries, newest first (needs an audit plugin)."""
-        since_ms = None if since is None else _to_ms(since)
+    def get_audit_logs(self, action: str | Mapping[str, Any] | None = None, since: Any = None,
+                       limit: int = 1000) -> list[dict[str, Any]]:
+        """Audit entries, newest first (needs an audit plugin).
+
+        Also takes the seed's filter mapping: ``get_audit_logs({"action": "export", "since": ...})``.
+        """
+        if isinstance(action, Mapping):
+            options = _call_options(action, ("action", "since", "limit"), "get_audit_logs")
+            return self.get_audit_logs(options.get("action"), options.get("since", since),
+                                       options.get("limit", limit))
+        if action is not None and not isinstance(action, str):
+            raise InvalidQueryError("action", f"must be an action name such as 'export', got {type(action).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidQueryError("limit", f"must be a positive integer, got {limit!r}")
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        since_ms = None if since is None else query_time(since, "since")
         for impl in self.host.impls("get_audit_logs"):
             result = impl(action=action, since=since_ms, limit=limit)
             if result is not None:
@@ -1470,13 +1754,28 @@ class TelemetryService:
         raise PluginError("no installed plugin keeps an audit trail: enable security.audit "
                           "(pip install 'vibekit-telemetry[audit]')")
 
-    def create_batcher(self, batch_size: int = 100, flush_interval: int = 1000, max_retries: int = 3) -> Batcher:
-        """A :class:`Batcher` that hands events over in batches (``flush_interval`` in ms)."""
+    def create_batcher(self, batch_size: int | Mapping[str, Any] = 100, flush_interval: int = 1000,
+                       max_retries: int = 3) -> Batcher:
+        """A :class:`Batcher` that hands events over in batches (``flush_interval`` in ms).
+
+        Also takes the seed's options mapping: ``create_batcher({"batchSize": 100, "flushInterval": 1000,
+        "maxRetries": 3})``.
+        """
+        if isinstance(batch_size, Mapping):
+            options = _call_options(batch_size, ("batch_size", "flush_interval", "max_retries"), "create_batcher")
+            return self.create_batcher(**{"flush_interval": flush_interval, "max_retries": max_retries,
+                                          "batch_size": 100, **options})
         return Batcher(self, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries)
 
     def create_event_stream(self, filter: QueryFilter | Mapping[str, Any] | None = None, /, *,
                             max_pending: int = 10_000, **kwargs: Any) -> EventStream:
-        """A live stream of events stored from now on that match ``filter`` (iterate or async-iterate it)."""
+        """A live stream of events stored from now on that match ``filter`` (iterate or async-iterate it).
+
+        ``filter`` may be a mapping in the seed's form (camelCase keys); ``maxPending`` in it is ``max_pending``.
+        """
+        if isinstance(filter, Mapping) and ({"maxPending", "max_pending"} & filter.keys()):
+            filter = dict(filter)
+            max_pending = filter.pop("maxPending", filter.pop("max_pending", max_pending))
         stream = EventStream(QueryFilter.build(filter, **kwargs), max_pending=max_pending, on_close=self._drop_stream)
         with self._lock:
             self._streams.append(stream)
@@ -1494,17 +1793,25 @@ class TelemetryService:
                 self._pipeline.flush_interval = self._live_interval
                 self._live_interval = None
 
-    def start_api_server(self, **options: Any) -> Any:
+    def start_api_server(self, settings: Mapping[str, Any] | None = None, /, **options: Any) -> Any:
         """Serve this service over HTTP in the background (the ``api`` plugin) and return the server.
 
         ``options`` override the ``[api]`` section: ``host``, ``port`` (``0`` picks a free one),
-        ``auth``, ``cors``, ``rate_limit`` ...  The returned server has ``url`` and ``stop()``, and
-        stops with the service.
+        ``auth``, ``cors``, ``rate_limit`` ...; the seed's single mapping
+        (``start_api_server({"port": 3000, "metrics": {...}})``, camelCase keys too) means the same.
+        The returned server has ``url`` and ``stop()``, and stops with the service.
         """
+        if settings is not None:
+            if not isinstance(settings, Mapping):
+                raise TypeError(f"start_api_server() takes a mapping of options or keywords, got {settings!r}")
+            options = {**normalise_keys(dict(settings)), **options}
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         if not self.host.impls("start_api_server"):
-            self.require_plugin("api", start=False, where="start_api_server()")
+            # an [api] section that is not enabled still configures this server (auth, cors...): never drop it
+            section = {k: v for k, v in self.config.api.items() if k != "enabled"}
+            self.require_plugin("api", start=False, options=section,
+                                where=f"{' + '.join(self.loaded.sources) or 'defaults'} ([api] for start_api_server())")
         result = self.host.first("start_api_server", service=self, options=dict(options))[1]
         if result is None:
             raise PluginError("no installed plugin can start an API server; pip install 'vibekit-telemetry[api]'")
@@ -1624,7 +1931,6 @@ class TelemetryService:
             issues.append("service is shut down")
         if self._process is None:
             self._process = psutil.Process()
-            self._process.cpu_percent(interval=None)
         proc = self._process
         rss = proc.memory_info().rss
         total = psutil.virtual_memory().total
@@ -1647,10 +1953,50 @@ class TelemetryService:
             },
             counters=counters,
             memory={"used": round(rss / 2**20, 2), "total": round(total / 2**20, 2), "percent": round(100 * rss / total, 3)},
-            cpu={"usage": proc.cpu_percent(interval=None)},
-            storage={"used": used, "total": disk.total, "free": disk.free},
+            cpu={"usage": self._cpu_usage(), "cores": os.cpu_count() or 1},
+            # in the seed's unit, GB (2**30, as memory's MB are 2**20), and in bytes beside them
+            storage={"used": round(used / 2**30, 6), "total": round(disk.total / 2**30, 3),
+                     "free": round(disk.free / 2**30, 3), "used_bytes": used, "total_bytes": disk.total,
+                     "free_bytes": disk.free},
             uptime_s=round(time.monotonic() - self._started_at, 3),
+            connections=self._connections(components, proc),
         )
+
+    def _cpu_usage(self) -> float:
+        """This process's CPU use in percent of one core since the previous call (since start, the first time)."""
+        with self._lock:
+            wall_then, cpu_then = self._cpu_sample
+            wall, cpu = time.monotonic(), time.process_time()
+            if wall - wall_then >= 0.05 or not self._cpu_percent:
+                # a fork starts the child's CPU clock again: never a negative share
+                self._cpu_percent = round(max(0.0, cpu - cpu_then) * 100 / max(wall - wall_then, 1e-6), 1)
+                self._cpu_sample = (wall, cpu)
+            return self._cpu_percent
+
+    def _connections(self, components: Mapping[str, Mapping[str, Any]], proc: Any) -> dict[str, Any]:
+        """The seed's ``connections``: what plugins report (``{"active", "max"}``), summed.
+
+        A storage plugin that reports a file ``path`` but no connections is counted by the handles
+        this process holds open on that file (one per SQLite connection).
+        """
+        by_component: dict[str, dict[str, Any]] = {}
+        open_files: list[str] | None = None
+        for name, report in components.items():
+            reported = report.get("connections")
+            if isinstance(reported, Mapping):
+                by_component[name] = {"active": int(reported.get("active") or 0), "max": reported.get("max")}
+            elif name in self.storage_plugins and isinstance(report.get("path"), str):
+                if open_files is None:
+                    try:
+                        open_files = [f.path for f in proc.open_files()]
+                    except Exception:  # not allowed on this platform: nothing to count
+                        open_files = []
+                path = os.path.realpath(report["path"])
+                by_component[name] = {"active": sum(1 for f in open_files if f == path), "max": None}
+        maxima = [c["max"] for c in by_component.values()]
+        return {"active": sum(c["active"] for c in by_component.values()),
+                "max": sum(maxima) if maxima and all(isinstance(m, int) for m in maxima) else None,
+                "by_component": by_component}
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Write everything pending, stop plugins and streams.  Safe to call more than once."""
@@ -1660,6 +2006,7 @@ class TelemetryService:
             self._shutting_down = True
         # plugins that feed events from outside (the API server) stop first, while tracking still works
         self.host.each("before_shutdown", self._plugin_failure, service=self)
+        instrumentation.uninstrument(self)  # the SDKs stop recording into a service that is going away
         with self._lock:
             self._closed = True
         self._stop_opening.set()
@@ -1818,6 +2165,36 @@ class SessionScope:
         """End the session now (the block will not end it again)."""
         self._ended = True
         return self.service.track_end(self._require_id(), status, **kwargs)
+
+
+def _window(time_range: Any) -> tuple[int, int]:
+    """A ``time_range`` argument as ``(start, end)``; an error names ``time_range.start`` or ``time_range.end``."""
+    return _time_range(time_range, names=("time_range.start", "time_range.end"))
+
+
+def _check_bounds(flt: Any) -> None:
+    """A filter's ``since``/``until`` must be times events can have: one past 64 bits would overflow the store."""
+    for name in ("since", "until"):
+        value = getattr(flt, name, None)
+        if value is not None:
+            check_time_range(value, name)
+
+
+def _call_options(params: Mapping[str, Any], names: tuple[str, ...], call: str,
+                  error: type[InvalidEventError] | type[InvalidQueryError] = InvalidQueryError,
+                  aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The seed's one-mapping form of a call (camelCase or snake_case keys) as keyword arguments.
+
+    A key the call does not take is an error naming it and the keys it takes, never ignored.
+    """
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", str(key)).lower()
+        name = (aliases or {}).get(name, name)
+        if name not in names:
+            raise error(str(key), f"{call}() takes no {key!r}; it takes {', '.join(names)} (or their camelCase forms)")
+        out[name] = value
+    return out
 
 
 def _cap(value: str, max_bytes: int) -> str:

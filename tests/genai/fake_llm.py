@@ -12,6 +12,7 @@ What it answers is chosen by the request, never at random:
 * the model ``"fail-429"`` gets a 429 with ``retry-after: 1`` and
   ``"fail-500"`` a 500, in each API's error shape (give the SDK
   ``max_retries=0`` so the test sees the first answer);
+* the model ``"fail-midstream"``, streamed, breaks the connection off after two chunks;
 * a request that offers tools and whose last message is not a tool result gets
   a tool call (``get_weather`` with ``{"city": "Paris"}``), anything else the
   text :data:`REPLY`;
@@ -116,15 +117,20 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
-async def _paced(frames: list[list[bytes]]) -> AsyncIterator[bytes]:
-    """Send each group of frames at once: the first after the first-chunk delay, the next ones a chunk interval apart."""
+async def _paced(frames: list[list[bytes]], break_after: int | None = None) -> AsyncIterator[bytes]:
+    """Send each group of frames at once: the first after the first-chunk delay, the next ones a chunk interval apart.
+
+    With ``break_after``, the connection drops after that many groups (the client sees a truncated body).
+    """
     for index, group in enumerate(frames):
+        if break_after is not None and index == break_after:
+            raise ConnectionAbortedError("fake LLM: the stream breaks off here (model fail-midstream)")
         await asyncio.sleep(FIRST_CHUNK_DELAY_S if index == 0 else CHUNK_INTERVAL_S)
         yield b"".join(group)
 
 
-def _stream(frames: list[list[bytes]]) -> StreamingResponse:
-    return StreamingResponse(_paced(frames), media_type="text/event-stream",
+def _stream(frames: list[list[bytes]], break_after: int | None = None) -> StreamingResponse:
+    return StreamingResponse(_paced(frames, break_after), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-request-id": "req_fake_stream"})
 
 
@@ -295,7 +301,7 @@ class FakeLLM(BackgroundServer):
         if (body.get("stream_options") or {}).get("include_usage"):
             frames[-1].append(chunk({}, choices=False, chunk_usage=usage))
         frames[-1].append(_sse("[DONE]"))
-        return _stream(frames)
+        return _stream(frames, break_after=2 if model == "fail-midstream" else None)
 
     async def _responses(self, request: Request) -> Response:
         body = await self._body(request)

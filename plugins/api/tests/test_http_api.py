@@ -214,9 +214,12 @@ def test_analytics_endpoints_match_the_service(make_server):
     assert client.get("/api/metrics", params={"since": "yesterday-ish"}).status_code == 400
 
 
-def test_analytics_routes_are_absent_without_analytics(api):
+def test_analytics_routes_say_what_is_missing_without_analytics(api):
     _, _, client = api
-    assert client.get("/api/metrics").status_code == 404
+    for path in ("/api/metrics", "/api/insights", "/api/series", "/api/anomalies"):
+        answer = client.get(path)
+        assert answer.status_code == 501, path  # not a 404 that reads as a wrong URL
+        assert "vibekit-telemetry-analytics" in answer.json()["message"]
     assert "/api/metrics" not in client.get("/openapi.json").json()["paths"]
 
 

@@ -94,3 +94,17 @@ def test_compliance_cli(in_tmp):
     assert erased.returncode == 0 and "erased 3 events in 1 sessions" in erased.stdout
     with TelemetryService() as t:
         assert {e.metadata.get("user_id") for e in t.query(event_type="start")} == {"grace"}
+
+
+def test_seed_keywords_and_regulation_sections(in_tmp):
+    plugin = CompliancePlugin({"regulations": ["gdpr", "ccpa"], "retentionDays": 90,
+                               "gdpr": {"anonymizeAfter": 30, "deleteAfter": 60}})
+    assert (plugin.retention_days, plugin.anonymize_after) == (60, 30)  # the shortest period is the one that holds
+    with TelemetryService(plugins=[plugin]) as t:
+        gone, stripped = _session(t, "hal", age_days=70), _session(t, "ivy", age_days=45)
+        assert plugin.run_schedule() == {"deleted": 3, "anonymised": 2}
+        assert t.get_session(gone) is None and t.query(session_id=stripped, event_type="start")[0].prompt is None
+    with pytest.raises(ConfigError, match="retention_dayz: unknown key"):
+        CompliancePlugin(retentionDayz=90)
+    with pytest.raises(ConfigError, match="must be one of|expected one of"):
+        CompliancePlugin(regulations=["hipaa"])

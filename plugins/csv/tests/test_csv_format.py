@@ -53,7 +53,8 @@ def test_flattened_metadata_gets_a_column_per_key(service, tmp_path):
 
 
 @pytest.mark.parametrize(("options", "message"), [({"delimiter": "ab"}, "one character"),
-                                                   ({"metadata": "xml"}, "metadata"), ({"colour": 1}, "no options")])
+                                                   ({"metadata": "xml"}, "metadata"), ({"colour": 1}, "unknown export key"),
+                                                   ({"headers": "yes"}, "true or false")])
 def test_bad_options_are_refused(service, options, message):
     with pytest.raises(ValueError, match=message):
         service.export("csv", **options)

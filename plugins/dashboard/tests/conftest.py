@@ -87,3 +87,14 @@ def page(browser) -> Iterator[Any]:
     allowed = [p for p in problems if "401" not in p and "Unauthorized" not in p]
     assert not allowed, allowed
 
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """List the screenshots tests attached (their ``screenshot`` properties) at the end of the run."""
+    shots = [(report.nodeid, value) for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", ()) if name == "screenshot"]
+    if shots:
+        terminalreporter.section("dashboard screenshots")
+        for nodeid, path in shots:
+            terminalreporter.write_line(f"{path}  ({nodeid.rsplit('::', 1)[-1]})")

@@ -41,5 +41,6 @@ def test_invalid_events_are_counted_and_the_rest_imported(tmp_path):
 
 
 def test_options_it_does_not_have_are_refused(tmp_path):
-    with TelemetryService(data_dir=str(tmp_path)) as service, pytest.raises(ValueError, match="no options"):
+    with TelemetryService(data_dir=str(tmp_path)) as service, pytest.raises(ValueError, match="unknown export key") as err:
         service.export("jsonl", delimiter=";")
+    assert "options of jsonl: none" in str(err.value) and "session_id" in str(err.value)

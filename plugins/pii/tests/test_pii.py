@@ -142,3 +142,27 @@ def test_presidio_negative_cases_are_mostly_left_alone():
         negatives += 1
         flagged += any(name in types for _, _, name in scanner.find(case["text"]))
     assert negatives > 20 and flagged / negatives <= 0.15, (flagged, negatives)
+
+
+def test_custom_detectors_win_over_built_in_ones_and_keep_their_flags():
+    import re
+
+    scanner = Scanner(["EMAIL", "API_KEY"], [("staff", re.compile(r"[a-z]+@corp\.example", re.IGNORECASE), "[STAFF]"),
+                                             ("path", "/srv/data/", None)])
+    text = "mail Jane@CORP.example or bob@home.example, files in /srv/data/x"
+    assert [name for _, _, name in scanner.find(text)] == ["STAFF", "EMAIL", "PATH"]
+    redacted, counts = scanner.redact(text)
+    assert redacted == "mail [STAFF] or [REDACTED_EMAIL], files in [REDACTED_PATH]x"  # no flags: slashes are literal
+    assert counts == {"STAFF": 1, "EMAIL": 1, "PATH": 1}
+    with pytest.raises(ConfigError, match="must match text"):
+        Scanner([], [("b", re.compile(rb"x"), None)])
+
+
+def test_a_card_followed_by_more_digits_is_still_found():
+    # the greedy pattern takes "4111 1111 1111 1111 203" (19 digits, not Luhn-valid): the card is its prefix
+    scanner = Scanner()
+    text = "card 4111 1111 1111 1111 203 expires"
+    found = [(text[a:b], name) for a, b, name in scanner.find(text)]
+    assert ("4111 1111 1111 1111", "CREDIT_CARD") in found
+    # no prefix of a run that is no card becomes one
+    assert all(name != "CREDIT_CARD" for *_, name in scanner.find("ref 1234 5678 9012 3456 7"))

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from moto.server import ThreadedMotoServer
 
-from vibekit_telemetry import TelemetryService, now_ms
+from vibekit_telemetry import TelemetryService, hookimpl, now_ms
 from vibekit_telemetry_s3 import S3ExportPlugin
 
 
@@ -68,13 +68,37 @@ def test_large_exports_use_multipart_and_read_back(aws, tmp_path):
         assert target.import_events(io.BytesIO(data), "jsonl").imported == 3002
 
 
+class _FailingExporter:
+    """Writes every event, then fails: an export that breaks after parts were uploaded."""
+
+    name = "failing"
+
+    @hookimpl
+    def export_formats(self):
+        return ["failing"]
+
+    @hookimpl
+    def export(self, format, events, output, options):
+        if format != "failing":
+            return None
+        written = 0
+        for event in events:
+            output.write(orjson.dumps(event.to_dict()) + b"\n")
+            written += 1
+        if written:
+            raise OSError("the disk of the exporter's cache is full")
+        return written
+
+
 def test_a_failed_export_leaves_no_object(aws, tmp_path):
     client, bucket, endpoint = aws
     plugin = S3ExportPlugin(bucket=bucket, endpoint_url=endpoint, part_size=5 * 2**20)
-    with TelemetryService(data_dir=str(tmp_path), plugins=[plugin]) as service:
+    with TelemetryService(data_dir=str(tmp_path), plugins=[plugin, _FailingExporter()]) as service:
         _seed(service, n=2000, text="y" * 4000)
-        with pytest.raises(ValueError, match="no options"):
-            service.export("jsonl", output=f"s3://{bucket}/broken/events.jsonl", bogus=1)
+        with pytest.raises(OSError, match="disk"):  # after about 8 MB: a multipart upload was under way
+            service.export("failing", output=f"s3://{bucket}/broken/events.jsonl")
+        with pytest.raises(ValueError, match="unknown export key"):  # refused before any upload starts
+            service.export("jsonl", output=f"s3://{bucket}/broken/other.jsonl", bogus=1)
     assert client.list_objects_v2(Bucket=bucket, Prefix="broken/").get("KeyCount", 0) == 0
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
@@ -100,3 +124,32 @@ def test_a_bad_url_and_a_missing_bucket_are_clear(aws, tmp_path):
             service.export("jsonl", output="s3://only-bucket")
         with pytest.raises(Exception, match="NoSuchBucket|does not exist"):
             service.export("jsonl", output="s3://no-such-bucket-here/x.jsonl")
+
+
+def test_the_seed_constructor_keywords_work(aws, tmp_path):
+    client, bucket, endpoint = aws
+    plugin = S3ExportPlugin({"bucket": bucket, "region": "us-east-1", "endpointUrl": endpoint, "compression": "none"})
+    assert plugin.config.endpoint_url == endpoint and plugin.config.compression is None
+    with TelemetryService(data_dir=str(tmp_path), plugins=[plugin]) as service:
+        _seed(service, n=3)
+        url, count = plugin.export_now(since=now_ms() - 60_000)
+    assert count == 5 and url.endswith(".jsonl") and plugin.client.meta.region_name == "us-east-1"
+    body = client.get_object(Bucket=bucket, Key=url.split(f"s3://{bucket}/", 1)[1])["Body"].read()
+    assert len(body.splitlines()) == 5
+    from vibekit_telemetry import ConfigError
+
+    with pytest.raises(ConfigError, match="regoin: unknown key"):
+        S3ExportPlugin(bucket=bucket, regoin="us-east-1")
+
+
+def test_a_scheduled_parquet_export_is_compressed_by_its_codec_and_named_so(aws, tmp_path):
+    import pyarrow.parquet as pq
+
+    client, bucket, endpoint = aws
+    plugin = S3ExportPlugin(bucket=bucket, endpoint_url=endpoint, format="parquet", compression="zstd")
+    with TelemetryService(data_dir=str(tmp_path), plugins=[plugin]) as service:
+        _seed(service, n=3)
+        url, count = plugin.export_now(since=now_ms() - 60_000)
+    assert count == 5 and url.endswith(".parquet")
+    body = client.get_object(Bucket=bucket, Key=url.split(f"s3://{bucket}/", 1)[1])["Body"].read()
+    assert pq.ParquetFile(io.BytesIO(body)).metadata.row_group(0).column(0).compression == "ZSTD"

@@ -129,7 +129,14 @@ class AnalyticsPlugin:
             crashed = self.file.get_meta("closed_cleanly") != "1"
             # the rollups hold dollars: priced under another table (or by a version that kept none), they are wrong
             repriced = self.file.get_meta("prices") != self.prices.fingerprint
-            if not built or crashed or repriced:
+            # the rollups count one store: a service of the same project on another database file (a dev
+            # config beside the default one) must not read or add to the other's numbers
+            store = _store_identity(service)
+            moved = built and self.file.get_meta("store") not in (None, store)
+            if moved:
+                log.info("the rollups in %s counted another store: recounting them from this one", path)
+            self.file.set_meta("store", store)
+            if not built or crashed or repriced or moved:
                 # a new rollup file over a database that may already hold events, one a crash left behind
                 # storage, or one priced differently: count the stored events in again
                 if built and crashed:
@@ -410,9 +417,15 @@ class AnalyticsPlugin:
                     kind="unfinished_session", subject=sid, value=float(end - state.last_at),
                     message=f"session {sid} ({state.category}) has had no event for {(end - state.last_at) // 60000} min",
                     details={"agent": state.category, "started_at": state.started_at, "last_event_at": state.last_at}))
-        changes = {name: _change(_headline(previous, name), _headline(current, name)) for name in _HEADLINES}
-        summary = [f"{current.events.total} events, {current.sessions.started} sessions started, "
-                   f"error rate {current.errors.rate}%"]
+        changes = {name: _change(_headline(previous, name, wanted), _headline(current, name, wanted))
+                   for name in _HEADLINES}
+        if wanted is None:
+            summary = [f"{current.events.total} events, {current.sessions.started} sessions started, "
+                       f"error rate {current.errors.rate}%"]
+        else:  # the summary is about the categories asked for, as every finding above is
+            summary = [f"{int(_headline(current, 'events', wanted) or 0)} events in {', '.join(sorted(wanted))}, "
+                       f"{sum(b.sessions.started for b in cats.values())} sessions started, "
+                       f"error rate {_headline(current, 'error_rate', wanted)}%"]
         for name, change in changes.items():
             if change["change_pct"] is not None and abs(change["change_pct"]) >= 20:
                 summary.append(f"{name} {'up' if change['change_pct'] > 0 else 'down'} {abs(change['change_pct']):.0f}% "
@@ -565,7 +578,17 @@ def _capped(window: dict[Any, Agg], kind: str, limit: int, active: dict[tuple[st
     return named, folded
 
 
-def _headline(metrics: results.Metrics, name: str) -> float | None:
+def _headline(metrics: results.Metrics, name: str, categories: set[str] | None = None) -> float | None:
+    if categories is not None:
+        picked = [b for k, b in metrics.by_category.items() if k in categories]
+        events = sum(b.events for b in picked)
+        if name == "events":
+            return float(events)
+        if name == "error_rate":
+            return round(100 * sum(b.errors.total for b in picked) / events, 3) if events else 0.0
+        if len(picked) == 1 and name in ("p95_latency", "avg_ttft"):
+            return getattr(picked[0].performance, name)
+        return None  # percentiles of several categories do not combine, and cost is not kept per category
     return {
         "events": float(metrics.events.total), "error_rate": metrics.errors.rate,
         "p95_latency": metrics.performance.p95_latency, "avg_ttft": metrics.performance.avg_ttft,
@@ -635,3 +658,16 @@ def _anomaly(metric: str, ts: int, value: float, low: float, high: float, score:
                    description=f"{metric} = {value:.4g} is {direction} the expected range "
                                f"{low:.4g}..{high:.4g} (score {score:.4f}, threshold {threshold})")
 
+
+def _store_identity(service: TelemetryService) -> str:
+    """Which store the rollups count: the enabled storage entries, with their files resolved."""
+    import json
+    import os
+
+    entries = []
+    for entry in service.config.storage:
+        if not entry.enabled:
+            continue
+        path = entry.options.get("path")
+        entries.append([entry.type, os.path.abspath(path) if isinstance(path, str) and path != ":memory:" else path])
+    return json.dumps(entries)

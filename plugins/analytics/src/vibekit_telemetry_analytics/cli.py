@@ -26,7 +26,8 @@ def _service(ctx: click.Context) -> Any:
 
 def _window(since: str, until: str | None) -> tuple[int, int]:
     try:
-        return time_range((since, until))  # a span ("24h") counts back from now; no end means now
+        # a span ("24h") counts back from now; no end means now; both ends range-checked by the kernel
+        return time_range((since, until), names=("--since", "--until"))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

@@ -47,6 +47,7 @@ from vibekit_telemetry import (
     TelemetryService,
     time_range,
 )
+from vibekit_telemetry.transfer import is_filter_key
 
 from . import otlp
 from .config import APIConfig
@@ -168,7 +169,10 @@ def _params(request: Request, *, multi: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _window(since: int | str, until: int | str | None) -> tuple[int, int]:
     try:
-        return time_range((since, until))  # a span ("24h") counts back from now; no end means now
+        # a span ("24h") counts back from now; no end means now; both ends range-checked by the kernel
+        return time_range((since, until), names=("since", "until"))
+    except InvalidQueryError as exc:
+        raise from_telemetry_error(exc, "query parameters") from None
     except ValueError as exc:
         raise validation_error("Invalid query parameters", [{"field": "since", "message": str(exc)}]) from None
 
@@ -472,42 +476,103 @@ class _PipeWriter(io.RawIOBase):
                     raise OSError("the client stopped reading the export") from None
 
 
+def _export_arguments(request: Request) -> tuple[ExportQuery, dict[str, Any]]:
+    """The documented parameters, validated, and every parameter in ``export()``'s vocabulary.
+
+    Parameters ``ExportQuery`` does not list go to ``export()`` too (an exporter's own options), read as JSON
+    when they parse (``row_group_size=1000``, ``header=false``); filter keys stay text, but for ``limit`` and
+    ``offset``.  ``export()`` refuses a key that neither a filter nor the exporter takes.
+    """
+    params = _params(request)
+    known = attrs.fields_dict(ExportQuery)
+    query = structure({k: v for k, v in params.items() if k in known}, ExportQuery, what="query parameters")
+    arguments = query.arguments()
+    for key, text in params.items():
+        if key in known:
+            continue
+        if key == "progress":  # a callback of the Python API, not something a URL can carry
+            raise validation_error("Invalid query parameters", [{"field": key, "message": "unknown parameter"}])
+        if is_filter_key(key) and key not in ("limit", "offset"):
+            arguments[key] = text
+            continue
+        try:
+            arguments[key] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            arguments[key] = text
+    return query, arguments
+
+
+def _export_refused(exc: BaseException) -> APIError | None:
+    """An export error that is the request's fault, as a 400 (``None`` for the server's own failures)."""
+    if isinstance(exc, InvalidQueryError):
+        return from_telemetry_error(exc, "query parameters")
+    if isinstance(exc, ValueError):  # an exporter refusing an option value (a two-character delimiter ...)
+        return validation_error("Invalid query parameters", [{"field": "options", "message": str(exc)}])
+    return None
+
+
 async def get_export(request: Request) -> Response:
-    """Stream an export (never built in memory), or write it to a file inside the export directory."""
+    """Stream an export (never built in memory), or write it to a file inside the export directory.
+
+    Options are checked before the response starts: a bad one is a 400, not a cut-off 200.
+    """
     ctx = _ctx(request)
-    query = structure(_params(request), ExportQuery, what="query parameters")
+    query, arguments = _export_arguments(request)
     formats = ctx.service.export_formats()
     if query.format not in formats:
         raise validation_error("Invalid query parameters", [{
             "field": "format", "message": f"must be one of {', '.join(formats)}" if formats
             else "no export plugin is installed (pip install vibekit-telemetry-json)"}])
-    options = {"compression": query.compression} if query.compression else {}
-    filter = kernel_filter(QueryFilter, query.filter())
+    kernel_filter(QueryFilter, query.filter())  # a bad time or event type is a 400 naming it, before any work
     if query.path is not None:
         target = _export_target(ctx, query.path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            count = await run_in_threadpool(ctx.service.export, query.format, filter, output=target, **options)
+            count = await run_in_threadpool(ctx.service.export, query.format, arguments, output=target)
         except OSError as exc:
             if exc.errno not in _NAME_ERRORS:
                 raise  # the server's problem (permissions, a full disk): logged, 500
             blocked = " (a part of it is a file, not a directory)" if exc.errno in (errno.ENOTDIR, errno.EEXIST) else ""
             raise _path_error(f"cannot be written: {exc.strerror}{blocked}") from None
+        except ValueError as exc:
+            refused = _export_refused(exc)
+            if refused is None:
+                raise
+            raise refused from None
         return json_response({"path": str(target.relative_to(ctx.export_dir.resolve())), "count": count}, 201)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
     pipe = _PipeWriter(loop, queue)
+    # settled when the kernel has checked the options and begins writing (progress(0)), or with the error
+    started: asyncio.Future[None] = loop.create_future()
+    began = threading.Event()
+
+    def settle(error: BaseException | None) -> None:
+        if started.done():
+            return
+        if error is None:
+            started.set_result(None)
+        else:
+            started.set_exception(error)
+
+    def progress(count: int) -> None:
+        if not began.is_set():
+            began.set()
+            loop.call_soon_threadsafe(settle, None)
 
     def produce() -> None:
         try:
-            ctx.service.export(query.format, filter, output=pipe, **options)  # type: ignore[arg-type]
+            ctx.service.export(query.format, arguments, output=pipe, progress=progress)  # type: ignore[arg-type]
             if pipe.buffer:
                 pipe.push(bytes(pipe.buffer))
             pipe.push(None)
         except OSError:
             return
-        except BaseException as exc:  # the response is already under way: end it, and log why
-            log.error("export failed while streaming: %s", exc)
+        except BaseException as exc:
+            if not began.is_set():  # nothing sent yet: the handler answers with the error
+                loop.call_soon_threadsafe(settle, exc)
+                return
+            log.error("export failed while streaming: %s", exc)  # the response is under way: end it, and log why
             try:
                 pipe.push(exc)
             except OSError:
@@ -515,6 +580,13 @@ async def get_export(request: Request) -> Response:
 
     context = contextvars.copy_context()  # the audit trail names the API key as the actor
     threading.Thread(target=context.run, args=(produce,), name="vibekit-api-export", daemon=True).start()
+    try:
+        await started
+    except Exception as exc:
+        refused = _export_refused(exc)
+        if refused is None:
+            raise
+        raise refused from None
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -528,7 +600,9 @@ async def get_export(request: Request) -> Response:
         finally:
             pipe.cancelled.set()
 
-    suffix = {"gzip": ".gz", "zstd": ".zst"}.get(query.compression or "", "")
+    compression = arguments.get("compression", arguments.get("compress"))
+    native = "compression" in (ctx.service.export_options(query.format) or ())
+    suffix = "" if native else {"gzip": ".gz", "zstd": ".zst", True: ".gz"}.get(compression, "")
     media = "application/octet-stream"
     return StreamingResponse(body(), media_type=media,
                              headers={"content-disposition": f'attachment; filename="events.{query.format}{suffix}"'})
@@ -758,6 +832,15 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
             Route("/api/series", get_series, methods=["GET"]),
             Route("/api/anomalies", get_anomalies, methods=["GET"]),
         ]
+    else:
+        # the analytics endpoints exist without the plugin, to say what is missing (a 404 would read as a wrong URL)
+        async def analytics_missing(request: Request) -> Response:
+            raise APIError(501, "Not Implemented",
+                           f"{request.url.path} needs the analytics plugin: pip install vibekit-telemetry-analytics "
+                           "and set [analytics] enabled = true (telemetry api loads it when it is installed)")
+
+        routes += [Route(path, analytics_missing, methods=["GET"])
+                   for path in ("/api/metrics", "/api/insights", "/api/series", "/api/anomalies")]
     if service.host.impls("get_alerts"):
         routes.append(Route("/api/alerts", get_alerts, methods=["GET"]))
     if config.metrics.prometheus:

@@ -36,6 +36,7 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
     Pending events are written before the command exits.
     """
     from vibekit_telemetry import TelemetryService
+    from vibekit_telemetry.plugins import installed_plugins
 
     from . import APIConfig, merged_config
     from .server import APIServer
@@ -67,15 +68,25 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     ctx.call_on_close(service.shutdown)
+    # /api/metrics, insights and anomalies come from analytics: served whenever it is installed, unless the
+    # configuration turns it off
+    analytics = service.config.analytics or {}
+    if analytics.get("enabled") is not False and "analytics" not in service.host.order \
+            and "analytics" in {plugin.name for plugin in installed_plugins()}:
+        service.require_plugin("analytics", where="telemetry api",
+                               options={k: v for k, v in analytics.items() if k != "enabled"})
     section = {k: v for k, v in (service.config.api or {}).items() if k != "enabled"}
     try:
         sources = " + ".join(service.loaded.sources) or "configuration"
         config = merged_config(merged_config(APIConfig(), section, sources), overrides, "command line")
-        if auth_section.get("enabled") and not auth_section.get("api_keys") and not auth_section.get("bearer_tokens") \
+        # --auth, api.auth.enabled or TELEMETRY_AUTH_ENABLED=true with no key anywhere: never serve open
+        wants_auth = auth_section.get("enabled") or (config.auth.enabled and "enabled" not in auth_section)
+        if wants_auth and not auth_section.get("api_keys") and not auth_section.get("bearer_tokens") \
                 and not config.auth.credentials():
             generated = secrets.token_urlsafe(24)
             auth_section["api_keys"] = [generated]
-            click.echo(f"generated API key (shown once): {generated}", err=True)
+            why = "--auth" if auth_section.get("enabled") else "api.auth.enabled (or TELEMETRY_AUTH_ENABLED)"
+            click.echo(f"{why} is on and no key is configured; generated API key (shown once): {generated}", err=True)
         if auth_section:
             config = merged_config(config, {"auth": auth_section}, "command line")
         server = APIServer(service, config)
@@ -83,10 +94,16 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     keys = len(server.app.state.auth.credentials)
+    if keys:
+        auth_state = f"auth on, {keys} key(s)"
+    elif server.config.auth.enabled is False:
+        auth_state = "auth off: api.auth.enabled is false"
+    else:
+        auth_state = "auth off: no API key configured (--auth, api.auth or TELEMETRY_AUTH_ENABLED=true to require one)"
 
     def ready(url: str) -> None:
         click.echo(f"telemetry API for {service.service_name} listening on {url} "
-                   f"(auth {'on, ' + str(keys) + ' key(s)' if keys else 'off'}; Ctrl-C to stop)", err=True)
+                   f"({auth_state}; Ctrl-C to stop)", err=True)
         if server.dashboard_url:
             click.echo(f"dashboard: {server.dashboard_url}", err=True)
 
@@ -95,4 +112,6 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it has already handled by shutting down: that is a clean stop
     click.echo("stopped; writing pending events", err=True)

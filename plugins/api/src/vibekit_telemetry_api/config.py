@@ -3,7 +3,8 @@
 Everything is optional.  Secrets may come from the environment instead of the
 file: ``TELEMETRY_API_KEYS`` and ``TELEMETRY_BEARER_TOKENS`` (comma-separated,
 full access), ``TELEMETRY_API_READ_KEYS`` and ``TELEMETRY_API_INGEST_KEYS``
-(one scope each), and ``TELEMETRY_ALLOWED_ORIGINS`` for CORS.
+(one scope each), and ``TELEMETRY_ALLOWED_ORIGINS`` for CORS.  ``TELEMETRY_AUTH_ENABLED`` is
+``api.auth.enabled`` (the kernel's configuration reads it).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def _credential(entry: Any, kind: str, index: int) -> Credential:
 
 @attrs.frozen
 class AuthConfig:
-    """``api.auth``: off unless keys exist (then on); ``enabled = true`` with no key refuses to start."""
+    """``api.auth``: off unless keys exist (then on); ``enabled = true`` (the seed's ``TELEMETRY_AUTH_ENABLED=true``)
+    with no key refuses to start (``telemetry api`` generates one and prints it instead)."""
 
     enabled: bool | None = None
     api_keys: list[Any] = attrs.field(factory=list)

@@ -113,7 +113,7 @@ class _ServiceCollector:
         yield up
         yield GaugeMetricFamily("vibekit_healthy", "1 when the whole service is healthy", value=1.0 if health.healthy else 0.0)
         yield GaugeMetricFamily("vibekit_storage_used_bytes", "Bytes the storage plugins use",
-                                value=health.storage.get("used", 0))
+                                value=health.storage.get("used_bytes", 0))
         if self.alerts:
             counts = self.service.get_alerts(limit=1).get("counts") or {}
             alerts = CounterMetricFamily("vibekit_alerts", "Anomaly alerts by outcome (sent, failed, deduplicated, dropped)",

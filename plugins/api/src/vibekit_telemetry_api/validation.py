@@ -15,7 +15,7 @@ import attrs
 import cattrs
 from cattrs.v import format_exception
 
-from vibekit_telemetry import InvalidEventError, InvalidQueryError, to_ms
+from vibekit_telemetry import InvalidEventError, InvalidQueryError, query_time
 
 
 class APIError(Exception):
@@ -137,9 +137,9 @@ def kernel_filter(cls: type, data: Mapping[str, Any]) -> Any:
     for key in ("since", "until"):
         if data.get(key) is not None:
             try:
-                to_ms(data[key])
-            except ValueError as exc:
-                details.append({"field": key, "message": str(exc)})
+                query_time(data[key], key)  # the kernel's parser: the same forms, and times events can have
+            except InvalidQueryError as exc:
+                details.append({"field": key, "message": str(exc).split(": ", 2)[-1]})
     if details:
         raise validation_error("Invalid query parameters", details)
     try:
@@ -292,23 +292,48 @@ class StreamQuery:
 
 @attrs.frozen
 class ExportQuery:
-    """``GET /api/export``: the format, the filter, and optionally a file name inside the export directory."""
+    """``GET /api/export``: the format, the filter and options, and optionally a file name in the export directory.
+
+    The names are ``export()``'s and ``telemetry export``'s (``compress`` is ``compression``, ``headers`` is
+    ``header``, ``sessions`` is ``session_ids``); any other parameter is passed to ``export()`` as well, which
+    refuses one that no filter or exporter takes, naming the valid ones.
+    """
 
     format: str
     category: str | None = None
     event_type: Literal["start", "stream", "end", "error", "custom"] | None = None
+    session_id: str | None = None
     session_ids: str | None = None
+    sessions: str | None = None
     since: int | str | None = None
     until: int | str | None = None
     path: str | None = None
-    compression: Literal["gzip", "zstd"] | None = None
+    #: gzip, zstd or none for any format (true: gzip); a Parquet codec for Parquet (snappy, zstd, gzip, lz4, none)
+    compression: str | None = None
+    compress: str | None = None
+    compression_level: int | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+    headers: bool | None = None
+    metadata: Literal["json", "flatten", "struct"] | None = None
+    schema: str | None = None
+    row_group_size: int | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The filter keys and options for ``export()``, in its vocabulary (the file name aside)."""
+        out = {k: v for k, v in attrs.asdict(self).items() if v is not None and k not in ("format", "path")}
+        for key in ("compression", "compress"):
+            if isinstance(out.get(key), str) and out[key].lower() in ("true", "false"):
+                out[key] = out[key].lower() == "true"
+        return out
 
     def filter(self) -> dict[str, Any]:
         """The kernel query filter of the export (oldest first)."""
         out = {k: v for k, v in attrs.asdict(self).items()
-               if v is not None and k in ("category", "event_type", "since", "until")}
-        if self.session_ids:
-            out["session_ids"] = tuple(s for s in self.session_ids.split(",") if s)
+               if v is not None and k in ("category", "event_type", "session_id", "since", "until")}
+        ids = self.session_ids or self.sessions
+        if ids:
+            out["session_ids"] = tuple(s for s in ids.split(",") if s)
         out["order"] = "asc"
         return out
 

@@ -13,8 +13,15 @@ checks that the append-only triggers are still in place.
 What is recorded: retention cleaning (``clean``), exports (``export``), key
 rotation (``rotate``), custom metric definitions (``create``), and configuration
 changes (``config``: the redacted configuration is fingerprinted at each start
-and a change is recorded with the keys that changed).  The actor is the API
-key's name inside the API server, or else the operating-system user.
+and a change is recorded with the keys that changed), imports (``import``),
+dead-letter replays (``replay``), and the compliance plugin's anonymisation
+(``update``), erasure (``delete``) and access (``access``) requests.  The actor
+is the API key's name inside the API server, or else the operating-system user.
+
+``events = ["create", "update", "delete", "export"]`` (the seed's
+``security.audit.events``) records only those kinds: ``create`` is create,
+import and replay; ``update`` is update, rotate and config; ``delete`` is delete
+and clean; ``export`` is export and access.  Action names may be listed too.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from vibekit_telemetry import TelemetryError, current_actor, hookimpl, now_ms, redact_secrets
+from vibekit_telemetry import ConfigError, TelemetryError, current_actor, hookimpl, now_ms, redact_secrets
 
 if TYPE_CHECKING:
     import click
@@ -46,6 +53,15 @@ log = logging.getLogger("vibekit_telemetry.audit")
 MIGRATION_SET = "vibekit_telemetry_audit"
 migrations = Migrations(MIGRATION_SET)
 GENESIS = "0" * 64
+
+#: The seed's event kinds (``security.audit.events``) and the actions each stands for; ``events`` may also
+#: name actions one by one.  A name that is neither is refused, so a typo cannot silently record nothing.
+KINDS: dict[str, tuple[str, ...]] = {
+    "create": ("create", "import", "replay"),
+    "update": ("update", "rotate", "config"),
+    "delete": ("delete", "clean"),
+    "export": ("export", "access"),
+}
 
 
 #: the triggers that make the trail append-only, as SQLite keeps their text (verify compares it)
@@ -219,9 +235,24 @@ class AuditTrail:
 
         path: str | None = None
         retention_days: int | None = None
+        #: what to record: action names (``export``, ``clean`` ...) or the seed's kinds (``create``, ``update``,
+        #: ``delete``, ``export``: see :data:`KINDS`); unset records everything
+        events: tuple[str, ...] | None = None
+
+        def __attrs_post_init__(self) -> None:
+            known = set(KINDS) | {action for actions in KINDS.values() for action in actions}
+            unknown = [name for name in self.events or () if name not in known]
+            if unknown:
+                raise ConfigError(f"events: unknown {', '.join(map(repr, unknown))}; expected the seed's kinds "
+                                  f"({', '.join(KINDS)}) or actions ({', '.join(sorted(known - set(KINDS)))})")
 
     def __init__(self, config: AuditTrail.Config | None = None) -> None:
         self.config = config or AuditTrail.Config()
+        #: the actions recorded, or ``None`` for all
+        self.recorded: frozenset[str] | None = None
+        if self.config.events is not None:
+            self.recorded = frozenset(action for name in self.config.events for action in KINDS.get(name, (name,)))
+        self.skipped = 0
         self.path: Path | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -262,9 +293,12 @@ class AuditTrail:
 
     @hookimpl
     def audit(self, action: str, target: str, actor: str, details: dict[str, Any]) -> None:
-        """Append one entry, chained to the one before."""
+        """Append one entry, chained to the one before (unless ``events`` leaves this action out)."""
         if self._conn is None:
             raise TelemetryError("the audit trail is not open")
+        if self.recorded is not None and action not in self.recorded:
+            self.skipped += 1
+            return
         text = orjson.dumps(details, default=str, option=orjson.OPT_SORT_KEYS).decode()
         with self._lock:
             conn = self._conn
@@ -309,7 +343,8 @@ class AuditTrail:
         if self.damaged:
             issues.append(self.damaged)
         return {"healthy": not issues, "issues": issues, "path": str(self.path) if self.path else None,
-                "written": self.written}
+                "written": self.written, "skipped": self.skipped,
+                "events": sorted(self.recorded) if self.recorded is not None else "all"}
 
     @hookimpl
     def shutdown(self, service: TelemetryService) -> None:

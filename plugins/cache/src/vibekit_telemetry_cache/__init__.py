@@ -1,7 +1,9 @@
 """The ``cache`` plugin: keep answers to repeated reads for a while, drop them the moment a write changes them.
 
-``plugins = ["cache"]`` (options ``ttl``, default ``"30s"``, and ``max_entries``,
-default 1000).  Reads flush pending events first and the kernel hands every
+``plugins = ["cache"]`` (options ``ttl``, default ``"30s"``: a span such as
+``"5m"`` or a number of milliseconds, and ``max_size``, default 1000 answers), or
+as the seed writes it, ``plugins=[CachePlugin(ttl=300000, maxSize=1000)]``
+(``max_entries`` is the older name of ``max_size``).  Reads flush pending events first and the kernel hands every
 stored batch to ``after_store`` before the read looks here, so an answer is
 dropped before it could be stale:
 
@@ -22,11 +24,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from vibekit_telemetry import QueryFilter, TelemetryEvent, hookimpl, span_ms
+from vibekit_telemetry import ConfigError, QueryFilter, TelemetryEvent, hookimpl, span_ms
+from vibekit_telemetry.config import plugin_options
 
 __all__ = ["CachePlugin"]
 
@@ -49,12 +53,41 @@ class CachePlugin:
 
     @attrs.frozen
     class Config:
-        """Options of the ``cache`` plugin."""
+        """Options of the ``cache`` plugin.
 
-        ttl: str = "30s"
-        max_entries: int = 1000
+        ``ttl`` is how long an answer is kept: ``"30s"``-style text or milliseconds (the seed's
+        ``ttl: 300000`` is five minutes).  ``max_size`` is how many answers are kept at most.
+        """
 
-    def __init__(self, config: CachePlugin.Config | None = None) -> None:
+        ttl: Any = "30s"
+        max_size: int | None = None
+        max_entries: int | None = None
+
+        def __attrs_post_init__(self) -> None:
+            try:
+                ttl = span_ms(self.ttl)
+            except ValueError as exc:
+                raise ConfigError(f"ttl: {exc}") from None
+            if ttl <= 0:
+                raise ConfigError(f"ttl: expected a positive duration, got {self.ttl!r}")
+            if self.max_size is not None and self.max_entries is not None and self.max_size != self.max_entries:
+                raise ConfigError("max_size and max_entries are one option (max_entries is its older name): give one")
+            if self.size < 1:
+                raise ConfigError(f"max_size: expected at least 1, got {self.size}")
+
+        @property
+        def size(self) -> int:
+            """How many answers are kept at most."""
+            return next((n for n in (self.max_size, self.max_entries) if n is not None), 1000)
+
+    def __init__(self, config: CachePlugin.Config | Mapping[str, Any] | None = None, /, **options: Any) -> None:
+        """``CachePlugin()``, ``CachePlugin(CachePlugin.Config(...))`` or ``CachePlugin(ttl=300000, maxSize=1000)``.
+
+        Options (keywords, or one dict as the seed passes them) are the ``Config`` fields in snake_case or
+        the seed's camelCase, checked like a configuration file (an unknown or mistyped one is a
+        :class:`ConfigError`).
+        """
+        config = plugin_options(CachePlugin.Config, config, options, where="CachePlugin(...)")
         self.config = config or CachePlugin.Config()
         self.ttl = span_ms(self.config.ttl) / 1000
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
@@ -93,7 +126,7 @@ class CachePlugin:
             self._entries[key] = _Entry(hook, arguments, list(value) if isinstance(value, list) else value,
                                         time.monotonic() + self.ttl)
             self._entries.move_to_end(key)
-            while len(self._entries) > self.config.max_entries:
+            while len(self._entries) > self.config.size:
                 self._entries.popitem(last=False)
                 self.evictions += 1
 
@@ -125,7 +158,8 @@ class CachePlugin:
         """Hits, misses, invalidations and size."""
         with self._lock:
             lookups = self.hits + self.misses
-            return {"healthy": True, "issues": [], "entries": len(self._entries), "hits": self.hits,
+            return {"healthy": True, "issues": [], "entries": len(self._entries), "max_size": self.config.size,
+                    "ttl_ms": int(self.ttl * 1000), "hits": self.hits,
                     "misses": self.misses, "hit_rate": round(self.hits / lookups, 4) if lookups else None,
                     "invalidations": self.invalidations, "evictions": self.evictions}
 

@@ -1,7 +1,12 @@
 """The ``compliance`` plugin: GDPR and CCPA duties over the stored telemetry.
 
 ``[compliance] enabled = true, regulations = ["gdpr", "ccpa"], retention_days = 90`` (or
-``CompliancePlugin(regulations=["gdpr", "ccpa"], retention_days=90)`` in ``plugins=[...]``):
+``CompliancePlugin(regulations=["gdpr", "ccpa"], retention_days=90)`` in ``plugins=[...]``, with the
+seed's ``retentionDays=90`` as well).  The seed's per-regulation form works too, in days as the seed
+says: ``[compliance.gdpr] enabled = true, anonymize_after = 30, delete_after = 90`` (``anonymizeAfter``,
+``deleteAfter``), and the same under ``ccpa``.  An enabled regulation joins ``regulations``; its
+``delete_after`` and ``anonymize_after`` are enforced like ``retention_days`` and ``anonymize_after``,
+the shortest of all given periods winning, since each regulation's limit must hold:
 
 * **Retention**: events older than ``retention_days`` are deleted on a schedule (checked every
   ``check_interval``), through ``telemetry.clean`` so analytics and the audit trail follow.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -32,6 +37,7 @@ import attrs
 import orjson
 
 from vibekit_telemetry import ConfigError, Session, TelemetryEvent, hookimpl, now_ms, span_ms
+from vibekit_telemetry.config import plugin_options
 
 if TYPE_CHECKING:
     import click
@@ -44,6 +50,29 @@ log = logging.getLogger("vibekit_telemetry.compliance")
 
 TEXT_FIELDS = ("prompt", "stream_data", "label", "error_message", "error_stack")
 _TOP_LEVEL = frozenset((*TEXT_FIELDS, "action", "agent", "mode", "parent_session_id"))
+
+
+def _days(name: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"{name}: expected a number of days (0 or more), got {value!r}")
+
+
+@attrs.frozen
+class RegulationPolicy:
+    """The seed's ``compliance.gdpr`` / ``compliance.ccpa``: periods in days."""
+
+    enabled: bool = True
+    anonymize_after: float | None = None
+    delete_after: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _days("anonymize_after", self.anonymize_after)
+        _days("delete_after", self.delete_after)
+
+
+def _shortest(*days: float | None) -> float | None:
+    given = [d for d in days if d is not None]
+    return min(given) if given else None
 
 
 class CompliancePlugin:
@@ -62,8 +91,12 @@ class CompliancePlugin:
         exclude_fields: tuple[str, ...] = ()
         include_only: tuple[str, ...] | None = None
         check_interval: str = "1h"
+        gdpr: RegulationPolicy | None = None
+        ccpa: RegulationPolicy | None = None
 
         def __attrs_post_init__(self) -> None:
+            _days("retention_days", self.retention_days)
+            _days("anonymize_after", self.anonymize_after)
             for name in self.exclude_fields:
                 if name not in _TOP_LEVEL and not name.startswith("metadata."):
                     raise ConfigError(f"exclude_fields: {name!r} is not a droppable field "
@@ -71,12 +104,42 @@ class CompliancePlugin:
             if self.anonymize_after is not None and self.retention_days is not None \
                     and self.anonymize_after >= self.retention_days:
                 raise ConfigError("anonymize_after must be shorter than retention_days")
+            delete, anonymize = self.delete_after_days, self.anonymize_after_days
+            if delete is not None and anonymize is not None and anonymize >= delete:
+                raise ConfigError(f"anonymize_after ({anonymize:g} days) must be shorter than the retention "
+                                  f"({delete:g} days, from retention_days or a regulation's delete_after)")
 
-    def __init__(self, config: CompliancePlugin.Config | None = None, **options: Any) -> None:
-        if options:
-            config = attrs.evolve(config or CompliancePlugin.Config(),
-                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        def _policies(self) -> list[RegulationPolicy]:
+            return [p for p in (self.gdpr, self.ccpa) if p is not None and p.enabled]
+
+        @property
+        def delete_after_days(self) -> float | None:
+            """The retention that is enforced: the shortest of ``retention_days`` and each regulation's."""
+            return _shortest(self.retention_days, *(p.delete_after for p in self._policies()))
+
+        @property
+        def anonymize_after_days(self) -> float | None:
+            """The anonymisation age that is enforced: the shortest of all given."""
+            return _shortest(self.anonymize_after, *(p.anonymize_after for p in self._policies()))
+
+        @property
+        def active_regulations(self) -> tuple[str, ...]:
+            """``regulations`` plus every regulation section that is enabled."""
+            named = [*self.regulations, *(n for n in ("gdpr", "ccpa") if (p := getattr(self, n)) and p.enabled)]
+            return tuple(dict.fromkeys(named))
+
+    def __init__(self, config: CompliancePlugin.Config | Mapping[str, Any] | None = None, /, **options: Any) -> None:
+        """``CompliancePlugin(config)`` or options: ``CompliancePlugin(regulations=["gdpr", "ccpa"], retentionDays=90)``.
+
+        Options (keywords, or one dict as the seed passes them) are the ``Config`` fields in snake_case or
+        the seed's camelCase, checked like a configuration file (an unknown or mistyped one is a
+        :class:`ConfigError`).
+        """
+        config = plugin_options(CompliancePlugin.Config, config, options, where="CompliancePlugin(...)")
         self.config = config or CompliancePlugin.Config()
+        self.retention_days = self.config.delete_after_days
+        self.anonymize_after = self.config.anonymize_after_days
+        self.regulations = self.config.active_regulations
         self.service: TelemetryService | None = None
         self._metadata_drop = {f.split(".", 1)[1] for f in self.config.exclude_fields if f.startswith("metadata.")}
         self._field_drop = {f: None for f in self.config.exclude_fields if not f.startswith("metadata.")}
@@ -133,11 +196,11 @@ class CompliancePlugin:
         if not self._busy.acquire(blocking=False):
             return done
         try:
-            if self.config.retention_days is not None:
-                done["deleted"] = self.service.clean(self.config.retention_days)
+            if self.retention_days is not None:
+                done["deleted"] = self.service.clean(self.retention_days)
                 self.stats["retention_runs"] += 1
-            if self.config.anonymize_after is not None:
-                done["anonymised"] = self.anonymise(now_ms() - int(self.config.anonymize_after * 86_400_000))
+            if self.anonymize_after is not None:
+                done["anonymised"] = self.anonymise(now_ms() - int(self.anonymize_after * 86_400_000))
         finally:
             self._busy.release()
         return done
@@ -159,7 +222,7 @@ class CompliancePlugin:
         if changed:
             self.stats["anonymised"] += changed
             self.service.audit("update", "events", {"request": "anonymisation", "before": before, "events": changed,
-                                                        "regulations": list(self.config.regulations)})
+                                                        "regulations": list(self.regulations)})
         return changed
 
     def _stripped(self, event: TelemetryEvent) -> TelemetryEvent | None:
@@ -198,7 +261,7 @@ class CompliancePlugin:
         deleted = self.service.delete([e.id for e in events]) if events else 0
         self.stats["erased"] += deleted
         self.service.audit("delete", f"user:{user_id}", {"request": "erasure", "events": deleted, "sessions": len(sessions),
-                                                         "regulations": list(self.config.regulations)})
+                                                         "regulations": list(self.regulations)})
         return {"events": deleted, "sessions": len(sessions)}
 
     def export_user(self, user_id: str, output: BinaryIO) -> dict[str, int]:
@@ -222,8 +285,8 @@ class CompliancePlugin:
     @hookimpl
     def health(self) -> dict[str, Any]:
         """What the plugin did, and its settings."""
-        return {"healthy": True, "issues": [], "regulations": list(self.config.regulations),
-                "retention_days": self.config.retention_days, "anonymize_after": self.config.anonymize_after,
+        return {"healthy": True, "issues": [], "regulations": list(self.regulations),
+                "retention_days": self.retention_days, "anonymize_after": self.anonymize_after,
                 **self.stats}
 
     @staticmethod

@@ -1,8 +1,8 @@
 """The ``csv`` plugin: export and import events as CSV.
 
 One row per event, one column per event field, in a fixed order (``COLUMNS``).
-Options: ``delimiter`` (default ``,``), ``header`` (default true) and
-``metadata``:
+Options: ``delimiter`` (default ``,``), ``header`` (default true; the seed's
+``headers`` is the same option) and ``metadata``:
 
 * ``"json"`` (default): metadata is one column holding a JSON object; the export
   reads back exactly (``telemetry import``);
@@ -72,6 +72,11 @@ class CSVFormat:
         return ["csv"]
 
     @hookimpl
+    def export_options(self, format: str) -> list[str] | None:
+        """``delimiter``, ``header`` and ``metadata``."""
+        return sorted(_OPTIONS) if format == "csv" else None
+
+    @hookimpl
     def export(self, format: str, events: Iterable[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int | None:
         """Write one row per event."""
         if format != "csv":
@@ -85,6 +90,9 @@ class CSVFormat:
         mode = options.get("metadata", "json")
         if mode not in ("json", "flatten"):
             raise ValueError(f"csv metadata must be 'json' or 'flatten', got {mode!r}")
+        header = options.get("header", True)
+        if not isinstance(header, bool):
+            raise ValueError(f"the csv header option is true or false, got {header!r}")
         text = io.TextIOWrapper(output, encoding="utf-8", newline="", write_through=False)
         try:
             writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
@@ -94,7 +102,7 @@ class CSVFormat:
                 sample = list(islice(iterator, _SAMPLE))
                 flat_keys = sorted({key for event in sample for key, _ in _flatten(event.metadata)})
                 iterator = chain(sample, iterator)
-            if options.get("header", True):
+            if header:
                 writer.writerow([*_TEXT, *(f"metadata.{k}" for k in flat_keys), "metadata"])
             count = 0
             if mode == "json":

@@ -187,6 +187,21 @@ def looks_encrypted(value: str) -> bool:
     return any(_KEY_ID.fullmatch(part) for part in parts[:-1])
 
 
+ALGORITHM = "aes-256-gcm"
+
+
+def _check_algorithm(_instance: Any, _attribute: Any, value: str) -> None:
+    """Only AES-256-GCM; the seed's ``aes-256-ctr`` is refused with the reason and what to write."""
+    if value == ALGORITHM:
+        return
+    if value in ("aes-256-ctr", "aes-ctr", "ctr", "aes-256-cbc", "aes-cbc", "cbc"):
+        raise ConfigError(
+            f"algorithm: {value!r} is not offered: it is unauthenticated (a changed or swapped byte decrypts to "
+            f"wrong text without any error, and a value can be moved between rows unnoticed). This plugin encrypts "
+            f"with AES-256-GCM, which detects both: write algorithm = {ALGORITHM!r}, or leave it out")
+    raise ConfigError(f"algorithm: expected {ALGORITHM!r} (AES-256-GCM, authenticated), got {value!r}")
+
+
 class EncryptionPlugin:
     """Encrypt sensitive fields on the way to storage, decrypt them on the way back."""
 
@@ -201,7 +216,7 @@ class EncryptionPlugin:
         key_derivation: Literal["scrypt", "pbkdf2"] = "scrypt"
         old_keys: tuple[str, ...] = ()
         salt_path: str | None = None
-        algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
+        algorithm: str = attrs.field(default="aes-256-gcm", converter=str.lower, validator=_check_algorithm)
         encrypt_metadata: bool = True
         #: Read values stored in clear (rows stored before encryption was turned on) instead of refusing them;
         #: ``telemetry keys rotate`` then encrypts them.  A clear value is not authenticated: turn this off again

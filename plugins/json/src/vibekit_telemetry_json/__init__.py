@@ -39,6 +39,11 @@ class JSONFormats:
         return list(_FORMATS)
 
     @hookimpl
+    def export_options(self, format: str) -> list[str] | None:
+        """None: compression (``compress``) and the filter are the kernel's."""
+        return [] if format in _FORMATS else None
+
+    @hookimpl
     def export(self, format: str, events: Iterable[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int | None:
         """Write events as JSON Lines, or as an array with one event per line."""
         if format not in _FORMATS:

@@ -125,6 +125,11 @@ class OTLPFormats:
         return list(_FORMATS)
 
     @hookimpl
+    def export_options(self, format: str) -> list[str] | None:
+        """``resource_attributes`` (merged into the service's resource)."""
+        return ["resource_attributes"] if format in _FORMATS else None
+
+    @hookimpl
     def export(self, format: str, events: Iterable[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int | None:
         """Write export requests of up to 512 spans or log records as the events are read."""
         if format not in _FORMATS:

@@ -4,7 +4,12 @@ The schema is fixed (``SCHEMA``), so files from different exports line up:
 one column per event field, ``timestamp`` as ``timestamp[ms, UTC]``,
 ``value`` as float64, ``truncated`` as a list of strings.  Options:
 
-* ``codec``: ``snappy`` (default), ``zstd``, ``gzip``, ``lz4`` or ``none``;
+* ``compression`` (or ``codec``, its older name): the Parquet codec, ``snappy``
+  (default), ``zstd``, ``gzip``, ``lz4`` or ``none`` (``true``/``false`` for the
+  default/none).  Parquet compresses itself, column by column, so this is what the
+  seed's ``{compression: 'snappy'}`` and ``--compress zstd`` choose; the file stays
+  a Parquet file any reader opens (a ``.parquet.gz`` name still gzips it whole);
+* ``schema``: ``events``, the only one (``SCHEMA``), as the seed names it;
 * ``metadata``: ``"json"`` (default) keeps metadata as a JSON string column and
   reads back exactly; ``"struct"`` writes a typed struct column (its type is
   inferred from the first row group) for query engines, and puts keys that do
@@ -53,7 +58,8 @@ def __getattr__(name: str) -> Any:
         return _schema()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 _CODECS = ("snappy", "zstd", "gzip", "lz4", "none")
-_OPTIONS = {"codec", "metadata", "row_group_size"}
+_OPTIONS = {"compression", "codec", "metadata", "row_group_size", "schema"}
+_SCHEMAS = ("events",)
 
 
 class ParquetFormat:
@@ -72,6 +78,11 @@ class ParquetFormat:
         return ["parquet"]
 
     @hookimpl
+    def export_options(self, format: str) -> list[str] | None:
+        """``compression`` (the codec: Parquet compresses itself), ``codec``, ``metadata``, ``row_group_size``, ``schema``."""
+        return sorted(_OPTIONS) if format == "parquet" else None
+
+    @hookimpl
     def export(self, format: str, events: Iterable[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int | None:
         """Write row groups of ``row_group_size`` events."""
         if format != "parquet":
@@ -79,9 +90,16 @@ class ParquetFormat:
         unknown = set(options) - _OPTIONS
         if unknown:
             raise ValueError(f"parquet export has no options {sorted(unknown)} (it has {', '.join(sorted(_OPTIONS))})")
-        codec = options.get("codec", "snappy")
-        if codec not in _CODECS:
-            raise ValueError(f"parquet codec must be one of {', '.join(_CODECS)}, got {codec!r}")
+        if "codec" in options and "compression" in options and options["codec"] != options["compression"]:
+            raise ValueError("parquet compression and codec are one option (codec is its older name): give one")
+        codec = options.get("compression", options.get("codec", "snappy"))
+        codec = "snappy" if codec is True else "none" if codec in (False, None) else codec
+        if not isinstance(codec, str) or codec.lower() not in _CODECS:
+            raise ValueError(f"parquet compression (its codec) must be one of {', '.join(_CODECS)}, got {codec!r}")
+        codec = codec.lower()
+        schema = options.get("schema", "events")
+        if schema not in _SCHEMAS:
+            raise ValueError(f"parquet schema must be 'events' (one row per event, SCHEMA), got {schema!r}")
         mode = options.get("metadata", "json")
         if mode not in ("json", "struct"):
             raise ValueError(f"parquet metadata must be 'json' or 'struct', got {mode!r}")

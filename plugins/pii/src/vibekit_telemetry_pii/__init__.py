@@ -4,7 +4,15 @@ Enable with ``[security.pii] enabled = true`` (or ``plugins = ["pii"]``).  Every
 string an event carries is scanned: prompt, streamed text, label, action,
 error message and stack, and metadata values at any depth (keys too are
 checked: a key named like a secret has its whole value replaced).  Findings
-become ``[REDACTED_<TYPE>]``; the original values are never stored or logged.
+become ``[REDACTED_<TYPE>]``, the labels of the TypeScript seed (a custom
+detector's ``replacement`` where it has one, in free text and in metadata
+alike); the original values are never stored or logged.
+
+``redact_fields`` names fields whose values are replaced whole by
+``[REDACTED_FIELD]``, whatever they hold: an event field (``"prompt"``), a
+metadata path (``"metadata.customer.note"``, or ``"customer.note"``: only metadata
+nests; through lists, every item), or a bare metadata key (``"customer_note"``, at
+any depth, any case).
 
 Streamed text is scanned across chunk boundaries: a chunk's trailing word (the
 run of characters after its last whitespace, up to ``carry_chars``) is held
@@ -25,11 +33,11 @@ from typing import Any
 
 import attrs
 
-from vibekit_telemetry import TelemetryEvent, hookimpl
+from vibekit_telemetry import ConfigError, TelemetryEvent, hookimpl
 
-from .detectors import BUILTIN, Scanner
+from .detectors import BUILTIN, Scanner, canonical_pattern
 
-__all__ = ["PIIRedactor", "Scanner"]
+__all__ = ["FIELD_LABEL", "CustomDetector", "PIIRedactor", "Scanner", "canonical_pattern"]
 
 DEFAULT_SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key",
                        "authorization", "auth", "credential", "private_key", "access_key", "session_key", "cookie")
@@ -39,13 +47,56 @@ COUNTS_KEY = "pii_redactions"  # the session's running totals (the session's met
 EVENT_COUNTS_KEY = "pii_redacted"  # this event's own counts (analytics sums these)
 
 
+FIELD_LABEL = "[REDACTED_FIELD]"
+#: event fields ``redact_fields`` may not name: without them an event cannot be stored, found or counted
+_UNREDACTABLE = frozenset({"id", "event_type", "category", "session_id", "parent_session_id", "timestamp", "value",
+                           "status", "error_type", "truncated", "agent", "mode"})
+_CAMEL_FIELDS = {"streamData": "stream_data", "errorMessage": "error_message", "errorStack": "error_stack"}
+
+
+def _pattern(value: Any) -> str | re.Pattern[str]:
+    if isinstance(value, (str, re.Pattern)):
+        return value
+    raise ConfigError(f"custom_detectors: pattern must be a regular expression (a string or re.compile(...)), "
+                      f"got {value!r}")
+
+
 @attrs.frozen
 class CustomDetector:
-    """``{name, pattern, replacement}`` from ``security.pii.custom_detectors``."""
+    """``{name, pattern, replacement}`` from ``security.pii.custom_detectors``.
+
+    ``pattern`` is a string or a compiled ``re.Pattern`` (its flags are kept).
+    """
 
     name: str
-    pattern: str
+    pattern: Any = attrs.field(converter=_pattern)
     replacement: str | None = None
+
+
+def _field_paths(fields: tuple[str, ...]) -> tuple[dict[str, None], list[list[str]], set[str]]:
+    """``redact_fields`` split into event fields, metadata paths and bare metadata keys (lower-cased)."""
+    top: dict[str, None] = {}
+    paths: list[list[str]] = []
+    keys: set[str] = set()
+    for raw in fields:
+        if not isinstance(raw, str) or not raw.strip(".").strip():
+            raise ConfigError(f"redact_fields: expected field names such as 'prompt' or 'metadata.note', got {raw!r}")
+        head, _, rest = raw.partition(".")
+        head = _CAMEL_FIELDS.get(head, head)
+        if head in _TEXT_FIELDS and not rest:
+            top[head] = None
+        elif head == "metadata" and rest:
+            paths.append(rest.split("."))
+        elif head == "metadata" or head in _TEXT_FIELDS or head in _UNREDACTABLE and not rest:
+            what = "name a key inside it: metadata.<key>" if head == "metadata" else \
+                f"{head} is text: name it alone" if head in _TEXT_FIELDS else \
+                f"{head} is needed to store and find the event; to redact a metadata key of that name write metadata.{head}"
+            raise ConfigError(f"redact_fields: {raw!r} cannot be redacted ({what})")
+        elif rest:  # only metadata nests, so "customer.note" can only mean metadata.customer.note
+            paths.append(raw.split("."))
+        else:
+            keys.add(raw.lower())
+    return top, paths, keys
 
 
 class PIIRedactor:
@@ -59,6 +110,8 @@ class PIIRedactor:
 
         patterns: tuple[str, ...] = BUILTIN
         custom_detectors: tuple[CustomDetector, ...] = ()
+        #: fields replaced whole by ``[REDACTED_FIELD]`` (the seed's ``security.redaction.fields``)
+        redact_fields: tuple[str, ...] = ()
         secret_keys: tuple[str, ...] = DEFAULT_SECRET_KEYS
         phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "AU", "BR", "IN", "IL", "CA", "NL", "ES", "IT", "ZA")
         stream_carry: bool = True
@@ -70,6 +123,7 @@ class PIIRedactor:
         self.scanner = Scanner(self.config.patterns,
                                [(d.name, d.pattern, d.replacement) for d in self.config.custom_detectors],
                                self.config.phone_regions)
+        self._redact_top, self._redact_paths, self._redact_keys = _field_paths(self.config.redact_fields)
         keys = "|".join(re.escape(k) for k in self.config.secret_keys)
         self._secret_key = re.compile(rf"(?:^|[_\-.])(?:{keys})(?:$|[_\-.])", re.IGNORECASE) if keys else None
         self._key_cache: dict[str, bool] = {}
@@ -90,7 +144,13 @@ class PIIRedactor:
         sid = fields["session_id"]
         kind = fields["event_type"]
         carrying = self.config.stream_carry and sid is not None
+        for name in self._redact_top:
+            if fields[name]:
+                changes[name] = FIELD_LABEL
+                _add(counts, {"FIELD": 1})
         for name in _TEXT_FIELDS:
+            if name in self._redact_top:
+                continue
             value = fields[name]
             if name == "stream_data" and carrying and (kind == "stream" or kind in ("end", "error")):
                 value = self._with_carry(sid, value, keep_tail=kind == "stream")
@@ -104,7 +164,10 @@ class PIIRedactor:
                 _add(counts, found)
         metadata = fields["metadata"]
         if metadata:
-            cleaned = self._scan_json(metadata, counts)
+            cleaned = metadata
+            for path in self._redact_paths:
+                cleaned = _redact_path(cleaned, path, counts)
+            cleaned = self._scan_json(cleaned, counts)
             if cleaned is not metadata:
                 changes["metadata"] = cleaned
         if counts:
@@ -151,10 +214,13 @@ class PIIRedactor:
         return known
 
     def _scan_json(self, value: Any, counts: dict[str, int], key: str | None = None) -> Any:
-        if key is not None and isinstance(key, str) and self._is_secret_key(key) and value not in (None, "", [], {}):
-            if not isinstance(value, (dict, list)):
-                _add(counts, {"SECRET": 1})
-                return "[REDACTED_SECRET]"
+        if key is not None and isinstance(key, str) and value not in (None, "", [], {}):
+            if self._redact_keys and key.lower() in self._redact_keys:
+                if value != FIELD_LABEL:
+                    _add(counts, {"FIELD": 1})
+                return FIELD_LABEL
+            if self._is_secret_key(key) and not isinstance(value, (dict, list)):
+                return self._secret_value(value, counts)
         if isinstance(value, str):
             redacted, found = self.scanner.redact(value)
             if found:
@@ -174,6 +240,23 @@ class PIIRedactor:
             return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
 
+    def _secret_value(self, value: Any, counts: dict[str, int]) -> str:
+        """A value under a secret-looking key: a detector's label if it is nothing but findings, else ``SECRET``.
+
+        So the seed's ``{"apiKey": "sk-..."}`` with its ``api_key`` detector reads ``[REDACTED_API_KEY]``, while a
+        password that no detector knows is still replaced whole.
+        """
+        if isinstance(value, str):
+            findings = self.scanner.find(value)
+            outside = "".join(value[b:e] for b, e in zip([0] + [f[1] for f in findings],
+                                                         [f[0] for f in findings] + [len(value)], strict=True))
+            if findings and not _LEFTOVER.sub("", outside):
+                redacted, found = self.scanner.redact(value)
+                _add(counts, found)
+                return redacted
+        _add(counts, {"SECRET": 1})
+        return "[REDACTED_SECRET]"
+
     @hookimpl
     def health(self) -> dict[str, Any]:
         """Counts of what was redacted, by type (never the values)."""
@@ -181,6 +264,26 @@ class PIIRedactor:
             return {"healthy": True, "issues": [], "redactions": dict(self.totals),
                     "held_back_chunks": len(self._carry), "held_back_lost": self.carry_dropped,
                     "detectors": self.scanner.names}
+
+
+_LEFTOVER = re.compile(r"[\s\"',;:]+")
+
+
+def _redact_path(value: Any, path: list[str], counts: dict[str, int]) -> Any:
+    """``value`` with whatever ``path`` reaches replaced by the field label (through lists, every item)."""
+    if isinstance(value, list):
+        items = [_redact_path(item, path, counts) for item in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    if not isinstance(value, Mapping) or path[0] not in value:
+        return value
+    inner = value[path[0]]
+    if len(path) == 1:
+        if inner in (None, "", [], {}) or inner == FIELD_LABEL:
+            return value
+        _add(counts, {"FIELD": 1})
+        return {**value, path[0]: FIELD_LABEL}
+    new = _redact_path(inner, path[1:], counts)
+    return value if new is inner else {**value, path[0]: new}
 
 
 def _add(into: dict[str, int], counts: Mapping[str, int]) -> None:

@@ -17,8 +17,14 @@ Every built-in detector has a name (the ``[REDACTED_<NAME>]`` label):
 ``PRIVATE_KEY``           PEM private key blocks
 ========================  ===========================================================
 
+Pattern names are case-insensitive, so the TypeScript seed's ``['email', 'phone',
+'ssn', 'credit_card']`` chooses the same detectors as ``["EMAIL", "PHONE", ...]``; the
+labels are the seed's too (``[REDACTED_EMAIL]``, ``[REDACTED_API_KEY]`` ...).
+
 Candidates that are obviously placeholders (``xxxx``, ``abc123``, a run of one
-character) are not secrets.  Overlapping findings keep the earliest, longest one.
+character) are not secrets.  Overlapping findings keep the earliest, longest one;
+a custom detector wins over a built-in one where both match, since its
+replacement is what the user asked for.
 """
 
 from __future__ import annotations
@@ -35,6 +41,53 @@ from vibekit_telemetry import ConfigError
 
 #: names of the built-in detectors, in priority order when two findings overlap
 BUILTIN = ("PRIVATE_KEY", "JWT", "API_KEY", "EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE")
+#: other spellings of built-in names (Presidio's entity names among them), compared after upper-casing
+ALIASES = {"IP": "IP_ADDRESS", "CREDITCARD": "CREDIT_CARD", "APIKEY": "API_KEY", "EMAIL_ADDRESS": "EMAIL",
+           "PHONE_NUMBER": "PHONE", "US_SSN": "SSN", "IBAN_CODE": "IBAN"}
+_JS_LITERAL = re.compile(r"/(?P<body>.+)/(?P<flags>[dgimsuy]+)", re.S)
+_JS_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+
+
+def canonical_pattern(name: str) -> str:
+    """The built-in detector a pattern name means: ``"credit_card"``, ``"Credit-Card"`` are ``CREDIT_CARD``.
+
+    Raises :class:`ConfigError` listing the built-in names for a name that is none of them.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"patterns: expected pattern names, got {name!r}")
+    key = re.sub(r"[\s\-]+", "_", name.strip()).upper()
+    key = ALIASES.get(key, key)
+    if key not in BUILTIN:
+        raise ConfigError(f"patterns: unknown PII patterns [{name!r}]; built in (any case): "
+                          f"{', '.join(n.lower() for n in BUILTIN)}")
+    return key
+
+
+def compile_detector(name: str, pattern: str | re.Pattern[str]) -> re.Pattern[str]:
+    """A custom detector's pattern, compiled.
+
+    A compiled ``re.Pattern`` is used as it is (its flags kept).  A string written
+    like a JavaScript literal with flags, ``"/sk-[a-zA-Z0-9]{48}/g"`` as in the seed,
+    is read as one (``i``, ``m`` and ``s`` kept; ``g`` is what scanning does anyway),
+    so a ported pattern does not silently look for the slashes.
+    """
+    if isinstance(pattern, re.Pattern):
+        if not isinstance(pattern.pattern, str):
+            raise ConfigError(f"custom_detectors: {name!r}: the pattern must match text (str), not bytes")
+        return pattern
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"custom_detectors: {name!r}: pattern must be a regular expression (a string or "
+                          f"re.compile(...)), got {pattern!r}")
+    flags = 0
+    literal = _JS_LITERAL.fullmatch(pattern)
+    if literal:
+        pattern = literal.group("body")
+        for flag in literal.group("flags"):
+            flags |= _JS_FLAGS.get(flag, 0)
+    try:
+        return re.compile(pattern, flags)
+    except re.error as exc:
+        raise ConfigError(f"custom_detectors: {name!r}: invalid pattern: {exc}") from None
 
 _SECRET_PATTERNS = [
     r"sk-ant-(?:api|admin|sid)\d{2}-[A-Za-z0-9_\-]{93}AA(?![A-Za-z0-9_\-])",  # Anthropic
@@ -203,6 +256,18 @@ def _private_key_ok(text: str) -> bool:
     return len(body) >= 64 and not _PLACEHOLDER.search(body)
 
 
+def _card_prefix(value: str) -> int:
+    """The length of the longest card number (13 to 19 digits, Luhn) at the start of ``value`` that ends
+    where a group of digits ends; 0 when there is none."""
+    best = 0
+    for boundary in re.finditer(r"\d(?=[ \-]|$)", value):
+        end = boundary.end()
+        digits = re.sub(r"\D", "", value[:end])
+        if 13 <= len(digits) <= 19 and _luhn(digits) and len(set(digits)) > 1:
+            best = end
+    return best
+
+
 _VALIDATORS = {
     "PRIVATE_KEY": _private_key_ok,
     "IBAN": _iban_ok, "SSN": _ssn_ok, "IP_ADDRESS": _ip_ok, "JWT": _jwt_ok, "API_KEY": _secret_ok,
@@ -213,21 +278,17 @@ _VALIDATORS = {
 class Scanner:
     """Find PII in text with the chosen built-in detectors plus custom ``(name, pattern)`` ones."""
 
-    def __init__(self, enabled: Iterable[str] = BUILTIN, custom: Iterable[tuple[str, str, str | None]] = (),
+    def __init__(self, enabled: Iterable[str] = BUILTIN,
+                 custom: Iterable[tuple[str, str | re.Pattern[str], str | None]] = (),
                  phone_regions: Iterable[str] = ("US", "GB", "DE", "FR", "AU", "BR", "IN", "IL", "CA", "NL", "ES", "IT", "ZA")) -> None:
-        chosen = [name for name in BUILTIN if name in set(enabled)]
-        unknown = set(enabled) - set(BUILTIN)
-        if unknown:
-            raise ConfigError(f"patterns: unknown PII patterns {sorted(unknown)}; built in: {', '.join(BUILTIN)}")
-        self.names = [*chosen, *(name for name, _, _ in custom)]
-        self.replacements = {name: replacement for name, _, replacement in custom if replacement}
+        wanted = {canonical_pattern(name) for name in enabled}
+        chosen = [name for name in BUILTIN if name in wanted]
+        custom = list(custom)
+        # labels and counts are upper-case like the built-in ones: the seed's detector "api_key" is [REDACTED_API_KEY]
+        self._custom = [(name.upper(), compile_detector(name, pattern)) for name, pattern, _ in custom]
+        self.names = [*chosen, *(name for name, _ in self._custom)]
+        self.replacements = {name.upper(): replacement for name, _, replacement in custom if replacement}
         parts = [f"(?P<{name}>{_PARTS[name]})" for name in chosen]
-        for name, pattern, _ in custom:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ConfigError(f"custom_detectors: {name!r}: invalid pattern: {exc}") from None
-        self._custom = {f"custom{index}": name for index, (name, _, _) in enumerate(custom)}
         self._regex = re.compile("|".join(parts)) if parts else None
         self._validators = dict(_VALIDATORS)
         self._phone = PhoneFinder(phone_regions)
@@ -249,8 +310,6 @@ class Scanner:
         self._short_literals = [item for item in self._literals if item[0] == "@"]
         self._digits = any(name in chosen for name in ("IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"))
         self._ipv6 = "IP_ADDRESS" in chosen
-        self._custom_regex = (re.compile("|".join(f"(?P<custom{index}>{pattern})" for index, (_, pattern, _)
-                                                  in enumerate(custom))) if custom else None)
 
     def _regions(self, text: str) -> list[tuple[int, int]]:
         regions = []
@@ -291,13 +350,18 @@ class Scanner:
         if self._regex is not None and len(text) >= 6:  # nothing we look for is shorter than "a@b.co"
             for lo, hi in self._regions(text):
                 self._scan(text, lo, min(hi, len(text)), found)
-        if self._custom_regex is not None:
-            taken = [(a, b) for a, b, _ in found]
-            for match in self._custom_regex.finditer(text):
-                start, end = match.span()
-                if start < end and not any(a < end and start < b for a, b in taken):
-                    found.append((start, end, self._custom[match.lastgroup]))  # type: ignore[index]
-            found.sort()
+        if self._custom:
+            # each custom pattern runs on its own, so a compiled pattern keeps its flags; the first detector
+            # listed wins among custom ones, and custom findings replace the built-in ones they overlap
+            custom: list[tuple[int, int, str]] = []
+            for name, regex in self._custom:
+                for match in regex.finditer(text):
+                    start, end = match.span()
+                    if start < end and not any(a < end and start < b for a, b, _ in custom):
+                        custom.append((start, end, name))
+            if custom:
+                found = [f for f in found if not any(a < f[1] and f[0] < b for a, b, _ in custom)] + custom
+                found.sort()
         return found
 
     def _scan(self, text: str, lo: int, hi: int, found: list[tuple[int, int, str]]) -> None:
@@ -320,6 +384,13 @@ class Scanner:
             if check is not None and not check(value):
                 if name in ("PHONE", "IP_ADDRESS"):
                     continue
+                if name == "CREDIT_CARD":
+                    # more digits may follow a card ("4111 1111 1111 1111 203"): the card is the longest
+                    # prefix that ends at a group boundary and passes the check
+                    card = _card_prefix(value)
+                    if card:
+                        found.append((match.start(group), match.start(group) + card, name))
+                        continue
                 # a failed stronger pattern may hide a weaker one (a non-Luhn number that is a phone number)
                 inner = self._weaker(value, name)
                 if inner is not None:

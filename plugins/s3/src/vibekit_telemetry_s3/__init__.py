@@ -19,12 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import attrs
 
 from vibekit_telemetry import ConfigError, hookimpl, now_ms, span_ms
+from vibekit_telemetry.config import plugin_options
 
 if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
@@ -119,12 +121,17 @@ class S3ExportPlugin:
         schedule: str | None = None
         part_size: int = 8 * 2**20
 
-    def __init__(self, config: Config | None = None, /, **options: Any) -> None:
-        if config is None:
-            try:
-                config = self.Config(**options)
-            except TypeError as exc:
-                raise ConfigError(f"S3ExportPlugin: {exc}") from None
+    def __init__(self, config: Config | Mapping[str, Any] | None = None, /, **options: Any) -> None:
+        """``S3ExportPlugin(bucket="telemetry-exports", region="us-east-1")``, or a ``Config``.
+
+        Options (keywords, or one dict as the seed passes them) are the ``Config`` fields in snake_case or
+        camelCase (``endpointUrl``, ``partSize``), checked like a configuration file (an unknown or
+        mistyped one is a :class:`ConfigError`).
+        """
+        config = plugin_options(S3ExportPlugin.Config, config, options, where="S3ExportPlugin(...)")
+        config = config or self.Config()
+        if config.compression == "none":
+            config = attrs.evolve(config, compression=None)
         if config.compression not in _SUFFIX:
             raise ConfigError(f"compression must be gzip, zstd or none, got {config.compression!r}")
         if config.schedule is not None:
@@ -179,7 +186,10 @@ class S3ExportPlugin:
         stamp = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # noqa: E731
         prefix = self.config.prefix.strip("/")
         parts = [p for p in (prefix, f"year={day:%Y}", f"month={day:%m}", f"day={day:%d}") if p]
-        name = f"events-{stamp(start)}-{stamp(end)}.{self.config.format}{_SUFFIX[self.config.compression]}"
+        # a format that compresses itself (Parquet: compression is its codec) is not wrapped, so its name has no .gz
+        native = self.service is not None and "compression" in (self.service.export_options(self.config.format) or ())
+        suffix = "" if native else _SUFFIX[self.config.compression]
+        name = f"events-{stamp(start)}-{stamp(end)}.{self.config.format}{suffix}"
         return "/".join([*parts, name])
 
     def export_now(self, since: Any = None, until: Any = None, **filter: Any) -> tuple[str, int]:

@@ -24,6 +24,7 @@ import attrs
 import orjson
 
 from vibekit_telemetry import (
+    ConfigError,
     EventsRejectedError,
     QueryFilter,
     Session,
@@ -119,6 +120,13 @@ def _session_from_row(row: tuple[Any, ...]) -> Session:
     )
 
 
+def _backlog(conn: sqlite3.Connection) -> int:
+    """How many stored rows the full-text index has not covered yet, read on ``conn``."""
+    done, newest = conn.execute(
+        "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
+    return max(0, newest - done)
+
+
 def fts_query(text: str) -> str:
     """A user's search words as an FTS5 query: every word must appear; FTS syntax is only text.
 
@@ -164,6 +172,18 @@ class SQLiteStorage:
         ``path`` defaults to ``telemetry.db`` in the service's ``data_dir``.
         ``max_page_count`` caps the file's size in pages (SQLite's pragma): a quota
         past which writes fail as "disk full" and nothing stored is harmed.
+
+        One file has one writer connection (SQLite lets one transaction write at a
+        time); reads go through a pool of read-only connections, which in WAL mode
+        read side by side and never wait for the writer.  ``pool_size`` (the seed's
+        ``poolSize``) caps the read connections open at once: a read past it waits
+        for one to be free (up to ``busy_timeout_ms``, then the storage reports
+        itself unavailable).  ``idle_timeout`` (the seed's ``idleTimeout``, ms)
+        closes a read connection that nobody used for that long, releasing its
+        page cache (``cache_size_kb`` each).  By default at most 32 read
+        connections are open (one per thread reading at the same time) and they
+        stay open.  Health reports ``connections`` as the seed does: the writer
+        and the open readers, of at most ``1 + pool_size``.
         """
 
         path: str | None = None
@@ -175,16 +195,33 @@ class SQLiteStorage:
         #: ``quick``: ``PRAGMA quick_check`` when the file is opened, refusing a corrupt file before anything is
         #: written to it (about 1 s per GB, off the application's thread: see docs/reliability.md); ``off``: trust it
         integrity_check: Literal["quick", "off"] = "quick"
+        pool_size: int = 32
+        idle_timeout: int | None = None
+
+        def __attrs_post_init__(self) -> None:
+            for key in ("pool_size", "idle_timeout"):
+                value = getattr(self, key)
+                if value is not None and value < 1:
+                    raise ConfigError(f"{key}: expected a positive integer (or leave it out), got {value!r}")
 
     def __init__(self, config: SQLiteStorage.Config | None = None) -> None:
         self.config = config or SQLiteStorage.Config()
         self.path: Path | None = None
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
         self._closed = False
+        self._new_pool()
+
+    def _new_pool(self) -> None:
+        #: the connection a thread holds while it reads (nested reads on that thread reuse it)
+        self._local = threading.local()
+        #: every open read connection, in use or not (after a fork they must stay referenced: see _inherited)
+        self._readers: list[sqlite3.Connection] = []
+        #: read connections nobody holds, with when they were last given back, most recent last
+        self._idle: list[tuple[sqlite3.Connection, float]] = []
+        self._pool = threading.Condition(threading.Lock())
+        self.pool_waits = 0
+        self.idle_closed = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **options: Any) -> SQLiteStorage:
@@ -332,16 +369,70 @@ class SQLiteStorage:
             conn.execute("PRAGMA query_only=1")
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        if self._closed or self.path is None:
-            raise StorageError("the sqlite storage is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection from the pool for the duration of a ``with`` block."""
+        held = getattr(self._local, "conn", None)
+        if held is not None:  # a read inside a read on this thread (a query plans with a lookup first)
+            yield held
+            return
+        conn = self._checkout()
+        self._local.conn = conn
+        try:
+            yield conn
+        finally:
+            self._local.conn = None
+            self._checkin(conn)
+
+    def _checkout(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + self.config.busy_timeout_ms / 1000
+        with self._pool:
+            while True:
+                if self._closed or self.path is None:
+                    raise StorageError("the sqlite storage is closed")
+                self._close_idle(time.monotonic())
+                if self._idle:
+                    return self._idle.pop()[0]
+                if self.config.pool_size is None or len(self._readers) < self.config.pool_size:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageUnavailableError(
+                        f"all {self.config.pool_size} read connections (pool_size) of {self.path} were busy for "
+                        f"longer than busy_timeout_ms={self.config.busy_timeout_ms}")
+                self.pool_waits += 1
+                self._pool.wait(left)
             conn = self._connect(read_only=True)
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+            self._readers.append(conn)
+            return conn
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        with self._pool:
+            if self._closed:
+                self._drop_reader(conn)
+            else:
+                self._idle.append((conn, time.monotonic()))
+                self._close_idle(time.monotonic())
+            self._pool.notify()
+
+    def _close_idle(self, now: float) -> None:
+        """Close the read connections unused for ``idle_timeout`` ms (called with the pool's lock held)."""
+        if self.config.idle_timeout is None:
+            return
+        cutoff = now - self.config.idle_timeout / 1000
+        while self._idle and self._idle[0][1] <= cutoff:
+            self._drop_reader(self._idle.pop(0)[0])
+            self.idle_closed += 1
+
+    def _drop_reader(self, conn: sqlite3.Connection) -> None:
+        self._readers.remove(conn)
+        conn.close()
+
+    @property
+    def read_connections(self) -> tuple[int, int]:
+        """``(open, in use)`` read connections."""
+        with self._pool:
+            return len(self._readers), len(self._readers) - len(self._idle)
 
     @hookimpl
     def store(self, events: list[TelemetryEvent]) -> None:
@@ -397,9 +488,8 @@ class SQLiteStorage:
 
     def text_index_backlog(self) -> int:
         """How many stored rows the full-text index has not covered yet."""
-        done, newest = self._reader().execute(
-            "SELECT indexed_seq, (SELECT coalesce(max(seq), 0) FROM events) FROM fts_state WHERE id = 1").fetchone()
-        return max(0, newest - done)
+        with self._reader() as conn:
+            return _backlog(conn)
 
     def catch_up_text_index(self) -> int:
         """Index every stored row now (text queries call this, so they always see every stored event)."""
@@ -407,8 +497,15 @@ class SQLiteStorage:
 
     @hookimpl
     def idle(self) -> None:
-        """Extend the full-text index by one chunk while nothing waits to be written."""
-        if self._writer is not None and self.text_index_backlog():
+        """Extend the full-text index by one chunk while nothing waits to be written; close idle readers."""
+        if self.config.idle_timeout is not None:
+            with self._pool:
+                self._close_idle(time.monotonic())
+        with self._write_lock:
+            # asked on the writer: a read connection here would keep one reader alive past idle_timeout forever
+            conn = self._writer
+            behind = conn is not None and bool(_backlog(conn))
+        if behind:
             self._index_text(FTS_CHUNK)
 
     def _unseen(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
@@ -513,8 +610,9 @@ class SQLiteStorage:
         try:
             if filter.text:
                 self.catch_up_text_index()
-            sql, params = self._event_sql(filter)
-            return [_event_from_row(row) for row in self._reader().execute(sql, params)]
+            with self._reader() as conn:
+                sql, params = self._event_sql(filter)
+                return [_event_from_row(row) for row in conn.execute(sql, params)]
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
@@ -554,15 +652,17 @@ class SQLiteStorage:
             # Few matches: look them up by rowid and sort them. Many: walk the events in time order and keep the
             # matching ones (the unary + stops SQLite from choosing the first plan), which stops at the limit
             # instead of sorting every match. SQLite cannot tell the two cases apart; the match count can.
-            many = self._reader().execute(
-                "SELECT count(*) > ? FROM (SELECT 1 FROM events_fts WHERE events_fts MATCH ? LIMIT ?)",
-                [_FEW_MATCHES, match, _FEW_MATCHES + 1]).fetchone()[0]
+            with self._reader() as conn:
+                many = conn.execute(
+                    "SELECT count(*) > ? FROM (SELECT 1 FROM events_fts WHERE events_fts MATCH ? LIMIT ?)",
+                    [_FEW_MATCHES, match, _FEW_MATCHES + 1]).fetchone()[0]
             where.append(f"{'+' if many else ''}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
             params.append(match)
         direction = "DESC" if f.order == "desc" else "ASC"
         if f.cursor:
             ts, event_id = decode_cursor(f.cursor)
-            row = self._reader().execute("SELECT seq FROM events WHERE id = ?", [event_id]).fetchone()
+            with self._reader() as conn:
+                row = conn.execute("SELECT seq FROM events WHERE id = ?", [event_id]).fetchone()
             op = "<" if f.order == "desc" else ">"
             if row is not None:
                 where.append(f"(timestamp {op} ? OR (timestamp = ? AND seq {op} ?))")
@@ -584,12 +684,14 @@ class SQLiteStorage:
         f = filter or QueryFilter()
         sql, params = self._event_sql(attrs.evolve(f, limit=None, offset=0))
         inner = sql.replace(_SELECT_EVENT, "SELECT 1 FROM events", 1)
-        return self._reader().execute(f"SELECT count(*) FROM ({inner})", params).fetchone()[0]
+        with self._reader() as conn:
+            return conn.execute(f"SELECT count(*) FROM ({inner})", params).fetchone()[0]
 
     @hookimpl
     def get_session(self, session_id: str) -> Session | None:
         """The session row with this id."""
-        row = self._reader().execute(f"{_SELECT_SESSION} WHERE id = ?", [session_id]).fetchone()
+        with self._reader() as conn:
+            row = conn.execute(f"{_SELECT_SESSION} WHERE id = ?", [session_id]).fetchone()
         return _session_from_row(row) if row else None
 
     @hookimpl
@@ -597,7 +699,8 @@ class SQLiteStorage:
         """Matching sessions in the filter's order."""
         sql, params = session_page_sql(filter)
         try:
-            return [_session_from_row(row) for row in self._reader().execute(sql, params)]
+            with self._reader() as conn:
+                return [_session_from_row(row) for row in conn.execute(sql, params)]
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
@@ -607,7 +710,8 @@ class SQLiteStorage:
         where, params = _session_where(filter)
         sql = "SELECT count(*) FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
         try:
-            return self._reader().execute(sql, params).fetchone()[0]
+            with self._reader() as conn:
+                return conn.execute(sql, params).fetchone()[0]
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
@@ -654,13 +758,18 @@ class SQLiteStorage:
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         report: dict[str, Any] = {"healthy": True, "issues": [], "path": str(self.path), "size_bytes": size}
         try:
-            reader = self._reader()
-            report["journal_mode"] = reader.execute("PRAGMA journal_mode").fetchone()[0]
-            report["migrations"] = migrations.applied(reader)
-            report["text_index_backlog"] = self.text_index_backlog()
+            with self._reader() as reader:
+                report["journal_mode"] = reader.execute("PRAGMA journal_mode").fetchone()[0]
+                report["migrations"] = migrations.applied(reader)
+                report["text_index_backlog"] = self.text_index_backlog()
         except sqlite3.Error as exc:
             report["healthy"] = False
             report["issues"] = [str(self._explain(exc))]
+        opened, busy = self.read_connections
+        report["read_connections"] = {"open": opened, "in_use": busy, "max": self.config.pool_size,
+                                      "waits": self.pool_waits, "closed_idle": self.idle_closed}
+        report["connections"] = {"active": opened + (1 if self._writer is not None else 0),
+                                 "max": 1 + self.config.pool_size}
         return report
 
     @hookimpl
@@ -675,25 +784,24 @@ class SQLiteStorage:
         _inherited.extend([self._writer, *self._readers])
         self._writer = None
         self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._readers = []
-        self._readers_lock = threading.Lock()
+        self._new_pool()  # the parent's pool lock may have been held by a thread the child does not have
         if self.path is not None and not self._closed:
             # The parent checked the file; a fork handler must not wait on another process's lock either.
             # StorageUnavailableError tells the kernel to reopen in the background.
             self._open(self.path, integrity=False, patience_ms=0)
 
     def close(self) -> None:
-        """Close the writer and all reader connections."""
+        """Close the writer and the idle read connections; those in use close when their read ends."""
         self._closed = True
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+        with self._pool:
+            for conn, _ in self._idle:
+                self._drop_reader(conn)
+            self._idle.clear()
+            self._pool.notify_all()
 
 
 #: ``SessionFilter.sort`` names as SQL over the sessions table (fixed strings, never user text).

@@ -682,8 +682,10 @@ function sessionPage(view, id) {
     const model = session.metadata?.model;
     timeline = h("tbody", {}, events.map(timelineRow));
     response = h("pre", { id: "response" }, streamed);
+    const inTree = Boolean(session.parent_id || session.children?.length);
     fill(root,
-      h("p", {}, h("a", { href: "#/sessions" }, "← Sessions")),
+      h("p", { class: "crumbs" }, h("a", { href: "#/sessions" }, "← Sessions"),
+        inTree ? traceLink(session.id, "Trace view: the whole tree as a waterfall →", { id: "trace-link" }) : null),
       h("section", { class: "panel" },
         h("h1", {}, `${session.agent || "session"}${session.mode ? ` · ${session.mode}` : ""} `, badge(session.status)),
         h("div", { class: "muted mono" }, session.id),
@@ -728,6 +730,416 @@ function sessionPage(view, id) {
 
 function fact(label, value) {
   return [h("div", {}, h("dt", {}, label), h("dd", {}, value))];
+}
+
+// -- a trace: a session and its descendants as a waterfall on one time axis, and the selected span's conversation
+
+const FAILED_STATUSES = new Set(["failed", "error", "timeout"]);
+// custom events of the GenAI mapping that carry a call's messages and tool calls (OTLP logs, a second span of a call)
+const GENAI_DETAILS = new Set(["gen_ai.client.inference.operation.details", "otel.duplicate_span"]);
+const MAX_TREE_DEPTH = 32;
+const ROLE_LABELS = { system: "System", user: "User", assistant: "Assistant", tool: "Tool result",
+  tool_call: "Tool call", error: "Error", input: "Input", output: "Output" };
+
+function traceLink(id, text, props) {
+  return h("a", { href: `#/trace/${encodeURIComponent(id)}`, ...props }, text);
+}
+
+// a word of data as a class name (kind-llm): never more than letters, digits, dashes
+function cssWord(text) {
+  return String(text).toLowerCase().replace(/[^a-z0-9_-]+/g, "-").slice(0, 40);
+}
+
+function kindBadge(kind) {
+  return kind ? h("span", { class: `badge kind kind-${cssWord(kind)}` }, kind) : null;
+}
+
+function spanName(x) {
+  const name = x.agent || "session";
+  return x.mode && x.mode !== x.kind ? `${name} · ${x.mode}` : name;
+}
+
+// the dollars of one call are often fractions of a cent
+function cost(value) {
+  if (value === null || value === undefined) return "–";
+  if (value > 0 && value < 0.01) return `$${num(value, 6)}`;
+  return dollars(value);
+}
+
+function isLlm(x) {
+  return x.kind === "llm" || (!x.kind && Boolean(x.model));
+}
+
+function spanEnd(x) {
+  return x.ended_at ?? x.last_event_at ?? x.started_at;
+}
+
+// the rows of the waterfall: depth first, each span's children in the order they started
+function flattenTree(node, depth = 0, out = []) {
+  out.push({ span: node, depth });
+  if (depth < MAX_TREE_DEPTH) {
+    const children = [...(node.children || [])].sort((a, b) => (a.started_at ?? 0) - (b.started_at ?? 0));
+    for (const child of children) flattenTree(child, depth + 1, out);
+  }
+  return out;
+}
+
+// what a message's content says, as text: strings as they are, parts joined, anything else as JSON
+function contentText(content) {
+  if (content === null || content === undefined) return "";
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) return content.map(contentText).filter((t) => t !== "").join("\n");
+  if (typeof content === "object") {
+    if (typeof content.text === "string") return content.text;
+    if (content.content !== undefined) return contentText(content.content);
+    return JSON.stringify(content, null, 2);
+  }
+  return String(content);
+}
+
+// tool calls as {id, name, arguments}, from our shape or OpenAI's ({function: {name, arguments}})
+function toolCallsOf(value) {
+  if (!Array.isArray(value)) return [];
+  return value.filter((c) => c && typeof c === "object").map((c) => ({
+    id: c.id ?? c.tool_call_id ?? null,
+    name: c.name ?? c.function?.name ?? "tool",
+    arguments: c.arguments ?? c.function?.arguments ?? c.input ?? null,
+  }));
+}
+
+function argumentsText(args) {
+  if (args === null || args === undefined || args === "") return "";
+  if (typeof args === "string") {
+    try {
+      return JSON.stringify(JSON.parse(args), null, 2);
+    } catch (err) {
+      return args;
+    }
+  }
+  return JSON.stringify(args, null, 2);
+}
+
+// A span's conversation from its events: the start event's system prompt and messages (and those the GenAI
+// mapping's custom events carry), the answer (the streamed chunks, else the end event's text), the tool calls
+// the answer asked for, and the errors.  Each item becomes a bubble.
+function conversationOf(session, events) {
+  const start = events.find((e) => e.event_type === "start");
+  const end = events.filter((e) => e.event_type === "end").pop();
+  const details = events.filter((e) => e.event_type === "custom" &&
+    (GENAI_DETAILS.has(e.action) || String(e.action || "").startsWith("gen_ai.")));
+  const sources = [[start?.metadata || {}, "start"], ...details.map((e) => [e.metadata || {}, e.action])];
+  const items = [];
+  const seen = new Set();
+  const toolNames = new Map();
+  let system = null;
+  const messages = [];
+  for (const [meta, source] of sources) {
+    if (system === null && meta.system_prompt !== undefined && meta.system_prompt !== null) {
+      system = { text: contentText(meta.system_prompt), source };
+    }
+    for (const m of Array.isArray(meta.messages) ? meta.messages : []) {
+      if (!m || typeof m !== "object") continue;
+      // the same message told twice (the span and a log record of one call) is shown once
+      const key = JSON.stringify([m.role, contentText(m.content), m.tool_call_id ?? null,
+        toolCallsOf(m.tool_calls).map((c) => [c.id, c.name])]);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      messages.push([m, source]);
+    }
+  }
+  if (system && system.text && !messages.some(([m]) => m.role === "system" && contentText(m.content) === system.text)) {
+    items.push({ role: "system", text: system.text, source: system.source });
+  }
+  const pending = [];  // calls not answered yet: a tool result without a call id answers the first of them
+  const callItems = (calls, source) => calls.map((c) => {
+    if (c.id) toolNames.set(c.id, c.name);
+    pending.push(c);
+    return { role: "tool_call", name: c.name, id: c.id, args: argumentsText(c.arguments), source };
+  });
+  for (const [m, source] of messages) {
+    const role = typeof m.role === "string" && m.role ? m.role : "user";
+    const text = contentText(m.content);
+    const calls = toolCallsOf(m.tool_calls);
+    if (role === "tool") {
+      const id = m.tool_call_id ?? null;
+      const answered = id ? pending.findIndex((c) => c.id === id) : (pending.length ? 0 : -1);
+      const call = answered >= 0 ? pending.splice(answered, 1)[0] : null;
+      items.push({ role, text, id, name: m.name || (id && toolNames.get(id)) || call?.name || null, source });
+      continue;
+    }
+    if (text || !calls.length) items.push({ role, text, source });
+    items.push(...callItems(calls, source));
+  }
+  const llm = isLlm(session);
+  if (!messages.length && session.prompt) items.push({ role: llm ? "user" : "input", text: session.prompt, source: "prompt" });
+  const streamed = events.filter((e) => e.event_type === "stream").map((e) => e.stream_data || "").join("");
+  const answer = streamed || end?.stream_data || details.map((e) => e.stream_data).find((t) => t) || "";
+  let calls = toolCallsOf(end?.metadata?.tool_calls);
+  let callSource = "end";
+  for (const e of details) {
+    if (calls.length) break;
+    calls = toolCallsOf(e.metadata?.tool_calls);
+    callSource = e.action;
+  }
+  if (answer) items.push({ role: llm ? "assistant" : "output", text: answer, source: streamed ? "stream" : "end" });
+  items.push(...callItems(calls, callSource));
+  for (const e of events.filter((x) => x.event_type === "error")) {
+    items.push({ role: "error", text: [e.error_type || "Error", e.error_message].filter(Boolean).join(": "), source: "error" });
+  }
+  return items;
+}
+
+function bubble(item) {
+  const label = ROLE_LABELS[item.role];
+  return h("div", { class: `bubble role-${label ? item.role : "other"}`, dataset: { role: item.role, source: item.source || "" } },
+    h("div", { class: "who" }, label || item.role,
+      item.name ? h("strong", { class: "tool-name" }, item.name) : null,
+      item.id ? h("span", { class: "muted mono" }, item.id) : null),
+    item.text || item.role !== "tool_call" ? h("div", { class: item.text ? "text" : "text muted" }, item.text || "(empty)") : null,
+    item.args ? h("pre", { class: "args" }, item.args) : null);
+}
+
+function tracePage(view, id, params) {
+  const root = h("div", {}, h("p", { class: "empty" }, "Loading the trace…"));
+  view.append(root);
+  const summary = h("section", { class: "panel", id: "trace-summary" });
+  const waterfall = h("ol", { class: "waterfall", id: "waterfall", "aria-label": "Spans on one time axis" });
+  const details = h("section", { class: "panel", id: "span-details" });
+  const conversation = h("div", { class: "conversation", id: "conversation" });
+  const events = new Map();  // span id -> its events, fetched when it is first selected
+  let tree = null;
+  let rows = [];
+  let spans = new Map();
+  let selected = null;
+  let wanted = params.get("span") || id;
+  let refreshing = null;
+  let asked = 0;
+
+  function renderSummary() {
+    const failed = rows.filter((r) => FAILED_STATUSES.has(r.span.status)).length;
+    const tokens = tree.tree_tokens || tree.tokens;
+    fill(summary,
+      h("h1", {}, `Trace · ${spanName(tree)} `, kindBadge(tree.kind), " ", badge(tree.status)),
+      h("div", { class: "muted mono" }, tree.id),
+      h("dl", { class: "facts" },
+        fact("Started", when(tree.started_at)), fact("Duration", ms(tree.duration_ms)),
+        fact("Spans", num(rows.length)),
+        fact("Failed spans", failed ? h("span", { class: "error" }, num(failed)) : "0"),
+        fact("Total tokens", h("span", { id: "trace-tokens", dataset: { value: tokens.total } },
+          `${num(tokens.total)} (${num(tokens.input)} in / ${num(tokens.output)} out)`)),
+        fact("Total cost", h("span", { id: "trace-cost", dataset: { value: tree.tree_cost_usd ?? "" } }, cost(tree.tree_cost_usd)))));
+  }
+
+  function renderWaterfall() {
+    const starts = rows.map((r) => r.span.started_at).filter((t) => t !== null && t !== undefined);
+    const t0 = Math.min(tree.started_at ?? Infinity, ...starts);
+    const t1 = Math.max(t0 + 1, ...rows.map((r) => spanEnd(r.span) ?? t0));
+    const total = t1 - t0;
+    const pctOf = (value) => `${((100 * value) / total).toFixed(3)}%`;
+    // round times on the axis (0, 1 s, 2 s, 3 s), about four of them, and a grid line at each
+    const step = Math.max(1, niceMax(total / 4));
+    const grid = `${((100 * step) / total).toFixed(3)}% 100%`;
+    const marks = [];
+    for (let t = 0; t <= total; t += step) marks.push(t);
+    const ticks = h("div", { class: "ticks" }, marks.map((t) => {
+      const text = t === 0 ? "0" : step >= 1000 ? `${num(t / 1000, step % 1000 ? 1 : 0)} s` : `${num(t)} ms`;
+      const tick = h("span", { class: t / total > 0.92 ? "tick end" : "tick" }, text);
+      tick.style.left = pctOf(t);
+      return tick;
+    }));
+    const axis = h("li", { class: "span-row axis-row", "aria-hidden": "true" },
+      h("span", { class: "muted" }, "Span"), ticks, h("span", { class: "span-nums muted" }, "duration · tokens · cost"));
+    const track = (bar) => {
+      const el = h("div", { class: "track" }, bar);
+      el.style.backgroundSize = grid;
+      return el;
+    };
+    fill(waterfall, axis, rows.map(({ span: x, depth }) => {
+      const start = x.started_at ?? t0;
+      const end = Math.max(start, spanEnd(x) ?? start);
+      const failed = FAILED_STATUSES.has(x.status);
+      const rolled = depth === 0 || (x.children || []).length > 0;  // a span with descendants: the tree's totals
+      const tokens = rolled && x.tree_tokens ? x.tree_tokens : x.tokens;
+      const dollarsShown = rolled && x.tree_cost_usd !== undefined ? x.tree_cost_usd : x.cost_usd;
+      const kind = x.kind ? cssWord(x.kind) : "none";
+      const bar = h("div", { class: `bar kind-${kind}${failed ? " failed" : ""}${x.ended_at == null ? " open" : ""}`,
+        title: `${spanName(x)}: ${ms(x.duration_ms ?? end - start)}${failed ? ` (${x.status}${x.last_error ? `: ${x.last_error}` : ""})` : ""}` });
+      bar.style.left = pctOf(start - t0);
+      bar.style.width = pctOf(end - start);
+      if (isLlm(x) && x.ttft_ms !== null && x.ttft_ms !== undefined && end > start) {
+        const mark = h("span", { class: "ttft", title: `time to first token ${ms(x.ttft_ms)}`, dataset: { ttft: x.ttft_ms } });
+        mark.style.left = `${Math.min(100, (100 * x.ttft_ms) / (end - start)).toFixed(3)}%`;
+        bar.append(mark);
+      }
+      const label = h("button", { type: "button", class: "span-label", "aria-label": `${spanName(x)}, ${x.kind || "span"}, ${x.status}` },
+        failed ? h("span", { class: "failed-mark", title: x.last_error || x.status }, "✕") : null,
+        h("span", { class: "name" }, spanName(x)), kindBadge(x.kind),
+        x.model ? h("span", { class: "model muted" }, x.model) : null);
+      label.style.setProperty("--depth", String(depth));
+      return h("li", {
+        class: `span-row${failed ? " failed" : ""}${x.id === selected ? " selected" : ""}`,
+        "aria-current": x.id === selected ? "true" : null,
+        dataset: { id: x.id, depth, kind: x.kind || "", model: x.model || "", status: x.status,
+          offset: start - t0, duration: end - start, tokens: tokens.total, cost: dollarsShown ?? "" },
+        onclick: () => select(x.id, true),
+      }, label, track(bar),
+      h("span", { class: "span-nums" },
+        h("span", { class: "duration" }, ms(x.duration_ms)),
+        h("span", { class: "tokens", title: `${num(tokens.input)} in, ${num(tokens.output)} out, ${num(tokens.cache_read)} cache read, ` +
+          `${num(tokens.reasoning)} reasoning${rolled ? " (this span and its descendants)" : ""}` },
+        `${rolled && (x.children || []).length ? "Σ " : ""}${num(tokens.total)} tok`),
+        h("span", { class: "cost" }, cost(dollarsShown))));
+    }));
+  }
+
+  function renderDetails(x) {
+    const t = x.tokens;
+    const rolled = (x.children || []).length > 0;
+    const t0 = tree.started_at ?? x.started_at;
+    conversation.dataset.ready = "false";
+    conversation.dataset.span = x.id;
+    fill(details,
+      h("h2", {}, `${spanName(x)} `, kindBadge(x.kind), " ", badge(x.status)),
+      h("div", { class: "muted mono" }, x.id, " · ", sessionLink(x.id, "session page →")),
+      h("dl", { class: "facts" },
+        fact("Kind", x.kind || "–"), fact("Model", x.model || "–"),
+        fact("Starts at", x.started_at ? relative(t0, x.started_at) : "–"), fact("Duration", ms(x.duration_ms)),
+        isLlm(x) ? fact("Time to first token", ms(x.ttft_ms)) : null,
+        fact("Tokens", `${num(t.input)} in / ${num(t.output)} out`),
+        t.cache_read || t.cache_creation ? fact("Cache", `${num(t.cache_read)} read / ${num(t.cache_creation)} written`) : null,
+        t.reasoning ? fact("Reasoning tokens", num(t.reasoning)) : null,
+        fact("Cost", cost(x.cost_usd)),
+        rolled && x.tree_tokens ? fact("With descendants", `${num(x.tree_tokens.total)} tokens, ${cost(x.tree_cost_usd)}`) : null,
+        x.parent_id ? fact("Parent", spans.has(x.parent_id)
+          ? h("a", { href: "#", onclick: (event) => { event.preventDefault(); select(x.parent_id, true); } }, spanName(spans.get(x.parent_id)))
+          : sessionLink(x.parent_id)) : null),
+      x.last_error ? h("p", { class: "error" }, x.last_error) : null,
+      h("h2", { class: "conversation-title" }, "Conversation"),
+      conversation);
+    loadConversation(x);
+  }
+
+  async function loadConversation(x) {
+    clear(conversation).append(h("p", { class: "empty" }, "Loading the messages…"));
+    const ask = ++asked;
+    let found = events.get(x.id);
+    try {
+      if (!found) {
+        found = (await api(`/api/sessions/${encodeURIComponent(x.id)}`, { with_events: "true" })).events || [];
+        events.set(x.id, found);
+      }
+    } catch (err) {
+      if (ask === asked) fill(conversation, h("p", { class: "error" }, `Could not load the messages: ${err.message}`));
+      conversation.dataset.ready = "true";
+      return;
+    }
+    if (ask !== asked) return;  // another span was selected meanwhile
+    const items = conversationOf(x, found);
+    fill(conversation, items.length ? items.map(bubble)
+      : h("p", { class: "empty" }, "No messages were recorded for this span (capture_content may be off)."));
+    conversation.dataset.ready = "true";
+  }
+
+  function select(spanId, remember) {
+    const x = spans.get(spanId) || tree;
+    selected = x.id;
+    for (const row of waterfall.querySelectorAll("li.span-row[data-id]")) {
+      const current = row.dataset.id === selected;
+      row.classList.toggle("selected", current);
+      if (current) row.setAttribute("aria-current", "true");
+      else row.removeAttribute("aria-current");
+    }
+    renderDetails(x);
+    // the selection is kept in the address (without a new history entry or a reload of the page)
+    if (remember) history.replaceState(null, "", `#/trace/${encodeURIComponent(tree.id)}?span=${encodeURIComponent(selected)}`);
+  }
+
+  async function loadTree(rootId) {
+    tree = await api(`/api/sessions/${encodeURIComponent(rootId)}`, { tree: "true" });
+    rows = flattenTree(tree);
+    spans = new Map(rows.map((r) => [r.span.id, r.span]));
+  }
+
+  async function load() {
+    try {
+      // the session asked for may be any span of the tree: climb to its root first
+      let top = await api(`/api/sessions/${encodeURIComponent(id)}`, { tree: "true" });
+      const climbed = new Set([top.id]);
+      while (top.parent_id && !climbed.has(top.parent_id) && climbed.size <= MAX_TREE_DEPTH) {
+        let parent;
+        try {
+          parent = await api(`/api/sessions/${encodeURIComponent(top.parent_id)}`);
+        } catch (err) {
+          if (err.status === 404) break;  // a parent never stored (a span whose parent was not exported): start here
+          throw err;
+        }
+        top = parent;
+        climbed.add(top.id);
+      }
+      if (top.id === id) {
+        tree = top;
+        rows = flattenTree(tree);
+        spans = new Map(rows.map((r) => [r.span.id, r.span]));
+      } else {
+        await loadTree(top.id);
+      }
+    } catch (err) {
+      fill(root, h("p", {}, h("a", { href: "#/sessions" }, "← Sessions")),
+        h("p", { class: "error" }, err.status === 404 ? `No session ${id}.` : err.message));
+      view.dataset.ready = "true";
+      return;
+    }
+    if (!spans.has(wanted)) wanted = tree.id;
+    selected = wanted;
+    renderSummary();
+    renderWaterfall();
+    fill(root,
+      h("p", { class: "crumbs" }, h("a", { href: "#/sessions" }, "← Sessions"), sessionLink(tree.id, "Root session")),
+      summary,
+      h("section", { class: "panel" }, h("h2", {}, "Waterfall"),
+        h("p", { class: "muted legend" }, "Each span on the trace's time axis, indented under the span it ran in; ",
+          h("span", { class: "ttft-key" }), " marks the first token of a model call, ",
+          h("span", { class: "failed-key" }), " a failed span. Click a span for its details and messages."),
+        h("div", { class: "scroll" }, waterfall)),
+      details);
+    select(selected, id !== tree.id || params.get("span") !== null);
+    view.dataset.ready = "true";
+  }
+
+  waterfall.addEventListener("keydown", (event) => {
+    if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
+    const from = event.target.closest("li[data-id]")?.dataset.id ?? selected;  // the focused span, else the selected one
+    const index = rows.findIndex((r) => r.span.id === from);
+    const next = rows[index + (event.key === "ArrowDown" ? 1 : -1)];
+    if (!next) return;
+    event.preventDefault();
+    select(next.span.id, true);
+    waterfall.querySelector(`li[data-id="${CSS.escape(next.span.id)}"] button`)?.focus();
+  });
+
+  // a span of this tree (or a new child of one) changed: read the tree again, shortly, keeping the selection
+  const stop = on("event", (e) => {
+    if (!tree) return;
+    const ours = spans.has(e.session_id) || (e.event_type === "start" && spans.has(e.parent_session_id));
+    if (!ours) return;
+    events.delete(e.session_id);
+    clearTimeout(refreshing);
+    refreshing = setTimeout(async () => {
+      try {
+        await loadTree(tree.id);
+      } catch (err) {
+        return;
+      }
+      renderSummary();
+      renderWaterfall();
+      select(spans.has(selected) ? selected : tree.id, false);
+    }, 600);
+  });
+  load();
+  return () => {
+    stop();
+    clearTimeout(refreshing);
+  };
 }
 
 // -- anomalies
@@ -864,6 +1276,9 @@ function route() {
   if (path.startsWith("/session/")) {
     page = "session";
     leave = sessionPage(view, decodeURIComponent(path.slice("/session/".length)));
+  } else if (path.startsWith("/trace/")) {
+    page = "trace";
+    leave = tracePage(view, decodeURIComponent(path.slice("/trace/".length)), params);
   } else if (path === "/sessions") {
     page = "sessions";
     leave = sessionsPage(view, params);
@@ -875,7 +1290,7 @@ function route() {
   }
   document.body.dataset.page = page;
   for (const link of document.querySelectorAll("nav a")) {
-    const current = link.dataset.nav === page || (page === "session" && link.dataset.nav === "sessions");
+    const current = link.dataset.nav === page || ((page === "session" || page === "trace") && link.dataset.nav === "sessions");
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
