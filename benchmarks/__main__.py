@@ -75,8 +75,11 @@ def machine() -> dict[str, Any]:
 
 
 def _service(path: Path, **overrides: Any) -> TelemetryService:
+    # a service over a big file waits for it to open (its integrity check takes about a second per GB) rather
+    # than starting degraded: the reads measured next need the store open, and opening is measured elsewhere
+    reliability = {"startup_timeout_ms": 300_000, **overrides.pop("reliability", {})}
     return TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}], data_dir=str(path.parent),
-                            **overrides)
+                            reliability=reliability, **overrides)
 
 
 def track_latency(n: int, workdir: Path, **overrides: Any) -> dict[str, float]:
@@ -347,7 +350,9 @@ def run(quick: bool) -> dict[str, Any]:
             plain.unlink()
             durable = workdir / f"durable-{run_index}.db"
             durable_rates.append(ingest_service(payload[:n_durable], durable, sizes["batch_size"],
-                                                reliability={"persist_buffer": True}))
+                                                # the journal holds the whole burst: its bound (buffer_size,
+                                                # 100,000 by default) is not what is measured here
+                                                reliability={"persist_buffer": True, "buffer_size": n_durable}))
             durable.unlink()
         figures["ingest_persist_buffer_events_per_s"] = stats(durable_rates)
         figures["persist_buffer_vs_default_ratio"] = stats([d / p for d, p in zip(durable_rates, plain_rates, strict=True)])
@@ -466,10 +471,10 @@ def instrument_figures(results: dict[str, Any], quick: bool) -> None:
     results["instrument"] = r
     figures = results["figures"]
     figures["instrument_call_us"] = single(r["overhead_per_call_us"])
-    figures["instrument_call_beyond_track_us"] = single(r["beyond_track_per_call_us"])
     figures["instrument_chunk_us"] = single(r["overhead_per_chunk_us"])
-    figures["instrument_chunk_beyond_track_us"] = single(r["beyond_track_per_chunk_us"])
-    if "otel_v2" in r:
+    figures["instrument_call_beyond_track_us"] = single(r["direct_call_beyond_track_us"])
+    figures["instrument_chunk_beyond_track_us"] = single(r["direct_chunk_beyond_track_us"])
+    if "otel_v2_overhead_per_call_us" in r:
         figures["instrument_otel_v2_call_us"] = single(r["otel_v2_overhead_per_call_us"])
         figures["instrument_otel_v2_chunk_us"] = single(r["otel_v2_overhead_per_chunk_us"])
 
@@ -538,12 +543,13 @@ GOALS = [
     ("  bridge / batch processor (p50)", "genai_bridge_vs_batch_ratio", "x", "", None),
     ("OTLP/HTTP ingest of GenAI spans (protobuf, 100 a request) into SQLite", "genai_otlp_ingest_spans_per_s",
      "spans/s", "", None),
-    ("telemetry.instrument(\"openai\"): added to a chat call", "instrument_call_us", "µs", "", None),
-    ("  of which beyond its two track() calls", "instrument_call_beyond_track_us", "µs", "under 20 µs",
-     lambda v: v < 20),
-    ("  added to each streamed chunk", "instrument_chunk_us", "µs", "", None),
-    ("  of which beyond its track() call", "instrument_chunk_beyond_track_us", "µs", "under 20 µs",
-     lambda v: v < 20),
+    ("telemetry.instrument(\"openai\"): added to a chat call (instrumented minus bare, in-process transport)",
+     "instrument_call_us", "µs", "", None),
+    ("  added to each streamed chunk (100-chunk streams)", "instrument_chunk_us", "µs", "", None),
+    ("  the wrapper's own work per call beyond its two track() calls (no SDK, best of 3)",
+     "instrument_call_beyond_track_us", "µs", "under 20 µs", lambda v: v < 20),
+    ("  the wrapper's own work per chunk beyond its track() call (no SDK, best of 3)",
+     "instrument_chunk_beyond_track_us", "µs", "under 20 µs", lambda v: v < 20),
     ("opentelemetry-instrumentation-openai-v2 (discarding exporter): added to a chat call",
      "instrument_otel_v2_call_us", "µs", "peer", None),
     ("  added to each streamed chunk", "instrument_otel_v2_chunk_us", "µs", "peer", None),

@@ -20,3 +20,11 @@ def test_tool_results_keep_their_text_and_the_call_they_answer():
     # a user's own words stay the user's
     assert normalise_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) == [
         {"role": "user", "content": "hi"}]
+
+
+def test_a_prompt_that_is_json_stays_the_prompt():
+    assert normalise_messages([{"role": "user", "content": '{"invoice": 42}'}]) == [
+        {"role": "user", "content": '{"invoice": 42}'}]
+    assert normalise_messages([{"role": "user", "content": "[1, 2, 3] sorted?"}])[0]["content"] == "[1, 2, 3] sorted?"
+    # JSON that is a part list is read as one
+    assert normalise_messages([{"role": "user", "content": '[{"type": "text", "text": "hi"}]'}])[0]["content"] == "hi"

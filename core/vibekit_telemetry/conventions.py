@@ -146,7 +146,17 @@ def _str(value: Any) -> str | None:
 
 
 def text_of(value: Any) -> str | None:
-    """Text out of a message value: a string, a part list (``parts``/``content``), or JSON of one."""
+    """Text out of a message value: a string, a part list (``parts``/``content``), or JSON of one.
+
+    A string that reads as JSON but holds no message parts (a user asking about ``{"a": 1}``) is the text.
+    """
+    found = _text_of(value)
+    if found is None and isinstance(value, str) and value:
+        return value
+    return found
+
+
+def _text_of(value: Any) -> str | None:
     value = _json(value)
     if value is None:
         return None

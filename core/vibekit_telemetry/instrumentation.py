@@ -37,9 +37,21 @@ INSTRUMENTOR_GROUP = "vibekit_telemetry.instrumentors"
 OBSERVE_KINDS = ("agent", "llm", "tool", "chain", "retrieval", "embedding", "workflow")
 #: how much of an argument list or a return value is kept as text
 MAX_CONTENT_CHARS = 16_000
+#: how many of a generator's items are kept for its answer (the rest pass through unrecorded)
+MAX_ITEMS_KEPT = 100
 
 _TOKEN_KEYS = {"input": "input_tokens", "output": "output_tokens", "cache_read": "cache_read_tokens",
                "cache_creation": "cache_creation_tokens", "reasoning": "reasoning_tokens"}
+
+
+def _clean(text: str) -> str:
+    """Text the gate accepts: cut to :data:`MAX_CONTENT_CHARS`, lone surrogates (an undecodable file name) replaced."""
+    text = text[:MAX_CONTENT_CHARS]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _text(value: Any) -> str | None:
@@ -47,13 +59,12 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
-        except (TypeError, orjson.JSONEncodeError):
-            text = repr(value)
-    return text[:MAX_CONTENT_CHARS]
+        return _clean(value)
+    try:
+        text = orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = repr(value)
+    return _clean(text)
 
 
 def _default(value: Any) -> Any:
@@ -75,7 +86,7 @@ def _arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[st
     if len(named) == 1:
         (value,) = named.values()
         if isinstance(value, str):
-            return value[:MAX_CONTENT_CHARS]
+            return _clean(value)
     return _text(named)
 
 
@@ -86,9 +97,13 @@ class Observer:
     function's qualified name, mode = ``kind``) whose prompt is the arguments and
     whose answer (the end event's text) is the return value; an exception fails the
     session and propagates unchanged.  A generator's session lasts until it is
-    exhausted or closed, its items being the answer.  Sessions made inside become
-    children.  As a context manager (``with telemetry.observe(kind="chain", name="plan"):``)
-    it is ``telemetry.session(name, kind, kind=kind)``.
+    exhausted or closed (``cancelled`` when closed early), its first
+    :data:`MAX_ITEMS_KEPT` items being the answer; it is the current session only
+    while the generator runs, never while its consumer does.  Sessions made inside
+    become children.  Recording never changes what the function does: an event the
+    gate refuses is logged and the function runs unrecorded.  As a context manager
+    (``with telemetry.observe(kind="chain", name="plan"):``) it is
+    ``telemetry.session(name, kind, kind=kind)``.
     """
 
     def __init__(self, service: TelemetryService, kind: str | None, name: str | None,
@@ -102,70 +117,149 @@ class Observer:
         self.metadata = dict(metadata or {})
         self._scope: Any = None
 
-    def _open(self, name: str, prompt: str | None) -> Any:
-        return self.service.session(name, self.kind, prompt if self.capture else None, kind=self.kind,
-                                    metadata=self.metadata)
+    def _session_name(self, fn: Callable[..., Any]) -> str:
+        name = self.name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "function"
+        return _clean(" ".join(str(name).split()))[:256]
+
+    def _start(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """The call's session, entered; ``None`` when it could not be recorded (the call still runs)."""
+        try:
+            prompt = _arguments(fn, args, kwargs) if self.capture else None
+            scope = self.service.session(name, self.kind, prompt, kind=self.kind, metadata=self.metadata)
+            scope.__enter__()
+            return scope
+        except Exception:
+            log.exception("observe(%s): the call could not be recorded", name)
+            return None
+
+    def _end(self, scope: Any, output: Any = None, *, status: str = "completed",
+             exc: BaseException | None = None) -> None:
+        if scope is None:
+            return
+        try:
+            if exc is None:
+                scope.end(status, stream_data=_text(output) if self.capture and output is not None else None)
+            # the scope stops being the current session (and, given an exception, records it and fails)
+            scope.__exit__(type(exc) if exc is not None else None, exc, exc.__traceback__ if exc is not None else None)
+        except Exception:
+            log.exception("observe(%s): the end of the call could not be recorded", scope.agent)
 
     @staticmethod
-    def _finish(scope: Any, output: Any, capture: bool) -> None:
-        text = _text(output) if capture else None
-        scope.end("completed", stream_data=text)
+    def _leave(scope: Any) -> None:
+        """Stop being the current session (a generator's session is current only while it runs)."""
+        if scope is not None and scope._token is not None:
+            try:
+                _current_session_var().reset(scope._token)
+            except ValueError:
+                pass
+            scope._token = None
+            if scope._labels_token is not None:
+                try:
+                    _current_labels_var().reset(scope._labels_token)
+                except ValueError:
+                    pass
+                scope._labels_token = None
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = self.name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "function")
-        capture = self.capture
+        name = self._session_name(fn)
+        observer = self
 
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._open(name, _arguments(fn, args, kwargs) if capture else None) as scope:
-                    items = []
-                    try:
-                        async for item in fn(*args, **kwargs):
+                scope = observer._start(name, fn, args, kwargs)
+                sid = scope.id if scope is not None else None
+                observer._leave(scope)
+                items: list[Any] = []
+                inner = fn(*args, **kwargs)
+                sent: Any = None
+                try:
+                    while True:
+                        token = _current_session_var().set(sid) if sid else None
+                        try:
+                            item = await inner.asend(sent)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            if token is not None:
+                                _current_session_var().reset(token)
+                        if len(items) < MAX_ITEMS_KEPT:
                             items.append(item)
-                            yield item
-                    except GeneratorExit:  # the consumer stopped early: not a failure
-                        scope.end("cancelled")
-                        raise
-                    self._finish(scope, items, capture)
+                        sent = yield item
+                except GeneratorExit:
+                    await inner.aclose()
+                    observer._end(scope, status="cancelled")
+                    raise
+                except BaseException as exc:
+                    observer._end(scope, exc=exc)
+                    raise
+                observer._end(scope, items)
             return agen_wrapper
 
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._open(name, _arguments(fn, args, kwargs) if capture else None) as scope:
-                    items = []
-                    try:
-                        for item in fn(*args, **kwargs):
+                scope = observer._start(name, fn, args, kwargs)
+                sid = scope.id if scope is not None else None
+                observer._leave(scope)
+                items: list[Any] = []
+                inner = fn(*args, **kwargs)
+                sent: Any = None
+                try:
+                    while True:
+                        token = _current_session_var().set(sid) if sid else None
+                        try:
+                            item = inner.send(sent)
+                        except StopIteration as stop:
+                            result = stop.value
+                            break
+                        finally:
+                            if token is not None:
+                                _current_session_var().reset(token)
+                        if len(items) < MAX_ITEMS_KEPT:
                             items.append(item)
-                            yield item
-                    except GeneratorExit:  # the consumer stopped early: not a failure
-                        scope.end("cancelled")
-                        raise
-                    self._finish(scope, items, capture)
+                        sent = yield item
+                except GeneratorExit:
+                    inner.close()
+                    observer._end(scope, status="cancelled")
+                    raise
+                except BaseException as exc:
+                    observer._end(scope, exc=exc)
+                    raise
+                observer._end(scope, items)
+                return result
             return gen_wrapper
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._open(name, _arguments(fn, args, kwargs) if capture else None) as scope:
+                scope = observer._start(name, fn, args, kwargs)
+                try:
                     result = await fn(*args, **kwargs)
-                    self._finish(scope, result, capture)
-                    return result
+                except BaseException as exc:
+                    observer._end(scope, exc=exc)
+                    raise
+                observer._end(scope, result)
+                return result
             return async_wrapper
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._open(name, _arguments(fn, args, kwargs) if capture else None) as scope:
+            scope = observer._start(name, fn, args, kwargs)
+            try:
                 result = fn(*args, **kwargs)
-                self._finish(scope, result, capture)
-                return result
+            except BaseException as exc:
+                observer._end(scope, exc=exc)
+                raise
+            observer._end(scope, result)
+            return result
         return wrapper
 
     def __enter__(self) -> Any:
         if self._scope is not None:
             raise TelemetryError("an observe() block is already open: call telemetry.observe(...) once per block")
-        self._scope = self._open(self.name or self.kind, None)
+        name = _clean(" ".join(str(self.name or self.kind).split()))[:256]
+        self._scope = self.service.session(name, self.kind, None, kind=self.kind, metadata=self.metadata)
         return self._scope.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
@@ -177,6 +271,18 @@ class Observer:
 
     async def __aexit__(self, *exc: Any) -> None:
         self.__exit__(*exc)
+
+
+def _current_session_var() -> Any:
+    from .service import _current_session
+
+    return _current_session
+
+
+def _current_labels_var() -> Any:
+    from .service import _current_labels
+
+    return _current_labels
 
 
 class LLMCall:
@@ -260,12 +366,9 @@ class LLMCall:
         if response_id:
             metadata["response_id"] = response_id
         metadata.update({k: v for k, v in extra.items() if v is not None})
-        event: dict[str, Any] = {"event_type": "end", "session_id": self.session_id, "category": self.provider,
-                                 "status": status, "metadata": metadata}
-        if answer and not self._streamed:
-            event["stream_data"] = answer
         try:
-            self.service.track(event)
+            self.service.track_end(self.session_id, status, metadata=metadata, category=self.provider,
+                                   stream_data=answer if answer and not self._streamed else None)
         except Exception:
             log.exception("%s: the call's end could not be recorded", self.provider)
 
@@ -280,8 +383,7 @@ class LLMCall:
             metadata["http.status_code"] = status
         try:
             self.service.track_error(self.session_id, exc, metadata=metadata or None)
-            self.service.track({"event_type": "end", "session_id": self.session_id, "category": self.provider,
-                                "status": "failed"})
+            self.service.track_end(self.session_id, "failed", category=self.provider)
         except Exception:
             log.exception("%s: the call's failure could not be recorded", self.provider)
 
@@ -293,6 +395,8 @@ class LLMCall:
 
 def plain(value: Any) -> Any:
     """An SDK value (pydantic models, mappings and lists of them) as plain data, for metadata."""
+    if type(value) is list and all(type(item) is dict for item in value):
+        return value  # what applications pass most: messages as dicts (read, never changed, by the caller)
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return dump(exclude_none=True)
@@ -335,11 +439,54 @@ def observe_stream(stream: Any, call: LLMCall, state: Any, on_item: Callable[[LL
 
     # a stream dropped without being read to its end (or never started) still ends its session
     weakref.finalize(stream, end).atexit = False
-    close = getattr(stream, "close", None)
-    if hasattr(inner, "__anext__"):
+    # closing hooks hold the stream and its response weakly: a reference from the stream to itself would keep
+    # a dropped stream (and its connection) alive until a garbage collection, where the SDK frees it at once
+    stream_ref = weakref.ref(stream)
+    response = getattr(stream, "response", None)
+    response_ref = weakref.ref(response) if response is not None else None
+    is_async = hasattr(inner, "__anext__")
+    #: whether the SDK is inside its iterator: a response it closes there (on an error) is not an early close
+    reading = [False]
+
+    def closed_early() -> None:
+        if not reading[0]:
+            end()
+
+    if response is not None:
+        # the SDKs' stream helpers (chat.completions.stream(), responses.stream()) close the response directly
+        closer = "aclose" if is_async and hasattr(type(response), "aclose") else "close"
+        original_close = getattr(type(response), closer, None)
+        if original_close is not None:
+            if closer == "aclose":
+                async def response_aclose() -> None:
+                    target = response_ref() if response_ref is not None else None
+                    try:
+                        if target is not None:
+                            await original_close(target)
+                    finally:
+                        closed_early()
+                setattr(response, closer, response_aclose)
+            else:
+                def response_close() -> None:
+                    target = response_ref() if response_ref is not None else None
+                    try:
+                        if target is not None:
+                            original_close(target)
+                    finally:
+                        closed_early()
+                setattr(response, closer, response_close)
+    close = getattr(type(stream), "close", None)
+    if is_async:
         async def observed_async() -> Any:
             try:
-                async for value in inner:
+                while True:
+                    reading[0] = True
+                    try:
+                        value = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        reading[0] = False
                     item(value)
                     yield value
             except GeneratorExit:
@@ -353,16 +500,26 @@ def observe_stream(stream: Any, call: LLMCall, state: Any, on_item: Callable[[LL
         stream._iterator = observed_async()
         if close is not None:
             async def close_async() -> None:
+                target = stream_ref()
                 try:
-                    await close()
+                    if target is not None:
+                        await close(target)
                 finally:
-                    end()  # closed before its end: what came is recorded
+                    closed_early()  # closed before its end: what came is recorded
             stream.close = close_async
         return True
 
     def observed() -> Any:
+        source = iter(inner)
         try:
-            for value in inner:
+            while True:
+                reading[0] = True
+                try:
+                    value = next(source)
+                except StopIteration:
+                    break
+                finally:
+                    reading[0] = False
                 item(value)
                 yield value
         except GeneratorExit:
@@ -376,12 +533,53 @@ def observe_stream(stream: Any, call: LLMCall, state: Any, on_item: Callable[[LL
     stream._iterator = observed()
     if close is not None:
         def close_sync() -> None:
+            target = stream_ref()
             try:
-                close()
+                if target is not None:
+                    close(target)
             finally:
-                end()
+                closed_early()
         stream.close = close_sync
     return True
+
+
+def observe_parsed(response: Any, call: LLMCall, handle: Callable[[Any], Any]) -> None:
+    """A raw SDK response (``with_raw_response``, ``with_streaming_response``): record what ``parse()`` gives.
+
+    ``handle(parsed)`` records the parsed result (a message, or a stream to observe) the first time
+    ``parse()`` returns; a response dropped unparsed ends the call with ``unparsed = true``.
+    """
+    original = response.parse
+    finalizer = weakref.finalize(response, _abandoned, call)
+    finalizer.atexit = False
+
+    if inspect.iscoroutinefunction(original):
+        async def parse_async(*args: Any, **kwargs: Any) -> Any:
+            parsed = await original(*args, **kwargs)
+            if finalizer.detach() is not None:
+                handle(parsed)
+            return parsed
+        response.parse = parse_async
+    else:
+        def parse(*args: Any, **kwargs: Any) -> Any:
+            parsed = original(*args, **kwargs)
+            if finalizer.detach() is not None:
+                handle(parsed)
+            return parsed
+        response.parse = parse
+
+
+def is_raw_response(value: Any) -> bool:
+    """Whether an SDK call returned its raw response (the Stainless SDKs' ``APIResponse``) instead of a result."""
+    # looked up on the type first: a result is a pydantic model, whose missing attributes are slow to miss
+    return callable(getattr(type(value), "parse", None)) and hasattr(value, "http_response")
+
+
+def _abandoned(call: LLMCall) -> None:
+    try:
+        call.finish(status="completed", unparsed=True)
+    except Exception:
+        log.exception("%s: an unparsed response could not be recorded", call.provider)
 
 
 class Patcher:
@@ -389,6 +587,9 @@ class Patcher:
 
     def __init__(self) -> None:
         self._originals: list[tuple[Any, str, Any]] = []
+        #: off once restored: a wrapper something still holds (a client's cached ``with_raw_response``,
+        #: another instrumentation's wrapper around ours) calls the SDK without recording
+        self.active = True
 
     def wrap(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
         """Set ``owner.name`` to ``make(original)``; a missing attribute is skipped (an older SDK)."""
@@ -403,10 +604,19 @@ class Patcher:
         setattr(owner, name, wrapped)
 
     def restore(self) -> None:
-        """Every wrapped attribute back to the object it was."""
+        """Every wrapped attribute back to the object it was.
+
+        One that another instrumentation wrapped after us is left to it (removing its wrapper would
+        silently uninstrument it); ours then passes calls through untouched, since ``active`` is off.
+        """
+        self.active = False
         while self._originals:
             owner, name, original = self._originals.pop()
-            setattr(owner, name, original)
+            current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+            if getattr(current, "__vibekit_original__", None) is original:
+                setattr(owner, name, original)
+            else:
+                log.warning("%s.%s was wrapped again after instrument(): left as it is, recording off", owner, name)
 
 
 def installed_instrumentors() -> dict[str, importlib.metadata.EntryPoint]:

@@ -98,20 +98,20 @@ def query_time(value: object, name: str, *, now: int | None = None) -> int:
     except ValueError as exc:
         raise InvalidQueryError(name, str(exc)) from None
     check_time_range(ms, name, value)
-    return ms
+    return max(ms, -MAX_TIME_MS)  # far in the past is as good as the epoch; a bound no store can compare is not
 
 
 def check_time_range(ms: int, name: str, given: object = None) -> None:
     """Raise :class:`~vibekit_telemetry.InvalidQueryError` naming ``name`` unless ``ms`` is a usable bound.
 
-    A bound may reach back to the epoch (``since=0``: everything; stored events are all after 2000)
-    but not past 2200-01-01, the latest time an event can have: beyond it lies a mistake such as
-    nanoseconds for milliseconds, or a number no store can compare.
+    A bound may reach back as far as it likes (``since=0``, a retention cutoff of centuries: stored
+    events are all after 2000) but not past 2200-01-01, the latest time an event can have: beyond it
+    lies a mistake such as nanoseconds for milliseconds, or a number no store can compare.
     """
-    if not 0 <= ms <= MAX_TIME_MS:
+    if ms > MAX_TIME_MS:
         shown = ms if given is None else given
         raise InvalidQueryError(
-            name, f"must be a time between 1970-01-01 and 2200-01-01 (epoch milliseconds 0..{MAX_TIME_MS}), "
+            name, f"must be a time before 2200-01-01 (epoch milliseconds up to {MAX_TIME_MS}), "
                   f"a span such as '1h' or an ISO date, got {shown!r}")
 
 

@@ -372,3 +372,64 @@ def test_a_stream_dropped_unread_still_ends_its_session(telemetry, fake_llm):
     gc.collect()
     [call] = telemetry.get_sessions()
     assert call.ended_at is not None
+
+
+def test_a_dropped_anthropic_stream_is_freed_at_once_and_ends_its_session(telemetry, fake_llm):
+    import weakref
+
+    telemetry.instrument("anthropic")
+    stream = _anthropic(fake_llm).messages.create(model="claude-haiku-4-5", max_tokens=64, messages=ANTHROPIC_CHAT,
+                                                  stream=True)
+    alive = weakref.ref(stream)
+    del stream  # no garbage collection: the SDK frees a dropped stream by reference counting, so must we
+    assert alive() is None
+    [call] = telemetry.get_sessions()
+    assert call.ended_at is not None
+
+
+def test_recorded_calls_leave_the_open_session_table(telemetry, fake_llm):
+    telemetry.instrument("openai")
+    client = _openai(fake_llm)
+    for _ in range(3):
+        openai_chat(client, OPENAI_CHAT)
+    openai_chat(client, OPENAI_CHAT, model="fail-429")
+    # the service keeps each open session's category until its end: ended calls must not stay there (it is
+    # bounded, and a real open session pushed out of it would lose its category)
+    assert len(telemetry._open_sessions) == 0
+
+
+def test_a_raw_client_cached_while_instrumented_records_nothing_after_uninstrument(telemetry, fake_llm):
+    telemetry.instrument("openai", "anthropic")
+    client, aclient = _openai(fake_llm), _anthropic(fake_llm)
+    raw, araw = client.chat.completions.with_raw_response, aclient.messages.with_raw_response  # cached per client
+    message = araw.create(model="claude-haiku-4-5", max_tokens=64, messages=ANTHROPIC_CHAT).parse()
+    [anthropic_call] = telemetry.get_sessions()
+    assert anthropic_call.tokens.input == message.usage.input_tokens + 16 + 8  # recorded when parsed
+    telemetry.uninstrument()
+    raw.create(model="gpt-4o-mini", messages=OPENAI_CHAT).parse()
+    assert telemetry.count_sessions() == 1
+
+
+def test_an_observed_generator_is_not_the_consumers_session(telemetry):
+    @telemetry.observe(kind="retrieval", name="docs")
+    def docs():
+        yield "a"
+        yield "b"
+
+    with telemetry.session("agent", "run") as agent:
+        for _ in docs():
+            with telemetry.session("consumer", "step"):  # the consumer's work belongs to the agent
+                pass
+    kids = {k.agent for k in _children(telemetry, agent.id)}
+    assert kids == {"docs", "consumer"}
+
+
+def test_observe_never_breaks_the_function_it_records(telemetry):
+    @telemetry.observe(kind="tool")
+    def echo(path: str) -> str:
+        return path
+
+    odd = "bad \udc80 path"  # what os.fsdecode gives for an undecodable file name
+    assert echo(odd) == odd
+    [call] = [s for s in telemetry.get_sessions() if s.kind == "tool"]
+    assert call.status == "completed" and "bad" in call.prompt

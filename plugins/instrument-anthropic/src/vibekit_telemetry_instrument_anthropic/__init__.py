@@ -23,7 +23,7 @@ from typing import Any
 
 from vibekit_telemetry import ConfigError
 from vibekit_telemetry.conventions import normalise_messages, text_of
-from vibekit_telemetry.instrumentation import LLMCall, Patcher, observe_stream
+from vibekit_telemetry.instrumentation import LLMCall, Patcher, is_raw_response, observe_parsed, observe_stream
 from vibekit_telemetry.instrumentation import given as _given
 from vibekit_telemetry.instrumentation import plain as _plain
 
@@ -150,6 +150,8 @@ class AnthropicInstrumentor:
         if isinstance(result, self._streams):
             if not observe_stream(result, call, _State(), _item, _end):
                 call.finish()
+        elif is_raw_response(result):  # with_raw_response / with_streaming_response: recorded when parsed
+            observe_parsed(result, call, lambda parsed: self._handle(call, parsed))
         else:
             try:
                 _finish(call, result)
@@ -160,7 +162,7 @@ class AnthropicInstrumentor:
     def _create(self, service: Any) -> Any:
         def make(original: Any) -> Any:
             def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, kwargs)
+                call = _begin(service, kwargs) if self._patcher.active else None
                 if call is None:
                     return original(resource, *args, **kwargs)
                 try:
@@ -175,7 +177,7 @@ class AnthropicInstrumentor:
     def _acreate(self, service: Any) -> Any:
         def make(original: Any) -> Any:
             async def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, kwargs)
+                call = _begin(service, kwargs) if self._patcher.active else None
                 if call is None:
                     return await original(resource, *args, **kwargs)
                 try:
@@ -189,9 +191,14 @@ class AnthropicInstrumentor:
 
     def _stream(self, service: Any, attribute: str, is_async: bool) -> Any:
         """``messages.stream(...)``: the request is made when the manager is entered; observe it there."""
+        def instrumentor_active() -> bool:
+            return self._patcher.active
+
         def make(original: Any) -> Any:
             def stream(resource: Any, *args: Any, **kwargs: Any) -> Any:
                 manager = original(resource, *args, **kwargs)
+                if not instrumentor_active():
+                    return manager
                 request = getattr(manager, attribute, None)
                 if request is None:
                     log.warning("anthropic: this SDK's stream manager is not known here; the call is not recorded")

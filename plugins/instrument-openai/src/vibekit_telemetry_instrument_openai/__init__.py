@@ -22,7 +22,6 @@ recording is ``track()``, which only queues.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,13 +29,14 @@ import orjson
 
 from vibekit_telemetry import ConfigError
 from vibekit_telemetry.conventions import normalise_messages
-from vibekit_telemetry.instrumentation import LLMCall, Patcher, observe_stream
+from vibekit_telemetry.instrumentation import LLMCall, Patcher, is_raw_response, observe_parsed, observe_stream
 from vibekit_telemetry.instrumentation import given as _given
 from vibekit_telemetry.instrumentation import plain as _plain
 
 log = logging.getLogger("vibekit_telemetry.instrument.openai")
 
 PROVIDER = "openai"
+_SIMPLE = frozenset({"role", "content"})
 _PARAMETERS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream",
                "reasoning_effort", "seed")
 
@@ -82,7 +82,12 @@ class _Chat:
 
     @staticmethod
     def start(call: LLMCall, kwargs: Mapping[str, Any]) -> None:
-        messages = normalise_messages(_plain(kwargs.get("messages")) or [])
+        given = kwargs.get("messages")
+        if type(given) is list and all(type(m) is dict and m.keys() <= _SIMPLE and type(m.get("content")) is str
+                                       for m in given):
+            messages = given  # plain text messages, already in the shape kept (the common case, and the cheap one)
+        else:
+            messages = normalise_messages(_plain(given) or [])
         system = "\n".join(m["content"] for m in messages if m.get("role") in ("system", "developer")
                            and m.get("content")) or None
         tools = kwargs.get("tools")
@@ -238,11 +243,6 @@ def _safely(fn: Any, *args: Any) -> None:
         log.exception("openai: recording failed")
 
 
-def _abandoned(call: LLMCall) -> None:
-    """A raw response dropped unparsed: the call happened, its answer was never read here."""
-    _safely(lambda: call.finish(status="completed", unparsed=True))
-
-
 class OpenAIInstrumentor:
     """Patches the openai SDK's resource classes; ``uninstrument()`` restores them exactly."""
 
@@ -258,37 +258,16 @@ class OpenAIInstrumentor:
         if isinstance(result, (*self._stream_types, *self._async_stream_types)):
             if api.State is None or not observe_stream(result, call, api.State(), api.item, api.end):
                 _safely(call.finish)
-        elif hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
-            self._observe_raw(call, api, result)
+        elif is_raw_response(result):
+            observe_parsed(result, call, lambda parsed: self._handle(call, api, parsed))
         else:
             _safely(api.finish, call, result)
         return result
 
-    def _observe_raw(self, call: LLMCall, api: Any, response: Any) -> None:
-        """``with_raw_response`` / ``with_streaming_response``: record what ``parse()`` gives."""
-        original = response.parse
-        instrumentor = self
-        finalizer = weakref.finalize(response, _abandoned, call)
-
-        if _is_coroutine_function(original):
-            async def parse_async(*args: Any, **kwargs: Any) -> Any:
-                parsed = await original(*args, **kwargs)
-                if finalizer.detach() is not None:
-                    instrumentor._handle(call, api, parsed)
-                return parsed
-            response.parse = parse_async
-        else:
-            def parse(*args: Any, **kwargs: Any) -> Any:
-                parsed = original(*args, **kwargs)
-                if finalizer.detach() is not None:
-                    instrumentor._handle(call, api, parsed)
-                return parsed
-            response.parse = parse
-
     def _sync(self, service: Any, api: Any) -> Any:
         def make(original: Any) -> Any:
             def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, api, kwargs)
+                call = _begin(service, api, kwargs) if self._patcher.active else None
                 if call is None:
                     return original(resource, *args, **kwargs)
                 try:
@@ -303,7 +282,7 @@ class OpenAIInstrumentor:
     def _async(self, service: Any, api: Any) -> Any:
         def make(original: Any) -> Any:
             async def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, api, kwargs)
+                call = _begin(service, api, kwargs) if self._patcher.active else None
                 if call is None:
                     return await original(resource, *args, **kwargs)
                 try:
@@ -341,9 +320,3 @@ class OpenAIInstrumentor:
     def uninstrument(self) -> None:
         """Put every patched method back."""
         self._patcher.restore()
-
-
-def _is_coroutine_function(fn: Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
