@@ -277,9 +277,9 @@ def mapped_span_events(*, trace_id: str, span_id: str, parent_id: str | None, na
                         "error_message": ev_attrs.get("exception.message") or "",
                         "error_stack": ev_attrs.get("exception.stacktrace"),
                         "metadata": _metadata({k: v for k, v in ev_attrs.items() if not k.startswith("exception.")})})
-        elif event_name in conventions.FIRST_CHUNK_EVENTS or (
-                event_name in _COMPLETION_EVENTS and (ours or end is None or ts < end)):
-            # a chunk arriving (or the mark of the first one): its time is real
+        elif event_name in conventions.FIRST_CHUNK_EVENTS or (event_name in _COMPLETION_EVENTS and ours):
+            # a chunk arriving (or the mark of the first one): its time is real.  Another instrumentation's
+            # gen_ai.choice is the whole output message, whenever its event is stamped: never a chunk, never a TTFT
             text = conventions.text_of(ev_attrs.get("gen_ai.completion.chunk") or ev_attrs.get("gen_ai.completion")
                                        or ev_attrs.get("message") or ev_attrs.get("content")
                                        or ev_attrs.get("llm.content.completion.chunk"))

@@ -396,7 +396,7 @@ class LLMCall:
 def plain(value: Any) -> Any:
     """An SDK value (pydantic models, mappings and lists of them) as plain data, for metadata."""
     if type(value) is list and all(type(item) is dict for item in value):
-        return value  # what applications pass most: messages as dicts (read, never changed, by the caller)
+        return [dict(item) for item in value]  # messages as dicts, copied: the caller appends to its list next
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return dump(exclude_none=True)

@@ -67,8 +67,9 @@ def test_streamed_chat_spaces_its_chunks_and_ends_with_usage(client):
 
     assert "".join(text) == REPLY
     assert arrivals[0] >= FIRST_CHUNK_DELAY_S
-    # a chunk the client reads late (a first parse) shortens the next gap, but not the whole stream
-    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) * CHUNK_INTERVAL_S * 0.8
+    # the server waits CHUNK_INTERVAL_S between chunks; a client that reads one late (a first parse, a busy
+    # machine) sees the next ones closer together, but the stream as a whole cannot arrive at once
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) * CHUNK_INTERVAL_S * 0.5
     assert usage.prompt_tokens == PROMPT_TOKENS
     assert usage.prompt_tokens_details.cached_tokens == CACHED_TOKENS
 

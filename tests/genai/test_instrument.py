@@ -433,3 +433,16 @@ def test_observe_never_breaks_the_function_it_records(telemetry):
     assert echo(odd) == odd
     [call] = [s for s in telemetry.get_sessions() if s.kind == "tool"]
     assert call.status == "completed" and "bad" in call.prompt
+
+
+def test_the_messages_recorded_are_those_of_the_call_not_of_the_list_later(telemetry, fake_llm):
+    telemetry.instrument("openai")
+    client = _openai(fake_llm)
+    history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}]
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=history)
+    history.append({"role": "assistant", "content": reply.choices[0].message.content})  # the next turn
+    history[1]["content"] = "changed afterwards"
+    [call] = telemetry.get_sessions()
+    [start] = telemetry.query(session_id=call.id, event_type="start")
+    assert start.metadata["messages"] == [{"role": "system", "content": "You are terse."},
+                                          {"role": "user", "content": "Say hello"}]

@@ -85,7 +85,9 @@ class _Chat:
         given = kwargs.get("messages")
         if type(given) is list and all(type(m) is dict and m.keys() <= _SIMPLE and type(m.get("content")) is str
                                        for m in given):
-            messages = given  # plain text messages, already in the shape kept (the common case, and the cheap one)
+            # plain text messages, already in the shape kept (the common case, and the cheap one); copied, since the
+            # application goes on appending to its list while the event waits to be written
+            messages = [dict(m) for m in given]
         else:
             messages = normalise_messages(_plain(given) or [])
         system = "\n".join(m["content"] for m in messages if m.get("role") in ("system", "developer")
