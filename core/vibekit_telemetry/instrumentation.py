@@ -603,6 +603,45 @@ class Patcher:
         self._originals.append((owner, name, original))
         setattr(owner, name, wrapped)
 
+    def record(self, owner: Any, name: str, begin: Callable[[Mapping[str, Any]], LLMCall | None],
+               handle: Callable[[LLMCall, Any], Any], *, is_async: bool) -> None:
+        """Wrap the SDK method ``owner.name`` so that each call is recorded.
+
+        ``begin(kwargs)`` opens the call (``None``: not recorded) before the SDK runs; ``handle(call, result)``
+        records what it returned and returns it; what it raised fails the call and propagates unchanged.
+        ``is_async`` is said rather than inspected: the SDKs wrap their ``async def`` methods in plain
+        functions.  Once restored, a wrapper something still holds calls the SDK without recording.
+        """
+        patcher = self
+
+        def make(original: Any) -> Any:
+            if is_async:
+                async def recorded_async(resource: Any, *args: Any, **kwargs: Any) -> Any:
+                    call = begin(kwargs) if patcher.active else None
+                    if call is None:
+                        return await original(resource, *args, **kwargs)
+                    try:
+                        result = await original(resource, *args, **kwargs)
+                    except BaseException as exc:
+                        call.fail(exc)
+                        raise
+                    return handle(call, result)
+                return recorded_async
+
+            def recorded(resource: Any, *args: Any, **kwargs: Any) -> Any:
+                call = begin(kwargs) if patcher.active else None
+                if call is None:
+                    return original(resource, *args, **kwargs)
+                try:
+                    result = original(resource, *args, **kwargs)
+                except BaseException as exc:
+                    call.fail(exc)
+                    raise
+                return handle(call, result)
+            return recorded
+
+        self.wrap(owner, name, make)
+
     def restore(self) -> None:
         """Every wrapped attribute back to the object it was.
 

@@ -159,36 +159,6 @@ class AnthropicInstrumentor:
                 log.exception("anthropic: recording failed")
         return result
 
-    def _create(self, service: Any) -> Any:
-        def make(original: Any) -> Any:
-            def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, kwargs) if self._patcher.active else None
-                if call is None:
-                    return original(resource, *args, **kwargs)
-                try:
-                    result = original(resource, *args, **kwargs)
-                except BaseException as exc:
-                    call.fail(exc)
-                    raise
-                return self._handle(call, result)
-            return create
-        return make
-
-    def _acreate(self, service: Any) -> Any:
-        def make(original: Any) -> Any:
-            async def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, kwargs) if self._patcher.active else None
-                if call is None:
-                    return await original(resource, *args, **kwargs)
-                try:
-                    result = await original(resource, *args, **kwargs)
-                except BaseException as exc:
-                    call.fail(exc)
-                    raise
-                return self._handle(call, result)
-            return create
-        return make
-
     def _stream(self, service: Any, attribute: str, is_async: bool) -> Any:
         """``messages.stream(...)``: the request is made when the manager is entered; observe it there."""
         def instrumentor_active() -> bool:
@@ -240,8 +210,9 @@ class AnthropicInstrumentor:
             raise ConfigError(f"instrument('anthropic'): the anthropic SDK is not installed ({exc}); "
                               "pip install anthropic")
         self._streams = (anthropic.Stream, anthropic.AsyncStream)
-        self._patcher.wrap(Messages, "create", self._create(service))
-        self._patcher.wrap(AsyncMessages, "create", self._acreate(service))
+        for owner, is_async in ((Messages, False), (AsyncMessages, True)):
+            self._patcher.record(owner, "create", lambda kwargs: _begin(service, kwargs), self._handle,
+                                 is_async=is_async)
         # the managers keep the request as a name-mangled attribute (`__api_request`)
         self._patcher.wrap(Messages, "stream", self._stream(service, "_MessageStreamManager__api_request", False))
         self._patcher.wrap(AsyncMessages, "stream",

@@ -266,35 +266,9 @@ class OpenAIInstrumentor:
             _safely(api.finish, call, result)
         return result
 
-    def _sync(self, service: Any, api: Any) -> Any:
-        def make(original: Any) -> Any:
-            def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, api, kwargs) if self._patcher.active else None
-                if call is None:
-                    return original(resource, *args, **kwargs)
-                try:
-                    result = original(resource, *args, **kwargs)
-                except BaseException as exc:
-                    call.fail(exc)
-                    raise
-                return self._handle(call, api, result)
-            return create
-        return make
-
-    def _async(self, service: Any, api: Any) -> Any:
-        def make(original: Any) -> Any:
-            async def create(resource: Any, *args: Any, **kwargs: Any) -> Any:
-                call = _begin(service, api, kwargs) if self._patcher.active else None
-                if call is None:
-                    return await original(resource, *args, **kwargs)
-                try:
-                    result = await original(resource, *args, **kwargs)
-                except BaseException as exc:
-                    call.fail(exc)
-                    raise
-                return self._handle(call, api, result)
-            return create
-        return make
+    def _record(self, owner: Any, name: str, service: Any, api: Any, *, is_async: bool) -> None:
+        self._patcher.record(owner, name, lambda kwargs: _begin(service, api, kwargs),
+                             lambda call, result: self._handle(call, api, result), is_async=is_async)
 
     def instrument(self, service: Any) -> None:
         """Patch the SDK so its calls record into ``service``."""
@@ -306,18 +280,17 @@ class OpenAIInstrumentor:
             raise ConfigError(f"instrument('openai'): the openai SDK is not installed ({exc}); pip install openai")
         self._stream_types = (openai.Stream,)
         self._async_stream_types = (openai.AsyncStream,)
-        patch = self._patcher.wrap
         for name in ("create", "parse"):
-            patch(Completions, name, self._sync(service, _Chat))
-            patch(AsyncCompletions, name, self._async(service, _Chat))
-        patch(Embeddings, "create", self._sync(service, _Embeddings))
-        patch(AsyncEmbeddings, "create", self._async(service, _Embeddings))
+            self._record(Completions, name, service, _Chat, is_async=False)
+            self._record(AsyncCompletions, name, service, _Chat, is_async=True)
+        self._record(Embeddings, "create", service, _Embeddings, is_async=False)
+        self._record(AsyncEmbeddings, "create", service, _Embeddings, is_async=True)
         try:
             from openai.resources.responses import AsyncResponses, Responses
         except ImportError:  # an SDK from before the Responses API
             return
-        patch(Responses, "create", self._sync(service, _Responses))
-        patch(AsyncResponses, "create", self._async(service, _Responses))
+        self._record(Responses, "create", service, _Responses, is_async=False)
+        self._record(AsyncResponses, "create", service, _Responses, is_async=True)
 
     def uninstrument(self) -> None:
         """Put every patched method back."""
