@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vibekit_telemetry import TelemetryService, now_ms
+from vibekit_telemetry import TelemetryService, hookimpl, now_ms
 
 from .workload import event_dicts, events
 
@@ -78,7 +78,8 @@ def _service(path: Path, **overrides: Any) -> TelemetryService:
     # a service over a big file waits for it to open (its integrity check takes about a second per GB) rather
     # than starting degraded: the reads measured next need the store open, and opening is measured elsewhere
     reliability = {"startup_timeout_ms": 300_000, **overrides.pop("reliability", {})}
-    return TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}], data_dir=str(path.parent),
+    options = {"path": str(path), **({"writer": overrides.pop("writer")} if "writer" in overrides else {})}
+    return TelemetryService(storage=[{"type": "sqlite", "options": options}], data_dir=str(path.parent),
                             reliability=reliability, **overrides)
 
 
@@ -97,7 +98,8 @@ def track_latency(n: int, workdir: Path, **overrides: Any) -> dict[str, float]:
         timings.append(clock() - start)
     service.shutdown()
     timings.sort()
-    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000}
+    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000,
+            "p999": percentile(timings, 0.999) / 1000}
 
 
 def otel_span_latency(n: int) -> dict[str, float] | None:
@@ -128,26 +130,121 @@ def otel_span_latency(n: int) -> dict[str, float] | None:
         timings.append(clock() - start)
     provider.shutdown()
     timings.sort()
-    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000}
+    return {"p50": percentile(timings, 0.5) / 1000, "p99": percentile(timings, 0.99) / 1000,
+            "p999": percentile(timings, 0.999) / 1000}
 
 
-def ingest_service(payload: list[dict], path: Path, batch_size: int, **overrides: Any) -> float:
-    """Events per second from the first ``track()`` until every event is committed."""
-    overrides.setdefault("max_queue_size", len(payload) + 10)
+class Gen2Counter:
+    """Counts the garbage collector's full (generation 2) collections while it is active."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info.get("generation") == 2:
+            self.count += 1
+
+    def __enter__(self) -> Gen2Counter:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+class _Noop:
+    """A plugin with a before_track hook that changes nothing: the service then queues event objects."""
+
+    @hookimpl
+    def before_track(self, event: Any) -> Any:
+        return event
+
+
+def ingest_service(payload: list[dict], path: Path, batch_size: int, *, defaults: bool = False,
+                   gen2: list[float] | None = None, **overrides: Any) -> float:
+    """Events per second from the first ``track()`` until every event is committed.
+
+    ``defaults``: the service's own ``max_queue_size`` (a burst beyond it spills to disk) instead of a queue
+    that holds the whole burst.  ``gen2`` receives the full collections per million events of the run.
+    """
+    if not defaults:
+        overrides.setdefault("max_queue_size", len(payload) + 10)
     service = _service(path, stream_batch_size=batch_size, max_batch_size=5000, **overrides)
     track = service.track
     gc.collect()
-    start = time.perf_counter()
-    for item in payload:
-        track(item)
-    service.flush()
-    elapsed = time.perf_counter() - start
+    with Gen2Counter() as collections:
+        start = time.perf_counter()
+        for item in payload:
+            track(item)
+        service.flush()
+        elapsed = time.perf_counter() - start
+    if gen2 is not None:
+        gen2.append(collections.count * 1_000_000 / len(payload))
     counters = service.get_health_status().counters
     stored = counters["stored"]
     service.shutdown()
     if stored != len(payload):
         raise RuntimeError(f"ingest lost events: {stored} of {len(payload)} stored ({counters['dropped_by_reason']})")
     return len(payload) / elapsed
+
+
+#: The honest baseline's session fold: one SQL UPSERT per batch over the rows it just inserted (counts added,
+#: times kept at their min/max, the end's status), then the batch's text into the full-text index.
+_HONEST_SESSIONS = """
+INSERT INTO sessions (id, agent, mode, prompt, status, started_at, ended_at, first_event_at, last_event_at,
+                      first_stream_at, event_count, stream_count, error_count, metadata, input_tokens, output_tokens,
+                      has_start)
+SELECT session_id, max(coalesce(agent, category)), max(mode), max(prompt),
+       coalesce(max(CASE WHEN event_type = 'end' THEN status END), 'active'),
+       min(CASE WHEN event_type = 'start' THEN timestamp END), max(CASE WHEN event_type = 'end' THEN timestamp END),
+       min(timestamp), max(timestamp), min(CASE WHEN event_type = 'stream' THEN timestamp END), count(*),
+       sum(event_type = 'stream'), sum(event_type = 'error'), '{}',
+       sum(coalesce(json_extract(metadata, '$.input_tokens'), 0)),
+       sum(coalesce(json_extract(metadata, '$.output_tokens'), 0)), max(event_type = 'start')
+FROM events WHERE seq > ? AND session_id IS NOT NULL GROUP BY session_id
+ON CONFLICT (id) DO UPDATE SET
+    agent = coalesce(sessions.agent, excluded.agent), mode = coalesce(sessions.mode, excluded.mode),
+    prompt = coalesce(sessions.prompt, excluded.prompt),
+    status = CASE WHEN excluded.ended_at IS NOT NULL THEN excluded.status ELSE sessions.status END,
+    started_at = coalesce(min(sessions.started_at, excluded.started_at), sessions.started_at, excluded.started_at),
+    ended_at = coalesce(max(sessions.ended_at, excluded.ended_at), sessions.ended_at, excluded.ended_at),
+    first_event_at = min(sessions.first_event_at, excluded.first_event_at),
+    last_event_at = max(sessions.last_event_at, excluded.last_event_at),
+    first_stream_at = coalesce(min(sessions.first_stream_at, excluded.first_stream_at), sessions.first_stream_at,
+                               excluded.first_stream_at),
+    event_count = sessions.event_count + excluded.event_count,
+    stream_count = sessions.stream_count + excluded.stream_count,
+    error_count = sessions.error_count + excluded.error_count,
+    input_tokens = sessions.input_tokens + excluded.input_tokens,
+    output_tokens = sessions.output_tokens + excluded.output_tokens,
+    has_start = max(sessions.has_start, excluded.has_start)
+"""
+
+
+def ingest_honest(rows: list[tuple], path: Path, batch_size: int) -> float:
+    """The honest baseline: the raw limit's inserts, plus the sessions folded by one SQL UPSERT and the text
+    indexed, in the same transaction per batch (what a store that keeps sessions and search current must do)."""
+    from vibekit_telemetry_sqlite import SQLiteStorage
+    from vibekit_telemetry_sqlite.schema import EVENT_COLUMNS
+
+    SQLiteStorage.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=normal")
+    sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+    gc.collect()
+    start = time.perf_counter()
+    for offset in range(0, len(rows), batch_size):
+        conn.execute("BEGIN IMMEDIATE")
+        (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        conn.executemany(sql, rows[offset : offset + batch_size])
+        conn.execute(_HONEST_SESSIONS, [before])
+        conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data FROM events "
+                     "WHERE seq > ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [before])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return len(rows) / elapsed
 
 
 def ingest_raw(rows: list[tuple], path: Path, batch_size: int) -> float:
@@ -269,6 +366,8 @@ def analytics_paths(path: Path, repeat: int) -> dict[str, Any] | None:
     rollups.unlink(missing_ok=True)
     started = time.perf_counter()
     service = _service(path, analytics={"enabled": True, "path": str(rollups)})  # the first start counts the db in
+    constructor_s = time.perf_counter() - started  # the count goes on in the background
+    service.host.meta["analytics"]["object"].wait_for_catch_up()
     rebuild_s = time.perf_counter() - started
     counted = service.get_metrics("48h").events.total
     conn = sqlite3.connect(path)
@@ -282,12 +381,14 @@ def analytics_paths(path: Path, repeat: int) -> dict[str, Any] | None:
                                    conn.execute(durations_sql, [day_ago]).fetchall()), repeat)
     conn.close()
     service.shutdown()
-    return {"get_metrics": ours, "full_scan": raw, "rebuild_s": rebuild_s, "rebuild_events_per_s": counted / rebuild_s}
+    return {"get_metrics": ours, "full_scan": raw, "rebuild_s": rebuild_s, "rebuild_events_per_s": counted / rebuild_s,
+            "constructor_s": constructor_s}
 
 
 def run(quick: bool) -> dict[str, Any]:
     """All measurements; returns the results tree written to JSON."""
     sizes = {"latency_n": 20_000 if quick else 100_000, "ingest_n": 100_000 if quick else 1_000_000,
+             "ingest_sizes": [100_000] if quick else [200_000, 1_000_000],
              "latency_runs": 3 if quick else 5, "ingest_runs": 1 if quick else 3, "read_repeat": 300 if quick else 2000,
              "batch_size": 100, "max_batch_size": 5000}
     results: dict[str, Any] = {"machine": machine(), "sizes": sizes, "figures": {}}
@@ -303,9 +404,11 @@ def run(quick: bool) -> dict[str, Any]:
                 peer.append(span)
         figures["track_p50_us"] = stats([r["p50"] for r in ours])
         figures["track_p99_us"] = stats([r["p99"] for r in ours])
+        figures["track_p999_us"] = stats([r["p999"] for r in ours])
         if peer:
             figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
             figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
+            figures["otel_span_p999_us"] = stats([r["p999"] for r in peer])
             figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer, strict=True)])
         try:
             import vibekit_telemetry_pii  # noqa: F401
@@ -326,20 +429,59 @@ def run(quick: bool) -> dict[str, Any]:
             redactor = PIIRedactor()
             figures["pii_scan_us"] = stats([pii_eval.typical_event_us(redactor.before_track, 3000) for _ in range(5)])
 
-        print(f"SQLite ingest, {sizes['ingest_n']:,} events x {sizes['ingest_runs']} runs ...", flush=True)
         end = now_ms()
-        payload = list(event_dicts(sizes["ingest_n"], span_ms=24 * 3_600_000, end_ms=end))
         from vibekit_telemetry_sqlite import event_row
 
-        rows = [event_row(e) for e in events(sizes["ingest_n"], span_ms=24 * 3_600_000, end_ms=end)]
-        service_rates, raw_rates = [], []
         last_db = None
-        for run_index in range(sizes["ingest_runs"]):
-            raw_path = workdir / f"raw-{run_index}.db"
-            raw_rates.append(ingest_raw(rows, raw_path, sizes["max_batch_size"]))
-            raw_path.unlink()
-            last_db = workdir / f"ingest-{run_index}.db"
-            service_rates.append(ingest_service(payload, last_db, sizes["batch_size"]))
+        for n in sizes["ingest_sizes"]:
+            print(f"SQLite ingest, {n:,} events x {sizes['ingest_runs']} runs: raw limit, honest baseline, "
+                  "thread writer, process writer, true defaults ...", flush=True)
+            payload = list(event_dicts(n, span_ms=24 * 3_600_000, end_ms=end))
+            rows = [event_row(e) for e in events(n, span_ms=24 * 3_600_000, end_ms=end)]
+            rates: dict[str, list[float]] = {k: [] for k in ("raw", "honest", "thread", "process", "defaults")}
+            gen2: dict[str, list[float]] = {"rows": [], "objects": []}
+            for run_index in range(sizes["ingest_runs"]):
+                for name, measure in (("raw", lambda p: ingest_raw(rows, p, sizes["max_batch_size"])),
+                                      ("honest", lambda p: ingest_honest(rows, p, sizes["max_batch_size"])),
+                                      ("thread", lambda p: ingest_service(payload, p, sizes["batch_size"],
+                                                                          gen2=gen2["rows"])),
+                                      ("process", lambda p: ingest_service(payload, p, sizes["batch_size"],
+                                                                           writer="process")),
+                                      ("defaults", lambda p: ingest_service(payload, p, sizes["batch_size"],
+                                                                            defaults=True))):
+                    path = workdir / f"{name}-{n}-{run_index}.db"
+                    rates[name].append(measure(path))
+                    if n == sizes["ingest_n"] and name == "thread":
+                        if last_db is not None:
+                            last_db.unlink()
+                        last_db = path  # the reads below use one ingested database
+                    else:
+                        path.unlink()
+            if n == sizes["ingest_n"]:
+                # the same ingest with a before_track hook, so event objects are queued: gen2 collections compared
+                print("SQLite ingest with a before_track hook (event objects queued) ...", flush=True)
+                objects_path = workdir / "objects.db"
+                objects_rate = ingest_service(payload, objects_path, sizes["batch_size"], gen2=gen2["objects"],
+                                              plugins=[_Noop()])
+                objects_path.unlink()
+                figures["ingest_objects_events_per_s"] = single(objects_rate)
+                figures["gen2_per_million_rows"] = stats(gen2["rows"])
+                figures["gen2_per_million_objects"] = stats(gen2["objects"])
+            tag = "" if n == sizes["ingest_n"] else f"_{n // 1000}k"
+            figures[f"ingest_events_per_s{tag}"] = stats(rates["thread"])
+            figures[f"raw_executemany_events_per_s{tag}"] = stats(rates["raw"])
+            figures[f"honest_baseline_events_per_s{tag}"] = stats(rates["honest"])
+            figures[f"ingest_process_events_per_s{tag}"] = stats(rates["process"])
+            figures[f"ingest_defaults_events_per_s{tag}"] = stats(rates["defaults"])
+            for name, key in (("thread", "ingest"), ("process", "ingest_process"), ("defaults", "ingest_defaults")):
+                figures[f"{key}_vs_raw_ratio{tag}"] = stats([o / r for o, r in zip(rates[name], rates["raw"],
+                                                                                     strict=True)])
+                figures[f"{key}_vs_honest_ratio{tag}"] = stats([o / h for o, h in zip(rates[name], rates["honest"],
+                                                                                        strict=True)])
+            figures[f"honest_vs_raw_ratio{tag}"] = stats([h / r for h, r in zip(rates["honest"], rates["raw"],
+                                                                                  strict=True)])
+            del rows
+            gc.collect()
         # The price of durability: the same ingest with every batch journaled (fsync) before it is stored.
         n_durable = sizes["ingest_n"] // 4
         print(f"SQLite ingest with persist_buffer, {n_durable:,} events x {sizes['ingest_runs']} runs ...", flush=True)
@@ -363,11 +505,8 @@ def run(quick: bool) -> dict[str, Any]:
                                     reliability={"buffer_size": n_durable})  # the spill bound is not what is measured
         spill.unlink()
         figures["ingest_spill_events_per_s"] = {"median": spill_rate, "min": spill_rate, "max": spill_rate, "runs": 1}
-        del payload, rows
+        del payload
         gc.collect()
-        figures["ingest_events_per_s"] = stats(service_rates)
-        figures["raw_executemany_events_per_s"] = stats(raw_rates)
-        figures["ingest_vs_raw_ratio"] = stats([s / r for s, r in zip(service_rates, raw_rates, strict=True)])
 
         print(f"reads on a {sizes['ingest_n']:,}-event database ...", flush=True)
         assert last_db is not None
@@ -401,6 +540,19 @@ def run(quick: bool) -> dict[str, Any]:
         figures["export_peak_rss_mb"] = one(max(exports[f]["peak_rss_mb"] for f in ("jsonl", "csv", "parquet")))
         figures["export_peak_anon_mb"] = one(max(exports[f]["peak_anon_mb"] for f in ("jsonl", "csv", "parquet")))
 
+        print("text search at 1M and 3M events (one database grown from 1M to 3M) ...", flush=True)
+        from benchmarks import search_bench
+
+        search_sizes = [100_000, 300_000] if quick else [1_000_000, 3_000_000]
+        search = search_bench.run(search_sizes, repeat=7 if quick else 15, workdir=workdir)
+        results["search"] = search
+        for n, tag in zip(search_sizes, ("1m", "3m"), strict=True):
+            by_word = search["sizes"][str(n)]
+            for word in ("common", "rare"):
+                figure = by_word[f"{word}_word"]
+                figures[f"search_{word}_{tag}_ms"] = figure["new_ms"]
+                figures[f"search_{word}_{tag}_old_ms"] = figure["old_ms"]
+
         print(f"analytics on the {sizes['ingest_n']:,}-event database ...", flush=True)
         analytics = analytics_paths(last_db, max(20, sizes["read_repeat"] // 20))
         if analytics is not None:
@@ -411,6 +563,7 @@ def run(quick: bool) -> dict[str, Any]:
                                                "max": analytics["full_scan"]["p99"] / 1000, "runs": 1}
             figures["metrics_speedup_over_scan"] = {"median": analytics["full_scan"]["p50"] / analytics["get_metrics"]["p50"]}
             figures["analytics_rebuild_events_per_s"] = {"median": analytics["rebuild_events_per_s"]}
+            figures["analytics_constructor_s"] = single(analytics["constructor_s"])
     print("anomaly detection on NAB ...", flush=True)
     results["nab"] = nab_results()
     duration = 10.0 if quick else 60.0
@@ -428,6 +581,7 @@ def run(quick: bool) -> dict[str, Any]:
     figures["http_load_p99_ms"] = one(load["p99_ms"])
     figures["http_load_peak_rss_mb"] = one(load["peak_rss_mb"])
     figures["http_load_lost"] = one(load["lost"] + load["server_errors"])
+    figures["http_load_shutdown_drain_s"] = one(load["shutdown_drain_s"])
     genai_figures(results, quick)
     instrument_figures(results, quick)
     return results
@@ -480,15 +634,36 @@ def instrument_figures(results: dict[str, Any], quick: bool) -> None:
 
 
 GOALS = [
-    ("track() p50, no plugins", "track_p50_us", "µs", "under 20 µs", lambda v: v < 20),
+    ("track() p50, no plugins", "track_p50_us", "µs", "at most 3 µs", lambda v: v <= 3),
     ("track() p99, no plugins", "track_p99_us", "µs", "", None),
+    ("track() p99.9, no plugins", "track_p999_us", "µs", "", None),
     ("OpenTelemetry SDK span p50 (6 attributes, BatchSpanProcessor)", "otel_span_p50_us", "µs", "peer", None),
     ("OpenTelemetry SDK span p99", "otel_span_p99_us", "µs", "peer", None),
+    ("OpenTelemetry SDK span p99.9", "otel_span_p999_us", "µs", "peer", None),
     ("track() speed-up over the OTel span (p50 ratio)", "track_vs_otel_p50_speedup", "x", "at least 2x", lambda v: v >= 2),
     ("track() p50 with PII redaction (security.pii enabled)", "track_pii_p50_us", "µs", "", None),
-    ("sustained ingest into SQLite", "ingest_events_per_s", "events/s", "", None),
-    ("raw limit: sqlite3 executemany, same schema", "raw_executemany_events_per_s", "events/s", "raw limit", None),
-    ("ingest / raw limit", "ingest_vs_raw_ratio", "", "at least 0.5", lambda v: v >= 0.5),
+    ("raw limit: sqlite3 executemany of prebuilt rows, the plugin's own schema (1M events)",
+     "raw_executemany_events_per_s", "events/s", "raw limit", None),
+    ("honest baseline: the same plus sessions folded by one SQL UPSERT and the text indexed, per transaction",
+     "honest_baseline_events_per_s", "events/s", "baseline", None),
+    ("  honest baseline / raw limit", "honest_vs_raw_ratio", "", "", None),
+    ("ingest into SQLite, writer thread (queue holding the burst), 1M events", "ingest_events_per_s", "events/s",
+     "", None),
+    ("  / honest baseline", "ingest_vs_honest_ratio", "", "at least 0.9", lambda v: v >= 0.9),
+    ("  / raw limit", "ingest_vs_raw_ratio", "", "", None),
+    ("ingest, writer = \"process\" (SQLite in a child process)", "ingest_process_events_per_s", "events/s", "", None),
+    ("  / raw limit", "ingest_process_vs_raw_ratio", "", "at least 0.7", lambda v: v >= 0.7),
+    ("  / honest baseline", "ingest_process_vs_honest_ratio", "", "", None),
+    ("ingest with the true defaults (100,000-event queue, the rest of the burst spills to disk)",
+     "ingest_defaults_events_per_s", "events/s", "every event stored", None),
+    ("  / raw limit", "ingest_defaults_vs_raw_ratio", "", "", None),
+    ("ingest at 200k: writer thread / honest baseline", "ingest_vs_honest_ratio_200k", "", "", None),
+    ("  writer thread / raw limit", "ingest_vs_raw_ratio_200k", "", "", None),
+    ("  writer process / raw limit", "ingest_process_vs_raw_ratio_200k", "", "", None),
+    ("  true defaults / raw limit", "ingest_defaults_vs_raw_ratio_200k", "", "", None),
+    ("gen2 garbage collections per million events ingested (rows queued)", "gen2_per_million_rows", "", "", None),
+    ("  the same with a before_track hook (event objects queued)", "gen2_per_million_objects", "", "", None),
+    ("  ingest with the before_track hook", "ingest_objects_events_per_s", "events/s", "", None),
     ("ingest with persist_buffer (write-ahead journal, fsync per batch)", "ingest_persist_buffer_events_per_s",
      "events/s", "", None),
     ("  persist_buffer / default ingest", "persist_buffer_vs_default_ratio", "", "", None),
@@ -514,18 +689,26 @@ GOALS = [
     ("  longest / raw SQL", "sessions_by_duration_vs_raw_ratio", "x", "", None),
     ("full-text index catch-up after the bulk load", "fts_catch_up_rows_per_s", "rows/s", "", None),
     ("text search, 100 newest matches p50", "text_query_p50_us", "µs", "", None),
+    ("text search at 1M events, a common word, 100 newest", "search_common_1m_ms", "ms", "", None),
+    ("  the plan before (every match sorted)", "search_common_1m_old_ms", "ms", "", None),
+    ("text search at 3M events, a common word, 100 newest", "search_common_3m_ms", "ms", "", None),
+    ("  the plan before (every match sorted)", "search_common_3m_old_ms", "ms", "", None),
+    ("text search at 3M events, a rare word", "search_rare_3m_ms", "ms", "", None),
     ("get_metrics() last 24 h on 1M events (from rollups)", "get_metrics_24h_ms", "ms", "under 50 ms", lambda v: v < 50),
     ("  full-scan SQL aggregate over the same window", "metrics_full_scan_ms", "ms", "", None),
     ("  get_metrics speed-up over the scan", "metrics_speedup_over_scan", "x", "", None),
-    ("analytics: counting an existing database into the rollups", "analytics_rebuild_events_per_s", "events/s", "", None),
+    ("analytics: counting an existing database into the rollups (in the background)",
+     "analytics_rebuild_events_per_s", "events/s", "", None),
+    ("  the constructor on that database with analytics on (the count does not block it)",
+     "analytics_constructor_s", "s", "", None),
     ("raw limit: sqlite3 rows of the whole table dumped as JSON lines with orjson", "export_raw_dump_s", "s",
      "raw limit", None),
     ("export all events to JSONL", "export_jsonl_s", "s", "under 5 s for 1M", lambda v: v < 5),
-    ("  JSONL / raw dump", "export_jsonl_vs_raw", "x", "", None),
+    ("  JSONL / raw dump", "export_jsonl_vs_raw", "x", "at most 1.2x", lambda v: v <= 1.2),
     ("export all events to CSV", "export_csv_s", "s", "under 8 s for 1M", lambda v: v < 8),
-    ("  CSV / raw dump", "export_csv_vs_raw", "x", "", None),
+    ("  CSV / raw dump", "export_csv_vs_raw", "x", "at most 1.2x", lambda v: v <= 1.2),
     ("export all events to Parquet", "export_parquet_s", "s", "under 5 s for 1M", lambda v: v < 5),
-    ("  Parquet / raw dump", "export_parquet_vs_raw", "x", "", None),
+    ("  Parquet / raw dump", "export_parquet_vs_raw", "x", "at most 1.2x", lambda v: v <= 1.2),
     ("export peak RSS (counts the database pages SQLite maps)", "export_peak_rss_mb", "MB", "under 300 MB",
      lambda v: v < 300),
     ("export peak anonymous memory (the exporter's own)", "export_peak_anon_mb", "MB", "", None),
@@ -537,6 +720,8 @@ GOALS = [
     ("  request p99 under load", "http_load_p99_ms", "ms", "", None),
     ("  server peak RSS", "http_load_peak_rss_mb", "MB", "", None),
     ("  5xx answers + acknowledged events not stored", "http_load_lost", "", "0", lambda v: v == 0),
+    ("  SIGTERM to exit: the server writes the backlog the load left (queue and spill journal)",
+     "http_load_shutdown_drain_s", "s", "", None),
     ("GenAI chat span ended into telemetry.span_processor() p50 [p50 – p99]", "genai_bridge_p50_us", "µs", "", None),
     ("  the same span into BatchSpanProcessor, discarding exporter [p50 – p99]", "genai_batch_processor_p50_us", "µs",
      "peer", None),
@@ -604,6 +789,19 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
             shown += f" [{_fmt(value['min'])} – {_fmt(value['max'])}]"
         met = "" if check is None else ("yes" if check(value["median"]) else "**no**")
         lines.append(f"| {label} | {shown} {unit} | {goal} | {met} |")
+    figures = results["figures"]
+    if "ingest_defaults_events_per_s" in figures:
+        lines += ["", "## Sustained capacity", "",
+                  f"With the defaults, one process stores about {_fmt(figures['ingest_defaults_events_per_s']['median'])} "
+                  "events/s into SQLite with the writer thread"
+                  + (f" and {_fmt(figures['ingest_process_events_per_s']['median'])} with `writer = \"process\"`"
+                     if "ingest_process_events_per_s" in figures else "")
+                  + " (the rates above, measured from the first `track()` to the last commit). An application "
+                  "that tracks faster than that for long fills the in-memory queue (`max_queue_size`, 100,000 "
+                  "events), then the spill journal on disk, bounded by `reliability.buffer_max_bytes` (512 MiB, "
+                  "about 1.5 million stream events); past both, `track()` refuses events (counted as `spill_full`, "
+                  "never lost once accepted). A burst of a million events is absorbed and stored in full: the "
+                  "true-defaults figure is that burst."]
     lines += _nab_section(results.get("nab"))
     lines += _pii_section(results.get("pii"))
     lines += ["", "Raw figures: [benchmarks.json](benchmarks.json).", ""]

@@ -189,6 +189,7 @@ def _direct(calls: int) -> dict[str, float]:
                                      stream_flush_interval=3_600_000)
         instrumentor = OpenAIInstrumentor()
         instrumentor._stream_types, instrumentor._async_stream_types = (openai.Stream,), (openai.AsyncStream,)
+        instrumentor._all_stream_types = (openai.Stream, openai.AsyncStream)
 
         def one_call() -> None:
             call = _begin(telemetry, _Chat, kwargs)

@@ -9,8 +9,9 @@ and isolation are under its control:
 * ``store``, ``after_track``, ``after_store``, ``idle``, ``clean``, ``optimize``, ``health``, ``import_formats``,
   ``detect``, ``startup``, ``before_shutdown``, ``shutdown`` and ``after_fork`` are called one plugin at a time, and an
   exception in one plugin is recorded without stopping the others;
-* ``query``, ``scan``, ``get_session``, ``get_sessions``, ``export``, ``import_events``, ``export_destination``, ``get_metrics``,
-  ``get_insights``, ``define_metric``, ``metric_series`` and ``start_api_server`` are answered by
+* ``query``, ``scan``, ``scan_rows``, ``get_session``, ``get_sessions``, ``export``, ``export_rows``,
+  ``import_events``, ``export_destination``, ``get_metrics``, ``get_insights``, ``define_metric``,
+  ``metric_series`` and ``start_api_server`` are answered by
   the first plugin in configuration order that returns something other than
   ``None``.
 
@@ -206,6 +207,20 @@ def store(events: list[TelemetryEvent]) -> None:
 
 
 @hookspec
+def store_rows(rows: list[tuple[Any, ...]]) -> None:
+    """Persist a batch given as rows: the fast form of :func:`store`, for a plugin that implements both.
+
+    Each row holds an event's values in :data:`~vibekit_telemetry.model.ROW_FIELDS` order (``truncated`` a
+    tuple; ``metadata`` a dict, or, for flat metadata as the ingest queue holds it, its JSON text:
+    ``vibekit_telemetry.model.row_metadata`` reads either), validated like any event;
+    ``TelemetryEvent.to_row`` and ``vibekit_telemetry.model.event_from_row`` convert.  The kernel's ingest queue carries rows (they cost
+    the garbage collector nothing) when no ``before_track`` hook needs the event objects; a plugin that
+    implements this hook gets them as they are, instead of as events built for it.  The same rules as
+    :func:`store`: ignore ids already held, raise to fail, ``EventsRejectedError`` for content at fault.
+    """
+
+
+@hookspec
 def idle() -> None:
     """Do deferred maintenance in a small step: called on the flusher thread when nothing waits to be written.
 
@@ -227,6 +242,19 @@ def scan(filter: QueryFilter) -> Iterable[TelemetryEvent] | None:
     """Stream every event matching ``filter`` (no limit, in its order) with one cursor, for exports.
 
     Return ``None`` to let the kernel page through ``query`` instead.
+    """
+
+
+@hookspec(firstresult=True)
+def scan_rows(filter: QueryFilter, columns: tuple[str, ...]) -> Iterable[list[tuple[Any, ...]]] | None:
+    """Stream every event matching ``filter`` (as ``scan`` does) as batches of row tuples, for ``export_rows``.
+
+    ``columns`` are event field names; each tuple holds those fields of one event, in that order, as
+    ``TelemetryEvent`` would hold them, except ``metadata`` and ``truncated``: their compact JSON text as
+    ``orjson.dumps`` writes it, and ``None`` for no metadata or nothing truncated.  Yield lists of a few
+    thousand rows as they are read.  Return ``None`` (the kernel then builds events through ``scan``) for a
+    filter ``scan`` would refuse or a column this store does not know.  The kernel asks only the plugin
+    that answers ``scan``, and only when no ``after_read`` plugin would change the events on their way out.
     """
 
 
@@ -297,6 +325,21 @@ def export(format: str, events: Iterable[TelemetryEvent], output: BinaryIO, opti
     Return the number of events written if this plugin handles ``format``,
     otherwise ``None`` (without consuming ``events``).  ``events`` is an
     iterator: write as you go so memory stays bounded.
+    """
+
+
+@hookspec(firstresult=True)
+def export_rows(format: str, rows: Callable[[tuple[str, ...]], Iterable[list[tuple[Any, ...]]] | None],
+                output: BinaryIO, options: dict[str, Any]) -> int | None:
+    """Write an export in ``format`` straight from storage rows, without building an event per row.
+
+    Tried before ``export``, on the plugin that lists ``format`` first in ``export_formats`` (a configured
+    exporter keeps its precedence), when the store can stream rows (``scan_rows``) and nothing transforms
+    events on read.  ``rows(columns)`` returns the batches of row tuples described in ``scan_rows`` (oldest
+    first, matching the export's filter), or ``None``.  The output must be exactly what ``export`` would
+    write for the same events.  Return the number of events written, or ``None`` before writing anything
+    (for another format, options this path does not cover, or ``rows`` returning ``None``): the kernel
+    then calls ``export`` with events.  ``options`` were already checked by ``export``.
     """
 
 

@@ -319,9 +319,10 @@ class LLMCall:
             metadata["system_prompt"] = system
         if tools and self.capture:
             metadata["tools"] = tools
-        for key, value in (parameters or {}).items():
-            if value is not None and isinstance(value, (str, int, float, bool)):
-                metadata[f"request.{key}"] = value
+        if parameters:
+            for key, value in parameters.items():
+                if value is not None and isinstance(value, (str, int, float, bool)):
+                    metadata[f"request.{key}"] = value
         if prompt is None and messages:
             prompt = next((m.get("content") for m in reversed(messages)
                            if m.get("role") == "user" and m.get("content")), None)
@@ -358,14 +359,16 @@ class LLMCall:
         for field, count in (tokens or {}).items():
             if count is not None and field in _TOKEN_KEYS:
                 metadata[_TOKEN_KEYS[field]] = int(count)
-        reasons = [str(r) for r in finish_reasons or () if r]
-        if reasons:
-            metadata["finish_reasons"] = reasons
+        if finish_reasons:
+            reasons = [str(r) for r in finish_reasons if r]
+            if reasons:
+                metadata["finish_reasons"] = reasons
         if tool_calls:
             metadata["tool_calls"] = tool_calls
         if response_id:
             metadata["response_id"] = response_id
-        metadata.update({k: v for k, v in extra.items() if v is not None})
+        if extra:
+            metadata.update({k: v for k, v in extra.items() if v is not None})
         try:
             self.service.track_end(self.session_id, status, metadata=metadata, category=self.provider,
                                    stream_data=answer if answer and not self._streamed else None)
@@ -571,8 +574,17 @@ def observe_parsed(response: Any, call: LLMCall, handle: Callable[[Any], Any]) -
 
 def is_raw_response(value: Any) -> bool:
     """Whether an SDK call returned its raw response (the Stainless SDKs' ``APIResponse``) instead of a result."""
-    # looked up on the type first: a result is a pydantic model, whose missing attributes are slow to miss
-    return callable(getattr(type(value), "parse", None)) and hasattr(value, "http_response")
+    kind = type(value)
+    known = _RAW_TYPES.get(kind)
+    if known is None:
+        # decided once per type: a result is a pydantic model, whose missing attributes are slow to miss on
+        # every call; the raw responses have ``parse`` on their class and an ``http_response``
+        known = _RAW_TYPES[kind] = callable(getattr(kind, "parse", None)) and hasattr(value, "http_response")
+    return known
+
+
+#: response types seen by :func:`is_raw_response`, and whether each is an SDK's raw response
+_RAW_TYPES: dict[type, bool] = {}
 
 
 def _abandoned(call: LLMCall) -> None:

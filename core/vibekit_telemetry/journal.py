@@ -78,6 +78,12 @@ def _encode(events: list[TelemetryEvent]) -> tuple[bytes, bytes]:
     return b"[" + b",".join(parts) + b"]", _MAGIC_STDLIB
 
 
+def encode_event(event: TelemetryEvent) -> bytes:
+    """One event as the JSON a journal record holds (orjson; raises ``orjson.JSONEncodeError`` for what only
+    the standard library could write, which events that passed the gate never hold)."""
+    return orjson.dumps(event.__dict__)
+
+
 def ensure_encodable(event: TelemetryEvent) -> None:
     """Raise :class:`UnencodableEvent` if no JSON encoder can write ``event``."""
     _encode([event])
@@ -210,6 +216,17 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def append_encoded(self, parts: list[bytes]) -> int:
+        """:meth:`append` for events encoded one by one beforehand (:func:`encode_event`); same bounds and token."""
+        if not parts:
+            raise ValueError("an empty batch")
+        return self._append_payload(b"[" + b",".join(parts) + b"]", _MAGIC, len(parts))
+
+    @staticmethod
+    def record_bytes(payload_bytes: int) -> int:
+        """What a record of ``payload_bytes`` of events costs against ``max_bytes``."""
+        return _HEADER.size + payload_bytes + 2
+
     def append(self, events: list[TelemetryEvent]) -> int:
         """Write one batch at the tail and return its token for :meth:`ack` (tokens increase with each batch).
 
@@ -219,11 +236,14 @@ class Journal:
         if not events:
             raise ValueError("an empty batch")
         payload, magic = _encode(events)
-        record = _HEADER.pack(magic, len(events), len(payload), zlib.crc32(payload)) + payload
+        return self._append_payload(payload, magic, len(events))
+
+    def _append_payload(self, payload: bytes, magic: bytes, count: int) -> int:
+        record = _HEADER.pack(magic, count, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._closed:
                 raise StorageError(f"the journal {self.directory} is closed")
-            if self.pending_events + len(events) > self.max_events or self.pending_bytes + len(record) > self.max_bytes:
+            if self.pending_events + count > self.max_events or self.pending_bytes + len(record) > self.max_bytes:
                 raise JournalFull(
                     f"the journal {self.directory} is full ({self.pending_events} events, {self.pending_bytes} bytes; "
                     f"bounds {self.max_events} events, {self.max_bytes} bytes)"
@@ -240,8 +260,8 @@ class Journal:
                 raise
             seq = self._next_seq
             self._next_seq += 1
-            self._pending.append((self._tail_segment, offset, offset + len(record), len(events), seq))
-            self.pending_events += len(events)
+            self._pending.append((self._tail_segment, offset, offset + len(record), count, seq))
+            self.pending_events += count
             self.pending_bytes += len(record)
             return seq
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 from .errors import InvalidEventError, InvalidQueryError
 from .times import now_ms, to_ms
@@ -47,12 +48,14 @@ def new_id(timestamp_ms: int | None = None) -> str:
     (ids made within one millisecond stay in order), 32 random bits drawn once
     per process (ids of different processes never collide), and the next 32
     bits of the counter (ids of one process never collide, even if the clock
-    steps back).  One integer formatted once: ``track()`` makes one per event.
+    steps back).  One integer written out once (``int.to_bytes().hex()``, twice
+    as fast as ``%x`` formatting): ``track()`` makes one per event.
     Time-ordered keys also keep SQLite appends cheap.
     """
     count = next(_sequence)
     ms = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
-    return "%032x" % (((ms & 0xFFFFFFFFFFFF) << 80) | ((count & 0xFFFF) << 64) | _salt | ((count >> 16) & 0xFFFFFFFF))
+    return (((ms & 0xFFFFFFFFFFFF) << 80) | ((count & 0xFFFF) << 64) | _salt | ((count >> 16) & 0xFFFFFFFF)
+            ).to_bytes(16, "big").hex()
 
 
 # Not slotted: attrs initialises a frozen dict-backed class by writing its __dict__ directly, which
@@ -98,34 +101,7 @@ class TelemetryEvent:
         """
         if type(data) is not dict and not isinstance(data, Mapping):
             raise InvalidEventError("event", f"expected a mapping, got {type(data).__name__}")
-        kwargs = {key: val for key, val in data.items() if val is not None}
-        if not kwargs.keys() <= _FIELD_NAMES:
-            kwargs = _rename_aliases(kwargs)
-        timestamp = kwargs.get("timestamp")
-        if timestamp is not None and type(timestamp) is not int:
-            if isinstance(timestamp, (str, float, _dt.date)) and not isinstance(timestamp, bool):
-                try:
-                    kwargs["timestamp"] = to_ms(timestamp)
-                except (ValueError, OverflowError) as exc:
-                    raise InvalidEventError("timestamp", str(exc)) from None
-            # anything else is refused by _check_fields below, by type
-        try:
-            _check_fields(kwargs)
-        except _NeedsPlainCopy:
-            # numpy numbers, read-only mappings, named tuples: converted losslessly, then checked again
-            if "metadata" in kwargs:
-                kwargs["metadata"] = _plain(kwargs["metadata"])
-            value = kwargs.get("value")
-            if isinstance(value, float) and type(value) is not float:
-                kwargs["value"] = float(value)
-            try:
-                _check_fields(kwargs)
-            except _NeedsPlainCopy as exc:  # pragma: no cover - _plain converts every kind it raises for
-                raise InvalidEventError(exc.path, f"holds a {exc.kind.__name__} that cannot be stored") from None
-        kwargs.setdefault("event_type", "custom")
-        if "truncated" in kwargs:
-            kwargs["truncated"] = tuple(kwargs["truncated"])
-        return cls(**kwargs)
+        return event_from_row(checked_row(data))
 
     @classmethod
     def restore(cls, fields: Mapping[str, Any]) -> TelemetryEvent:
@@ -149,9 +125,15 @@ class TelemetryEvent:
             out.pop("truncated", None)
         return out
 
+    def to_row(self) -> tuple[Any, ...]:
+        """The event's values in :data:`ROW_FIELDS` order (what the ingest queue carries)."""
+        d = self.__dict__
+        return (d["id"], d["session_id"], d["event_type"], d["category"], d["action"], d["label"], d["value"],
+                d["timestamp"], d["agent"], d["mode"], d["prompt"], d["parent_session_id"], d["stream_data"],
+                d["status"], d["error_type"], d["error_message"], d["error_stack"], d["metadata"], d["truncated"])
+
 
 _FIELD_ORDER = tuple(f.name for f in attrs.fields(TelemetryEvent))
-_FIELD_NAMES = frozenset(_FIELD_ORDER)
 _STRING_FIELDS = (
     "id", "session_id", "action", "label", "agent", "mode", "prompt", "parent_session_id",
     "stream_data", "status", "error_type", "error_message", "error_stack",
@@ -253,17 +235,6 @@ def _camel(name: str) -> str:
 _ALIASES = {_camel(n): n for n in _FIELD_ORDER if "_" in n}
 
 
-def _rename_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, val in kwargs.items():
-        name = key if key in _FIELD_NAMES else _ALIASES.get(key)
-        if name is None:
-            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
-            raise InvalidEventError(shown[:100], f"unknown field; known fields: {', '.join(_FIELD_ORDER)}")
-        out[name] = val
-    return out
-
-
 def validate_event(event: TelemetryEvent) -> None:
     """Check an event's field types and values; raise :class:`InvalidEventError` naming the field.
 
@@ -273,84 +244,220 @@ def validate_event(event: TelemetryEvent) -> None:
     metadata), strings that are not valid UTF-8, ids outside printable ASCII (or
     longer than :data:`MAX_ID_LENGTH`), and names with line breaks.
     """
+    checked_event_row(event)
+
+
+def checked_event_row(event: TelemetryEvent) -> tuple[Any, ...]:
+    """:func:`validate_event`, returning the event's row (:data:`ROW_FIELDS` order)."""
     fields = event.__dict__
     if type(fields.get("timestamp")) is not int:
         raise InvalidEventError("timestamp", f"must be integer epoch milliseconds, got {fields.get('timestamp')!r}")
     try:
-        _check_fields({key: val for key, val in fields.items() if val is not None})
+        return checked_row(fields, convert=False)
     except _NeedsPlainCopy as exc:
         raise InvalidEventError(exc.path, f"holds a {exc.kind.__name__}, which JSON cannot store as it is: use plain "
                                           "float, dict and list values (a mapping given to track() is converted)") from None
 
 
-_TEXT_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_TEXT)
-_NAME_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_NAME)
-_ID_FIELDS = frozenset(k for k, rule in _STRING_RULES.items() if rule == _RULE_ID)
+#: An event's fields in the order of its row: what the ingest queue carries (``TelemetryEvent.to_row``) and what a
+#: storage plugin's ``store_rows`` hook receives, ``truncated`` a tuple, ``metadata`` a dict (or, flat, its JSON text
+#: in the queue's rows).  (The SQLite plugin's columns are in this order.)
+ROW_FIELDS = ("id", "session_id", "event_type", "category", "action", "label", "value", "timestamp", "agent", "mode",
+              "prompt", "parent_session_id", "stream_data", "status", "error_type", "error_message", "error_stack",
+              "metadata", "truncated")
+_RULE_VALUE, _RULE_TIMESTAMP, _RULE_METADATA, _RULE_TRUNCATED = 3, 4, 5, 6  # checked_row writes them as literals
+_ROW_RULES = tuple(_STRING_RULES.get(name, {"value": _RULE_VALUE, "timestamp": _RULE_TIMESTAMP,
+                                            "metadata": _RULE_METADATA, "truncated": _RULE_TRUNCATED}.get(name))
+                   for name in ROW_FIELDS)
+#: the row position of every field name, snake_case and the seed's camelCase
+_ROW_INDEX = {name: i for i, name in enumerate(ROW_FIELDS)}
+_ROW_INDEX.update({alias: _ROW_INDEX[name] for alias, name in _ALIASES.items()})
 
 
-def _check_fields(fields: Mapping[str, Any]) -> None:
-    """The checks ``from_dict`` and ``validate_event`` share, over the fields that are set.
+def event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
+    """The event a row (:data:`ROW_FIELDS` order) holds, without validation (as :meth:`TelemetryEvent.restore`)."""
+    if type(row[17]) is str:
+        row = unpacked(row)
+    event = object.__new__(TelemetryEvent)
+    event.__dict__.update(zip(ROW_FIELDS, row))
+    return event
 
-    This runs on every ``track()``: the common case (ASCII strings, short names, plain metadata) is
-    decided with C-level string predicates, and only a suspicious value takes the slow, explaining path.
+
+def unpacked(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as the ingest queue may hold it (flat metadata as its JSON text) with its metadata a dict."""
+    return (*row[:17], _loads(row[17]), row[18])
+
+
+def row_metadata(value: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
+    """A row's metadata as a mapping: rows from the ingest queue may hold flat metadata as its JSON text."""
+    if type(value) is str:
+        return _loads(value) if value != "{}" else {}
+    return value or {}
+
+
+def events_of(items: Iterable[TelemetryEvent | tuple[Any, ...]]) -> list[TelemetryEvent]:
+    """Events and rows (what the ingest queue holds) as events."""
+    return [event_from_row(item) if type(item) is tuple else item for item in items]  # type: ignore[misc]
+
+
+def rows_of(items: Iterable[TelemetryEvent | tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Events and rows (what the ingest queue holds) as rows (flat metadata may be its JSON text)."""
+    return [item if type(item) is tuple else item.to_row() for item in items]  # type: ignore[union-attr]
+
+
+def checked_row(data: Mapping[str, Any], convert: bool = True, pack: bool = False) -> tuple[Any, ...]:
+    """Validate a mapping of event fields in one pass and return the event's row (:data:`ROW_FIELDS` order).
+
+    What ``from_dict`` and ``track()`` run for every event: unknown keys, wrong types, a missing category or
+    session id, an unknown event type and values no store can hold raise :class:`InvalidEventError` naming the
+    field.  ``None`` values are "not given"; the id, the timestamp (now) and the event type (``custom``) get
+    their defaults.  The common case (ASCII strings, short names, plain metadata) is decided with C-level
+    string predicates; only a suspicious value takes the slow, explaining path.  ``convert`` turns what
+    converts losslessly (numpy numbers, read-only mappings, named tuples, timestamps given as text, floats or
+    datetimes) into plain values; without it those raise ``_NeedsPlainCopy``.  ``pack`` (the ingest queue's
+    form) holds flat metadata (string keys, scalar values) as its JSON text: the row is then a tuple of atoms,
+    which the garbage collector stops tracking at its first look, where a dict would keep it tracked (and
+    the JSON is what a store writes anyway).
     """
-    for key, val in fields.items():
+    slots: list[Any] = [None] * 19
+    index = _ROW_INDEX
+    rules = _ROW_RULES
+    # the rule numbers are written as literals (0 text, 1 name, 2 id, 3 value, 4 timestamp, 5 metadata,
+    # 6 truncated): constants cost less than globals, and this loop runs for every key of every event
+    for key, val in data.items():
+        if val is None:
+            continue
+        try:
+            i = index[key]
+        except KeyError:
+            _unknown_field(key)
+        rule = rules[i]
         kind = type(val)
         if kind is str:
-            if val.isascii():
-                if key in _TEXT_FIELDS:
-                    continue
-                if key in _ID_FIELDS:
-                    if 0 < len(val) <= MAX_ID_LENGTH and val.isprintable() and " " not in val:
-                        continue
-                elif key in _NAME_FIELDS:
-                    if len(val) <= MAX_NAME_LENGTH and val.isprintable():
-                        continue
-                else:  # a string where a number, a mapping or a list belongs
-                    _reject(key, val)
-            rule = _STRING_RULES.get(key)
-            if rule is None:
-                _reject(key, val)
-            problem = _bad_string(rule, val)
-            if problem is not None:
-                raise InvalidEventError(key, problem)
-        elif kind is int and key == "timestamp":
-            if not MIN_TIMESTAMP_MS <= val <= MAX_TIMESTAMP_MS:
-                _reject(key, val)
-        elif key == "metadata":
+            if rule == 0:
+                if not val.isascii() and _not_utf8(val):
+                    raise InvalidEventError(ROW_FIELDS[i], _bad_text(val) or "")
+            elif rule == 1:
+                if not (len(val) <= 256 and val.isascii() and val.isprintable()):
+                    problem = _bad_string(rule, val)
+                    if problem is not None:
+                        raise InvalidEventError(ROW_FIELDS[i], problem)
+            elif rule == 2:
+                if not (0 < len(val) <= 256 and val.isascii() and val.isprintable() and " " not in val):
+                    problem = _bad_string(rule, val)
+                    if problem is not None:
+                        raise InvalidEventError(ROW_FIELDS[i], problem)
+            elif rule == 4 and convert:
+                val = _timestamp(val)
+            else:  # a string where a number, a mapping or a list belongs
+                _reject(ROW_FIELDS[i], val)
+        elif rule == 4:
+            if kind is not int:
+                if not convert or kind is bool or not isinstance(val, (float, _dt.date)):
+                    _reject("timestamp", val)
+                val = _timestamp(val)
+            elif not MIN_TIMESTAMP_MS <= val <= MAX_TIMESTAMP_MS:
+                _reject("timestamp", val)
+        elif rule == 5:
             if kind is not dict:
                 if not isinstance(val, Mapping):
-                    _reject(key, val)
-                raise _NeedsPlainCopy(key, kind)
-        elif key == "value":
+                    _reject("metadata", val)
+                if not convert:
+                    raise _NeedsPlainCopy("metadata", kind)
+                val = _plain(val)
+        elif rule == 3:
             if kind is bool or not isinstance(val, (int, float)):
-                _reject(key, val)
+                _reject("value", val)
             if isinstance(val, int):
                 if not INT64_MIN <= val <= INT64_MAX:
-                    _reject(key, val)
+                    _reject("value", val)
             elif not math.isfinite(val):
-                _reject(key, val)
+                _reject("value", val)
             elif kind is not float:
-                raise _NeedsPlainCopy(key, kind)
-        elif key == "truncated":
+                if not convert:
+                    raise _NeedsPlainCopy("value", kind)
+                val = float(val)
+        elif rule == 6:
             if not isinstance(val, (list, tuple)) or not all(type(name) is str and not _not_utf8(name)
                                                               for name in val):
-                _reject(key, val)
-        elif key in _STRING_RULES or key == "timestamp":
-            _reject(key, val)
-    event_type = fields.get("event_type", "custom")
-    if event_type not in EVENT_TYPES:
+                _reject("truncated", val)
+            if kind is not tuple:
+                val = tuple(val)
+        else:  # a string field given something else
+            _reject(ROW_FIELDS[i], val)
+        slots[i] = val
+    event_type = slots[2]
+    if event_type is None:
+        slots[2] = event_type = "custom"
+    elif event_type not in EVENT_TYPES:
         _reject("event_type", event_type)
-    if not fields.get("category"):
-        raise InvalidEventError("category", f"required: a non-empty string, got {fields.get('category')!r}")
-    if event_type in _SESSION_TYPES and not fields.get("session_id"):
+    if not slots[3]:
+        raise InvalidEventError("category", f"required: a non-empty string, got {slots[3]!r}")
+    if event_type in _SESSION_TYPES and not slots[1]:
         raise InvalidEventError("session_id", f"required for {event_type} events")
-    metadata = fields.get("metadata")
+    metadata = slots[17]
     if metadata:
-        _check_metadata(metadata)
+        for mkey, item in metadata.items():  # the top level's common values decided here, the rest by _check_json
+            if type(mkey) is str and mkey.isascii():
+                mkind = type(item)
+                if mkind is str:
+                    if item.isascii():
+                        continue
+                elif mkind is int:
+                    if -9223372036854775808 <= item <= 9223372036854775807:
+                        continue
+                elif mkind is float:
+                    if _isfinite(item):
+                        continue
+                elif mkind is bool or item is None:
+                    continue
+            break
+        else:
+            if pack:
+                slots[17] = _dumps(metadata).decode()
+            metadata = None
+    if metadata:
+        try:
+            _check_metadata(metadata)
+        except _NeedsPlainCopy as exc:
+            if not convert:
+                raise
+            # numpy numbers, read-only mappings, named tuples inside: converted losslessly, then checked again
+            metadata = slots[17] = _plain(metadata)
+            try:
+                _check_metadata(metadata)
+            except _NeedsPlainCopy:  # pragma: no cover - _plain converts every kind it raises for
+                raise InvalidEventError(exc.path, f"holds a {exc.kind.__name__} that cannot be stored") from None
+    elif slots[17] is None or (pack and not slots[17]):
+        slots[17] = "{}" if pack else {}
+    if slots[0] is None:
+        slots[0] = new_id()
+    if slots[7] is None:
+        slots[7] = _time_ns() // 1_000_000
+    if slots[18] is None:
+        slots[18] = ()
+    return tuple(slots)
+
+
+def _timestamp(value: Any) -> int:
+    """A timestamp given as text, a float or a datetime, as epoch milliseconds in the accepted range."""
+    try:
+        ms = to_ms(value)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidEventError("timestamp", str(exc)) from None
+    if type(ms) is not int or not MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
+        _reject("timestamp", value)
+    return ms
+
+
+def _unknown_field(key: Any) -> None:
+    shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+    raise InvalidEventError(shown[:100], f"unknown field; known fields: {', '.join(_FIELD_ORDER)}")
 
 
 _isfinite = math.isfinite
+_dumps = orjson.dumps
+_loads = orjson.loads
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> None:
@@ -588,41 +695,93 @@ def summarize_sessions(events: Iterable[TelemetryEvent], existing: Mapping[str, 
 
     ``existing`` holds the current state of the sessions concerned (missing
     ones start empty).  Returns the updated sessions by id.  Every storage
-    plugin calls this so that all of them agree on what a session is; the result
-    does not depend on the order in which events or batches arrive.
+    plugin calls this (or :func:`fold_session_rows`, the same fold on rows) so
+    that all of them agree on what a session is; the result does not depend on
+    the order in which events or batches arrive.
     """
-    grouped: dict[str, list[TelemetryEvent]] = {}
-    for event in events:
-        sid = event.session_id
+    folded = fold_session_rows([event.to_row() for event in events],
+                               {sid: session_to_row(session) for sid, session in existing.items()})
+    return {sid: session_from_row(row) for sid, row in folded.items()}
+
+
+#: A session's stored fields in the order of its row (:func:`fold_session_rows`), ``metadata`` a dict, the token
+#: counts flattened.  (The SQLite plugin's columns are in this order.)
+SESSION_ROW_FIELDS = (
+    "id", "agent", "mode", "prompt", "status", "parent_id", "started_at", "ended_at", "first_event_at",
+    "last_event_at", "first_stream_at", "event_count", "stream_count", "error_count", "metadata",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens", "last_error",
+    "has_start", "kind", "model", "conversation_id", "user_id",
+)
+
+
+def session_to_row(s: Session) -> tuple[Any, ...]:
+    """A session's stored fields in :data:`SESSION_ROW_FIELDS` order."""
+    t = s.tokens
+    return (s.id, s.agent, s.mode, s.prompt, s.status, s.parent_id, s.started_at, s.ended_at, s.first_event_at,
+            s.last_event_at, s.first_stream_at, s.event_count, s.stream_count, s.error_count, s.metadata,
+            t.input, t.output, t.cache_read, t.cache_creation, t.reasoning, s.last_error, bool(s.has_start),
+            s.kind, s.model, s.conversation_id, s.user_id)
+
+
+def session_from_row(row: tuple[Any, ...]) -> Session:
+    """The session a row (:data:`SESSION_ROW_FIELDS` order, ``metadata`` a mapping) holds."""
+    (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
+     first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error,
+     has_start, kind, model, conversation_id, user_id) = row
+    return Session(
+        id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
+        ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
+        first_stream_at=first_stream_at, event_count=event_count or 0, stream_count=stream_count or 0,
+        error_count=error_count or 0, metadata=metadata if metadata is not None else {},
+        tokens=TokenUsage(tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0), last_error=last_error,
+        has_start=bool(has_start), kind=kind, model=model, conversation_id=conversation_id, user_id=user_id,
+    )
+
+
+def fold_session_rows(rows: Iterable[tuple[Any, ...]], existing: Mapping[str, tuple[Any, ...]]
+                      ) -> dict[str, tuple[Any, ...]]:
+    """:func:`summarize_sessions` on rows: event rows (:data:`ROW_FIELDS`) into session rows
+    (:data:`SESSION_ROW_FIELDS`), ``existing`` the current rows of the sessions concerned.
+
+    What a storage plugin's writer runs per batch: no ``Session`` or ``TokenUsage`` objects on the way.
+    """
+    grouped: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        sid = row[1]
         if sid:
             bucket = grouped.get(sid)
             if bucket is None:
-                grouped[sid] = [event]
+                grouped[sid] = [row]
             else:
-                bucket.append(event)
+                bucket.append(row)
     return {sid: _fold(sid, batch, existing.get(sid)) for sid, batch in grouped.items()}
 
 
-def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Session:
+def _fold(sid: str, rows: list[tuple[Any, ...]], prior: tuple[Any, ...] | None) -> tuple[Any, ...]:
     if prior is None:
         agent = mode = prompt = parent_id = started = ended = first = last = first_stream = last_error = None
-        status, event_count, stream_count, error_count, tokens, has_start = "active", 0, 0, 0, _NO_TOKENS, False
+        status, event_count, stream_count, error_count, has_start = "active", 0, 0, 0, False
+        tin = tout = tcr = tcc = treas = 0
         metadata: dict[str, Any] = {}
     else:
-        agent, mode, prompt, parent_id = prior.agent, prior.mode, prior.prompt, prior.parent_id
-        status, has_start, ended, last_error = prior.status, prior.has_start, prior.ended_at, prior.last_error
-        started = prior.started_at if has_start else None
-        first, last, first_stream = prior.first_event_at, prior.last_event_at, prior.first_stream_at
-        event_count, stream_count, error_count, tokens = prior.event_count, prior.stream_count, prior.error_count, prior.tokens
-        metadata = dict(prior.metadata)
-    for event in events:
-        e = event.__dict__
-        ts = e["timestamp"]
+        (_, agent, mode, prompt, status, parent_id, started, ended, first, last, first_stream, event_count,
+         stream_count, error_count, prior_metadata, tin, tout, tcr, tcc, treas, last_error, has_start,
+         *_labels) = prior
+        if not has_start:
+            started = None
+        metadata = dict(prior_metadata) if prior_metadata else {}
+        event_count, stream_count, error_count = event_count or 0, stream_count or 0, error_count or 0
+        tin, tout, tcr, tcc, treas = tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0
+    for r in rows:
+        ts = r[7]
         if first is None or ts < first:
             first = ts
         if last is None or ts > last:
             last = ts
-        kind = e["event_type"]
+        kind = r[2]
+        event_metadata = r[17]
+        if type(event_metadata) is str:  # flat metadata from the ingest queue, as JSON text
+            event_metadata = _loads(event_metadata) if event_metadata != "{}" else None
         if kind == "stream":
             stream_count += 1
             if first_stream is None or ts < first_stream:
@@ -630,15 +789,15 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
         elif kind == "start":
             if started is None or ts < started:
                 started = ts
-            agent = e["agent"] if e["agent"] is not None else agent
-            mode = e["mode"] if e["mode"] is not None else mode
-            prompt = e["prompt"] if e["prompt"] is not None else prompt
-            parent_id = e["parent_session_id"] or parent_id
+            agent = r[8] if r[8] is not None else agent
+            mode = r[9] if r[9] is not None else mode
+            prompt = r[10] if r[10] is not None else prompt
+            parent_id = r[11] or parent_id
         elif kind == "end":
             if ended is None or ts >= ended:
                 ended = ts
-                status = e["status"] or "completed"
-            tally = e["metadata"].get("sampled_out") if e["metadata"] else None
+                status = r[13] or "completed"
+            tally = event_metadata.get("sampled_out") if event_metadata else None
             if isinstance(tally, Mapping):
                 # events sampling dropped from this session, added back so the summary stays exact
                 event_count += int(tally.get("events", 0))
@@ -646,30 +805,29 @@ def _fold(sid: str, events: list[TelemetryEvent], prior: Session | None) -> Sess
                 tally_first = tally.get("first_stream_at")
                 if isinstance(tally_first, int) and (first_stream is None or tally_first < first_stream):
                     first_stream = tally_first
-                if isinstance(tally.get("tokens"), Mapping):
-                    tokens = tokens + TokenUsage(**{k: int(v) for k, v in tally["tokens"].items()
-                                                    if k in _TOKEN_FIELDS})
+                counts = tally.get("tokens")
+                if isinstance(counts, Mapping):
+                    extra = TokenUsage(**{k: int(v) for k, v in counts.items() if k in _TOKEN_FIELDS})
+                    tin, tout, tcr = tin + extra.input, tout + extra.output, tcr + extra.cache_read
+                    tcc, treas = tcc + extra.cache_creation, treas + extra.reasoning
         elif kind == "error":
             error_count += 1
-            last_error = e["error_message"] or e["error_type"]
-        if prompt is None and e["prompt"] is not None:
+            last_error = r[15] or r[14]
+        if prompt is None and r[10] is not None:
             # no start event gave one (content sent apart from the span, as OTel GenAI log events are)
-            prompt = e["prompt"]
+            prompt = r[10]
         if agent is None:
-            agent = e["category"]
-        event_metadata = e["metadata"]
+            agent = r[3]
         if event_metadata:
             metadata.update(event_metadata)
             if not event_metadata.keys().isdisjoint(_ANY_TOKEN_KEY):
-                tokens = tokens + TokenUsage.from_metadata(event_metadata)
-    return Session(
-        id=sid, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id,
-        started_at=started if started is not None else first, ended_at=ended, first_event_at=first,
-        last_event_at=last, first_stream_at=first_stream, event_count=event_count + len(events),
-        stream_count=stream_count, error_count=error_count, metadata=metadata, tokens=tokens, last_error=last_error,
-        has_start=started is not None, kind=_label(metadata, "kind"), model=_label(metadata, "model"),
-        conversation_id=_label(metadata, "conversation_id"), user_id=_label(metadata, "user_id"),
-    )
+                t = TokenUsage.from_metadata(event_metadata)
+                tin, tout, tcr = tin + t.input, tout + t.output, tcr + t.cache_read
+                tcc, treas = tcc + t.cache_creation, treas + t.reasoning
+    return (sid, agent, mode, prompt, status, parent_id, started if started is not None else first, ended, first,
+            last, first_stream, event_count + len(rows), stream_count, error_count, metadata, tin, tout, tcr, tcc,
+            treas, last_error, started is not None, _label(metadata, "kind"), _label(metadata, "model"),
+            _label(metadata, "conversation_id"), _label(metadata, "user_id"))
 
 
 #: Metadata keys a session summary lifts into fields of its own (``Session.kind`` ...): the GenAI mapping and

@@ -28,7 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .journal import Journal, JournalFull
+import orjson
+
+from .journal import Journal, JournalFull, encode_event
+from .model import event_from_row
 
 log = logging.getLogger("vibekit_telemetry.pipeline")
 
@@ -81,7 +84,9 @@ class Pipeline:
         self._spill_dir = spill_dir
         self._spill_limits = spill_limits
         self._spill_lock = threading.Lock()
-        self._spill_buffer: list[Any] = []
+        #: spilled events encoded for the journal, waiting to be written as one record
+        self._spill_buffer: list[bytes] = []
+        self._spill_buffer_bytes = 0
         self._spill: Journal | None = None
         self._orphan_spills: list[Journal] = []
         #: set while spilled events wait: new events spill too, so they stay behind them
@@ -194,31 +199,39 @@ class Pipeline:
                 self._queue.append(item)  # the flusher caught up meanwhile
                 return True
             self._spilling = True
-            if not self._spill_has_room():
+            # encoded now, so that its exact size decides whether the journal has room for it
+            try:
+                part = encode_event(event_from_row(item) if type(item) is tuple else item)
+            except (TypeError, orjson.JSONEncodeError) as exc:  # never for what passed the gate
+                log.error("an event cannot be spilled to disk (%s); refused", exc)
+                self._on_drop("spill_error", 1)
+                return False
+            if not self._spill_has_room(len(part) + 1):
                 # refuse now, while the caller can still be told: an event accepted here must not be lost later
                 self._on_drop("spill_full", 1)
                 return False
-            self._spill_buffer.append(item)
+            self._spill_buffer.append(part)
+            self._spill_buffer_bytes += len(part) + 1
             if len(self._spill_buffer) >= _SPILL_CHUNK:
                 self._write_spill_locked()
         self._wake.set()
         return True
 
-    def _spill_has_room(self) -> bool:
-        """Whether the spill journal can take the buffered chunk plus one more event (caller holds the lock)."""
+    def _spill_has_room(self, size: int = 1024) -> bool:
+        """Whether the spill journal can take the buffered chunk plus one more event of ``size`` encoded bytes
+        (caller holds the lock).  Exact: the buffered events are encoded already, and what the journal holds
+        it counts itself."""
         max_events, max_bytes = self._spill_limits
-        waiting = len(self._spill_buffer) + 1
-        if self._spill is None:
-            return waiting <= max_events
-        pending = self._spill.pending_events
-        if pending + waiting > max_events:
+        pending_events = self._spill.pending_events if self._spill is not None else 0
+        pending_bytes = self._spill.pending_bytes if self._spill is not None else 0
+        if pending_events + len(self._spill_buffer) + 1 > max_events:
             return False
-        per_event = self._spill.pending_bytes / pending if pending else 0
-        return self._spill.pending_bytes + per_event * (waiting + _SPILL_CHUNK) <= max_bytes
+        return pending_bytes + Journal.record_bytes(self._spill_buffer_bytes + size) <= max_bytes
 
     def _write_spill_locked(self) -> None:
         """Move the spill buffer to the spill journal (caller holds the spill lock)."""
         chunk, self._spill_buffer = self._spill_buffer, []
+        self._spill_buffer_bytes = 0
         if not chunk:
             return
         try:
@@ -226,7 +239,7 @@ class Pipeline:
                 assert self._spill_dir is not None
                 self._spill = Journal.create(self._spill_dir, max_events=self._spill_limits[0],
                                              max_bytes=self._spill_limits[1], fsync=self._spill_fsync)
-            self._spill.append(chunk)
+            self._spill.append_encoded(chunk)
         except JournalFull as exc:
             log.error("%s; %d events lost", exc, len(chunk))
             self._on_drop("spill_full", len(chunk))

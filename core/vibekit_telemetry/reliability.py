@@ -28,7 +28,7 @@ import attrs
 from .deadletter import DeadLetters
 from .errors import ConfigError, EventsRejectedError, StorageError, StorageUnavailableError
 from .journal import Journal, JournalFull, UnencodableEvent, ensure_encodable
-from .model import TelemetryEvent
+from .model import TelemetryEvent, event_from_row, events_of
 
 log = logging.getLogger("vibekit_telemetry.reliability")
 
@@ -384,7 +384,8 @@ class GuardedSink:
         if not culprits:
             return
         by_error: dict[str, list[TelemetryEvent]] = {}
-        for event, exc in culprits:
+        for item, exc in culprits:
+            event = event_from_row(item) if type(item) is tuple else item  # the queue's rows, as events
             by_error.setdefault(f"{type(exc).__name__}: {exc}"[:2000], []).append(event)
         for error, events in by_error.items():
             log.error("sink %s: %d events refused for their content (%s) go to the dead-letter file %s: %s",
@@ -550,6 +551,7 @@ class GuardedSink:
         if not (policy.buffer_on_error or policy.persist_buffer):
             self.lose(len(batch), "storage_error")
             return None
+        batch = events_of(batch)  # the journal holds events (the queue may have handed rows)
         try:
             if self._journal is None:
                 self._journal = self._new_journal()

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -55,8 +56,13 @@ from .model import (
     Session,
     SessionFilter,
     TelemetryEvent,
+    checked_event_row,
+    checked_row,
     encode_cursor,
+    event_from_row,
+    events_of,
     new_id,
+    rows_of,
     validate_event,
 )
 from .pipeline import Pipeline
@@ -301,11 +307,16 @@ class TelemetryService:
         self._memory_high = False
         self._started = False
         self._read_cache = self._read_decoders = False
+        self._lean = self._capture = False
         self._plugin_stats: dict[str, _PluginStats] = {}
         self._streams: list[EventStream] = []
         self._open_sessions: OrderedDict[str, str] = OrderedDict()
         self._closed = False
         self._shutting_down = False
+        #: set once shutdown closes the plugins: a store that finishes opening after that closes itself again
+        self._plugins_shut = False
+        #: storage plugins that started degraded, by name: shutdown tries each once more before giving up
+        self._unopened: dict[str, tuple[Any, GuardedSink]] = {}
         self._live_interval: float | None = None
         self._on_demand: dict[str, str] = {}
         self._process: Any = None
@@ -328,6 +339,8 @@ class TelemetryService:
         self._thinner: Thinner | None = Thinner(sampling, reliability.rate_limit, self._record_thinned)
         if not self._thinner.active:
             self._thinner = None
+        self._capture = bool(self.config.capture_content)
+        self._refresh_lean()
         persistent = [sink for sink in self._sink_list if sink.policy.persist_buffer]
         max_queue = self.config.max_queue_size
         if persistent:
@@ -346,7 +359,8 @@ class TelemetryService:
             on_idle=self._idle,
             before_drain=self._before_drain,
             spill_dir=self.buffer_dir / "_spill",
-            spill_limits=(max(reliability.buffer_size, self.config.max_queue_size), reliability.buffer_max_bytes),
+            # bounded by bytes on disk, not by a count near the queue's: a burst of a million events is absorbed
+            spill_limits=(2**62, reliability.buffer_max_bytes),
             stage=self._stage_batch if persist else None,
             spill_fsync=persist,
             durable=(lambda: max(sink.backlog for sink in persistent)) if persistent else None,
@@ -419,6 +433,11 @@ class TelemetryService:
 
     def _make_sinks(self) -> dict[str, GuardedSink]:
         sinks = {}
+        stores = {impl.plugin for impl in self.host.impls("store")}
+        for impl in self.host.impls("store_rows"):
+            if impl.plugin not in stores:
+                raise PluginError(f"plugin {impl.plugin!r} implements store_rows but not store: a storage plugin "
+                                  "implements store (store_rows is its optional fast form)")
         for position, impl in enumerate(self.host.impls("store")):
             policy = self._sink_policies.get(impl.plugin, self.config.reliability)
             directory = Path(policy.buffer_path) / impl.plugin if policy.buffer_path else self.buffer_dir / impl.plugin
@@ -427,8 +446,17 @@ class TelemetryService:
                        name: str = impl.plugin) -> None:
                 self._sink_report(name, primary, kind, count, reason)
 
+            rows_impl = next((r for r in self.host.impls("store_rows") if r.plugin == impl.plugin), None)
+            if rows_impl is not None and _overrides_store(self.host.meta[impl.plugin]["object"]):
+                rows_impl = None  # a subclass's own store() (a fault switch, a filter) must see every batch
+            if rows_impl is not None:
+                def deliver(items: list[Any], impl: Any = rows_impl) -> None:
+                    impl(rows=rows_of(items))
+            else:
+                def deliver(items: list[Any], impl: Any = impl) -> None:
+                    impl(events=events_of(items))
             sinks[impl.plugin] = GuardedSink(
-                impl.plugin, lambda events, impl=impl: impl(events=events), policy, directory,
+                impl.plugin, deliver, policy, directory,
                 report=report, emit=self._emit, dead_letters=self.dead_letters,
             )
         return sinks
@@ -449,6 +477,11 @@ class TelemetryService:
     def _register(self, name: str, obj: Any, *, source: str) -> None:
         self.host.register(name, obj, source=source)
         self._plugin_stats[name] = _PluginStats()
+        self._refresh_lean()
+
+    def _refresh_lean(self) -> None:
+        """Whether ``track()`` may queue rows: nothing before the queue (``before_track``, sampling) needs events."""
+        self._lean = not self.host.impls("before_track") and getattr(self, "_thinner", True) is None
 
     def _start_plugins(self) -> None:
         started: list[str] = []
@@ -503,6 +536,7 @@ class TelemetryService:
             # routine for a large file being checked on open (quick_check); a store refusing to open is not
             reason, level = f"still opening after {sink.policy.startup_timeout_ms} ms", logging.INFO
         sink.mark_unavailable(reason)
+        self._unopened[impl.plugin] = (impl, sink)
         log.log(level,
                 "storage %s is not available (%s): starting without it; events are journaled and opening "
                 "continues in the background", impl.plugin, reason)
@@ -520,8 +554,10 @@ class TelemetryService:
             outcome["error"] = exc
         else:
             outcome["error"] = None
-            if self._stop_opening.is_set() and self._closed:
-                # the service shut down while this was opening: close what just opened, nobody will
+            with self._lock:
+                late = self._plugins_shut
+            if late:
+                # the service shut its plugins down while this was opening: close what just opened, nobody will
                 for shut in self.host.impls("shutdown"):
                     if shut.plugin == impl.plugin:
                         try:
@@ -580,20 +616,76 @@ class TelemetryService:
         else is affected.  No I/O happens on the caller's thread.
         """
         try:
-            if type(event) is TelemetryEvent and not fields:
-                validate_event(event)
+            kind = type(event)
+            lean = self._lean
+            if kind is dict and not fields:
+                row = checked_row(event, True, lean)  # type: ignore[arg-type]
             elif event is None:
-                event = TelemetryEvent.from_dict(fields)
+                row = checked_row(fields, True, lean)
+            elif kind is TelemetryEvent and not fields:
+                row = checked_event_row(event)  # type: ignore[arg-type]
+                if not self._lean:
+                    return self._accept(event)  # type: ignore[arg-type]  # hooks see the caller's own object
             elif isinstance(event, Mapping):
-                event = TelemetryEvent.from_dict({**event, **fields} if fields else event)
+                row = checked_row({**event, **fields} if fields else event)
             elif isinstance(event, TelemetryEvent):
-                event = TelemetryEvent.from_dict({**event.to_dict(), **fields})
+                row = checked_row({**event.to_dict(), **fields})
             else:
                 raise InvalidEventError("event", f"expected a TelemetryEvent or a mapping, got {type(event).__name__}")
         except InvalidEventError:
             self._count("rejected")
             raise
-        return self._accept(event)
+        if self._lean:
+            return self._accept_row(row)
+        return self._accept(event_from_row(row))
+
+    def track_validated(self, event: TelemetryEvent | tuple[Any, ...]) -> str | None:
+        """Accept an event that already passed the gate, without checking it again; return its id (or ``None``).
+
+        For a server that validated a request's events one by one to report each one's error: ``event``
+        is what :meth:`TelemetryEvent.from_dict` or ``vibekit_telemetry.model.checked_row`` returned
+        (an event, or its row), unchanged.  Anything else must go through :meth:`track`.
+        """
+        if type(event) is tuple:
+            return self._accept_row(event) if self._lean else self._accept(event_from_row(event))
+        if type(event) is not TelemetryEvent:
+            raise InvalidEventError("event", f"expected a TelemetryEvent or a row, got {type(event).__name__}")
+        return self._accept_row(event.to_row()) if self._lean else self._accept(event)
+
+    def _accept_row(self, row: tuple[Any, ...]) -> str | None:
+        """The accept path when nothing before the queue needs the event object: the row is what is queued.
+
+        A row is a tuple of atoms (flat metadata is its JSON text), which the garbage collector stops tracking
+        at its first look: a backlog of a million queued events costs full collections nothing.
+        """
+        if self._closed:
+            self._drop_accepted("after_shutdown")
+            log.warning("event %s tracked after shutdown was dropped", row[0])
+            return None
+        limit = self._max_chars
+        prompt, stream_data, metadata = row[10], row[12], row[17]
+        if ((prompt is not None and len(prompt) > limit) or (stream_data is not None and len(stream_data) > limit)
+                or row[15] is not None or row[16] is not None or not self._capture):
+            row = self._prepare(event_from_row(row)).to_row()  # an error's text, or content to cut or leave out
+        elif type(metadata) is str:  # flat metadata as JSON text: no value is longer than the whole
+            if len(metadata) > limit:
+                row = self._prepare(event_from_row(row)).to_row()
+        elif metadata:
+            for value in metadata.values():
+                if type(value) is str and len(value) <= limit or type(value) in _SHORT:
+                    continue
+                row = self._prepare(event_from_row(row)).to_row()
+                break
+        with self._lock:
+            self._accepted += 1
+            if row[2] == "start" and row[1]:
+                sessions = self._open_sessions
+                sessions[row[1]] = row[3]
+                if len(sessions) > 10_000:
+                    sessions.popitem(last=False)
+        if not self._pipeline.put(row):
+            return None
+        return row[0]
 
     def _accept(self, event: TelemetryEvent) -> str | None:
         if self._closed:
@@ -881,8 +973,9 @@ class TelemetryService:
 
     def _stored_form(self, batch: list[TelemetryEvent]) -> list[TelemetryEvent] | None:
         """The batch through the ``before_store`` transforms (encryption), or ``None`` when one failed (counted)."""
-        stored_form = batch
-        for impl in self.host.impls("before_store"):
+        impls = self.host.impls("before_store")
+        stored_form = events_of(batch) if impls else batch
+        for impl in impls:
             try:
                 result = impl(events=stored_form)
             except Exception as exc:
@@ -900,6 +993,7 @@ class TelemetryService:
         Each sink with ``persist_buffer`` appends the stored form to its journal (one ``fsync``); the flusher
         later stores the batch and acknowledges it.  The store's progress does not matter here.
         """
+        batch = events_of(batch)  # the journals hold events
         if not self._sinks:
             return _Staged(batch, batch, {})
         stored_form = self._stored_form(batch)
@@ -946,12 +1040,15 @@ class TelemetryService:
             stats.write_ms_total += elapsed * 1000
             seconds += elapsed
             self._note_sink_failures(sink, failures)
-        for impl in self.host.impls("after_store"):
+        after_store, after_track = self.host.impls("after_store"), self.host.impls("after_track")
+        if after_store or after_track or self._streams:
+            batch = events_of(batch)  # the queue may hold rows; these want events
+        for impl in after_store:
             try:
                 impl(events=batch)
             except Exception as exc:
                 self._plugin_failure(impl.plugin, exc)
-        for impl in self.host.impls("after_track"):
+        for impl in after_track:
             for event in batch:
                 try:
                     impl(event=event)
@@ -1206,6 +1303,28 @@ class TelemetryService:
         while batch := list(itertools.islice(stream, chunk)):
             yield from self._decode("query", batch)
 
+    def _scan_rows(self, flt: QueryFilter, columns: tuple[str, ...], progress: Callable[[int], Any] | None = None
+                   ) -> Iterator[list[tuple[Any, ...]]] | None:
+        """An export's events as batches of storage rows (``scan_rows``), or ``None`` for the event path.
+
+        Rows are events as stored, so they stand for the events only when no ``after_read`` plugin changes
+        events on their way out (decryption).  Only the plugin that ``iter_events`` would scan is asked.
+        """
+        if self.host.impls("after_read") or flt.limit is not None or flt.offset or flt.cursor:
+            return None
+        if self._closed:
+            raise ServiceClosedError("the telemetry service is shut down")
+        _check_bounds(flt)
+        scanners = self.host.impls("scan")
+        impl = next((i for i in self.host.impls("scan_rows") if scanners and i.plugin == scanners[0].plugin), None)
+        if impl is None:
+            return None
+        self.flush()
+        batches = impl(filter=attrs.evolve(flt, order="asc"), columns=tuple(columns))
+        if batches is None:
+            return None
+        return iter(batches) if progress is None else _reporting_rows(iter(batches), progress)
+
     def get_session(self, session_id: str, *, tree: bool = False) -> Session | None:
         """A session's summary (status, times, durations, counts, tokens), with its descendants if ``tree``."""
         session = self._read("get_session", session_id=session_id)
@@ -1436,13 +1555,17 @@ class TelemetryService:
         events = self.iter_events(flt, page_size=5000)
         if args.progress is not None:
             events = _reporting(events, args.progress)
+
+        def rows(columns: tuple[str, ...]) -> Iterator[list[tuple[Any, ...]]] | None:
+            return self._scan_rows(flt, columns, args.progress)
+
         final = name.rstrip("/").rsplit("/", 1)[-1] if name is not None else ""
 
         def write(stream: BinaryIO) -> int:
             if args.progress is not None:
                 args.progress(0)
             with compressed_writer(stream, compression, args.level, name=final) as out:
-                return self._export_to(format, events, out, options)
+                return self._export_to(format, events, out, options, rows)
 
         if output is None:
             buffer = io.BytesIO()
@@ -1490,7 +1613,16 @@ class TelemetryService:
                 return impl(format=format)
         return None
 
-    def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any]) -> int:
+    def _export_to(self, format: str, events: Iterator[TelemetryEvent], output: BinaryIO, options: dict[str, Any],
+                   rows: Callable[[tuple[str, ...]], Iterator[list[tuple[Any, ...]]] | None] | None = None) -> int:
+        if rows is not None:  # straight from storage rows if the format's own exporter can (export_rows)
+            exporter = next((impl.plugin for impl in self.host.impls("export_formats")
+                             if format in (impl() or ())), None)
+            for impl in self.host.impls("export_rows"):
+                if impl.plugin == exporter:
+                    count = impl(format=format, rows=rows, output=output, options=options)
+                    if count is not None:
+                        return count
         for impl in self.host.impls("export"):
             count = impl(format=format, events=events, output=output, options=options)
             if count is not None:
@@ -2012,6 +2144,19 @@ class TelemetryService:
         self._stop_opening.set()
         for opener in self._openers:  # a store still opening must not be shut down halfway through
             opener.join(timeout)
+        deadline = time.monotonic() + timeout
+        for name, (impl, sink) in self._unopened.items():
+            attempt = self._opening.get(name)
+            if (sink.unavailable is None or not (sink.has_backlog and sink.backlog)
+                    or (attempt is not None and not attempt.is_set())):
+                continue  # open, nothing waiting for it, or an attempt still running (one that hangs stays alone)
+            # a short-lived process that started degraded (the file locked by its neighbours) tries once more,
+            # within the timeout, before leaving its events journaled for a later start: opened, the drain
+            # below stores them
+            finished = threading.Event()
+            threading.Thread(target=self._attempt_open, args=(impl, sink, finished, {}), daemon=True,
+                             name=f"vibekit-telemetry-open-{name}").start()
+            finished.wait(max(0.0, deadline - time.monotonic()))
         if self._thinner is not None:
             for event in self._thinner.release_all():
                 self._pipeline.put(event)
@@ -2020,6 +2165,8 @@ class TelemetryService:
             sink.close()
         for stream in list(self._streams):
             stream.close()
+        with self._lock:
+            self._plugins_shut = True
         self.host.each("shutdown", self._plugin_failure, service=self)
         _live_services.discard(self)
         self._emit("shutdown", None)
@@ -2167,6 +2314,17 @@ class SessionScope:
         return self.service.track_end(self._require_id(), status, **kwargs)
 
 
+def _overrides_store(obj: Any) -> bool:
+    """Whether ``obj``'s class defines ``store`` below the class that defines ``store_rows`` (a subclass of a
+    storage plugin that changed ``store`` only): then its ``store_rows``, inherited, would go around it."""
+    if isinstance(obj, (type, types.ModuleType)):
+        return False
+    mro = type(obj).__mro__
+    where = {name: next((i for i, cls in enumerate(mro) if name in cls.__dict__), len(mro))
+             for name in ("store", "store_rows")}
+    return where["store"] < where["store_rows"]
+
+
 def _window(time_range: Any) -> tuple[int, int]:
     """A ``time_range`` argument as ``(start, end)``; an error names ``time_range.start`` or ``time_range.end``."""
     return _time_range(time_range, names=("time_range.start", "time_range.end"))
@@ -2250,6 +2408,18 @@ def _reporting(events: Iterator[TelemetryEvent], progress: Callable[[int], Any],
         count += 1
         if count % every == 0:
             progress(count)
+    progress(count)
+
+
+def _reporting_rows(batches: Iterator[list[Any]], progress: Callable[[int], Any],
+                    every: int = 5000) -> Iterator[list[Any]]:
+    """``batches`` of rows, calling ``progress`` with the counts :func:`_reporting` would report for their events."""
+    count = 0
+    for batch in batches:
+        yield batch
+        before, count = count, count + len(batch)
+        for reached in range((before // every + 1) * every, count + 1, every):
+            progress(reached)
     progress(count)
 
 

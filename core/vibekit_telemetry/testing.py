@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .model import QueryFilter, TelemetryEvent
+from .hookspecs import hookimpl
 from .service import TelemetryService
 from .times import now_ms
 
@@ -275,3 +276,90 @@ class FormatContract:
         source = make_service()
         data = source.export(self.format)
         assert make_service("target").import_events(io.BytesIO(data), self.format).read == 0
+
+
+# -- exports straight from storage rows (``export_rows``): what the exporter plugins' tests share -------------
+
+EXPORT_BASE = 1_750_000_000_000
+EXPORT_SECRET = "the launch code is tangerine-42"
+
+
+class ReadAsStored:
+    """An ``after_read`` plugin that changes nothing: with it installed, exports take the event path."""
+
+    name = "read-as-stored"
+
+    @hookimpl
+    def after_read(self, events):
+        return None
+
+
+def seed_export_events(service: TelemetryService) -> None:
+    """Events with everything an exporter must write exactly: unicode, control characters, nested metadata,
+    big and tiny numbers, empty and missing values, truncated fields (with ``max_field_bytes=1024``)."""
+    track = service.track
+    track({"event_type": "start", "category": "claude", "agent": "claude", "mode": "code", "session_id": "s-1",
+           "prompt": "Réparer le bug 🐛 — 修复错误 " + "long prompt " * 100, "timestamp": EXPORT_BASE, "id": "e-00",
+           "metadata": {"model": "claude-sonnet-4-5", "temperature": 0.1, "big": 2**62, "exp": 1e20, "tiny": -1.5e-7,
+                        "nested": {"a": [1, 2.5, {"b": None}], "c": {"d": "é"}}, "empty": "", "no": False,
+                        "text": "tab\tnew\nline \"quoted\" \x01", "none": None}})
+    track({"event_type": "stream", "category": "claude", "session_id": "s-1", "stream_data": "chunk, \"quoted\"\r\nCRLF",
+           "timestamp": EXPORT_BASE + 1, "id": "e-01", "metadata": {}})
+    track({"event_type": "stream", "category": "claude", "session_id": "s-1", "stream_data": "", "timestamp": EXPORT_BASE + 2,
+           "id": "e-02", "metadata": {"chunk": 2}})
+    track({"event_type": "error", "category": "claude", "session_id": "s-1", "error_type": "ValueError",
+           "error_message": "bad value 💥", "error_stack": "Traceback\n  line 1", "timestamp": EXPORT_BASE + 3, "id": "e-03"})
+    track({"event_type": "end", "category": "claude", "session_id": "s-1", "status": "failed", "timestamp": EXPORT_BASE + 4,
+           "id": "e-04", "metadata": {"input_tokens": 12, "output_tokens": 3}})
+    track({"event_type": "start", "category": "codex", "agent": "codex", "session_id": "s-2", "parent_session_id": "s-1",
+           "timestamp": EXPORT_BASE + 5, "id": "e-05"})
+    for i in range(30):
+        track({"event_type": "custom", "category": "user-action", "action": "click", "id": f"e-{10 + i}",
+               "value": [0.0, -2.5, 1e300, 3.0, 0.1 + 0.2][i % 5], "label": f"button;{i}, «{i}»",
+               "timestamp": EXPORT_BASE + 100 + i, "session_id": "s-2" if i % 2 else None,
+               "metadata": {"i": i, "kind": "even" if i % 2 == 0 else "odd"} if i % 3 else {}})
+
+
+@pytest.fixture
+def export_db(tmp_path: Any) -> Any:
+    """A SQLite file holding :func:`seed_export_events`'s events."""
+    path = tmp_path / "events.db"
+    with TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}],
+                          data_dir=str(tmp_path / "seed"), max_field_bytes=1024) as service:
+        seed_export_events(service)
+    assert any(e.truncated for e in open_export_service(path, tmp_path / "check").iter_events())
+    return path
+
+
+_opened: list[TelemetryService] = []
+
+
+def open_export_service(path: Any, data_dir: Any, *plugins: Any) -> TelemetryService:
+    """A service over ``path`` (shut down after the test by :func:`shut_down_export_services`)."""
+    service = TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}], data_dir=str(data_dir),
+                               plugins=list(plugins))
+    _opened.append(service)
+    return service
+
+
+@pytest.fixture(autouse=True)
+def shut_down_export_services() -> Any:
+    yield
+    while _opened:
+        _opened.pop().shutdown()
+
+
+
+
+def export_rows_spy(monkeypatch: Any, exporter: type) -> list[int | None]:
+    """Record what each ``export_rows`` call of ``exporter`` (a plugin class) returned: a count when it wrote."""
+    answers: list[int | None] = []
+    original = exporter.export_rows
+
+    @hookimpl
+    def export_rows(self: Any, format: str, rows: Any, output: Any, options: Any) -> int | None:
+        answers.append(original(self, format, rows, output, options))
+        return answers[-1]
+
+    monkeypatch.setattr(exporter, "export_rows", export_rows)
+    return answers

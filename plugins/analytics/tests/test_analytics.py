@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,10 +15,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from vibekit_telemetry import Anomaly, ConfigError, TelemetryService, now_ms
+from vibekit_telemetry import Anomaly, ConfigError, TelemetryService, hookimpl, new_id, now_ms
 from vibekit_telemetry_analytics import AnalyticsPlugin
 from vibekit_telemetry_analytics.detectors import LikelihoodDetector, scores
 from vibekit_telemetry_analytics.prices import Price, PriceTable
+from vibekit_telemetry_analytics.rollup import Rollups
 
 NAB = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "nab"
 MODELS = ["claude-3-5-sonnet-20241022", "gpt-4o-mini", "my-local-model"]
@@ -31,6 +34,12 @@ def in_tmp(tmp_path, monkeypatch):
 def _service(**options):
     options.setdefault("analytics", {"enabled": True})
     return TelemetryService(**options)
+
+
+def _caught_up(t):
+    """``t`` once its analytics rollups count every stored event (a start over an existing store counts them in)."""
+    assert t.host.meta["analytics"]["object"].wait_for_catch_up(60), "the analytics recount never finished"
+    return t
 
 
 def _workload(t, n_sessions=300, seed=7, span_ms=3 * 3_600_000):
@@ -118,7 +127,7 @@ def test_metrics_match_brute_force_across_restart_clean_and_rebuild(in_tmp):
     # a new rollup file over the existing database counts it in at the first start
     (in_tmp / ".vibekit" / "analytics.db").unlink()
     with _service() as t:
-        assert t.get_metrics(window).events.total == cleaned.events.total
+        assert _caught_up(t).get_metrics(window).events.total == cleaned.events.total
 
 
 def test_windows_inside_an_hour_and_across_hours_agree_with_brute_force(in_tmp):
@@ -454,7 +463,7 @@ def test_rollups_left_by_a_crash_are_recounted_at_the_next_start(in_tmp):
     )
     subprocess.run([sys.executable, str(script)], check=True, cwd=in_tmp)
     with _service() as t:
-        assert t.get_metrics("1h").by_category["crash"].events == 50
+        assert _caught_up(t).get_metrics("1h").by_category["crash"].events == 50
 
 
 def test_cleaning_while_another_thread_tracks_neither_deadlocks_nor_miscounts(in_tmp):
@@ -591,8 +600,260 @@ def test_category_cost_is_its_own_models_and_a_price_change_reprices_the_rollups
     assert before.by_category["a"].tokens.cost == pytest.approx(2.5) and before.by_category["b"].tokens.cost is None
     assert before.cost == pytest.approx(2.5)
     with _service(analytics={"enabled": True, "prices": {"my-model": {"input": 1.0, "output": 1.0}}}) as t:
-        after = t.get_metrics("1h")
+        after = _caught_up(t).get_metrics("1h")
     # the rollups hold dollars: counted under the old table, they are recounted from storage at the start
     assert after.by_category["b"].tokens.cost == pytest.approx(1.0)
     assert after.by_model["my-model"].tokens.cost == pytest.approx(1.0)
     assert after.cost == pytest.approx(3.5) and after.events.total == before.events.total
+
+
+# -- a store analytics has not counted yet: the recount runs in the background ------------------------------
+
+HOUR = 3_600_000
+RECOUNT_THREAD = "vibekit-telemetry-analytics-recount"
+_COLUMNS = ("id", "session_id", "event_type", "category", "timestamp", "agent", "mode", "prompt", "stream_data",
+            "status", "error_type", "error_message", "metadata")
+
+
+def _fill(path, n, *, hours, seed=11, long=0.2):
+    """About ``n`` events over the ``hours`` hours before the last minute, inserted with plain sqlite3.
+
+    Straight into the schema the sqlite plugin made, so a big store is quick to build, and without session
+    rows: analytics has to follow every session from its events.  A share ``long`` of the sessions last half
+    an hour to two hours, so they straddle the hours a recount cuts at; some never end.  Returns (start, end).
+    """
+    TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(path)}}],
+                     data_dir=str(path.parent / "setup")).shutdown()
+    rng = random.Random(seed)
+    end = now_ms() - 60_000
+    start = end - hours * HOUR
+    rows = []
+
+    def add(sid, kind, ts, category, metadata=None, **fields):
+        values = {"id": new_id(ts), "session_id": sid, "event_type": kind, "category": category, "timestamp": ts,
+                  **fields}
+        rows.append((*(values.get(name) for name in _COLUMNS[:-1]), json.dumps(metadata or {})))
+
+    while len(rows) < n:
+        agent, model = rng.choice(["claude", "codex", "gemini"]), rng.choice(MODELS)
+        began = start + rng.randrange((hours - 2) * HOUR)
+        length = rng.randrange(30 * 60_000, 2 * HOUR) if rng.random() < long else rng.randrange(200, 60_000)
+        sid = new_id(began)
+        add(sid, "start", began, agent, {"model": model}, agent=agent, mode="code", prompt="p")
+        chunks = rng.randrange(0, 8)
+        for c in range(chunks):
+            add(sid, "stream", began + 1 + c * length // (chunks + 1), agent, {"model": model}, stream_data="x")
+        if rng.random() < 0.08:
+            add(sid, "error", began + length // 2, agent, error_type="RuntimeError",
+                error_message=rng.choice(["timeout", "rate limited"]))
+        if rng.random() < 0.05:
+            continue  # never ends
+        add(sid, "end", began + length, agent,
+            {"model": model, "input_tokens": rng.randrange(100, 5000), "output_tokens": rng.randrange(10, 800)},
+            status="failed" if rng.random() < 0.15 else "completed")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+    conn.execute("COMMIT")
+    conn.close()
+    return start, end
+
+
+class _Gate:
+    """Holds the analytics recount at the first page it reads from ``at`` (epoch ms) on, until released."""
+
+    name = "gate"
+
+    def __init__(self, at):
+        self.at = at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    @hookimpl
+    def after_read(self, events):
+        if (threading.current_thread().name == RECOUNT_THREAD and not self.release.is_set() and events
+                and events[0].timestamp >= self.at):
+            self.reached.set()
+            self.release.wait(60)
+        return None
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {key: _rounded(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _buckets(rollups):
+    return {(level, bucket): {dim: _rounded(agg.to_json()) for dim, agg in by_dim.items()}
+            for level, buckets in rollups.levels.items() for bucket, by_dim in buckets.items() if by_dim}
+
+
+def _assert_exact(t):
+    """The live rollups equal a fresh full recount (every stored event through one Rollups, oldest first),
+    bucket by bucket and dimension by dimension, and so do the open sessions; events match a plain count."""
+    plugin = t.host.meta["analytics"]["object"]
+    t.flush()
+    reference = Rollups(plugin.config.max_open_sessions, prices=plugin.prices)
+    reference.add(list(t.iter_events()), t.get_session)
+    with plugin._lock:
+        mine, open_now = _buckets(plugin.rollups), set(plugin.rollups.open)
+    theirs = _buckets(reference)
+    assert sorted(mine) == sorted(theirs)
+    wrong = [key for key in mine if mine[key] != theirs[key]]
+    assert not wrong, [(key, dim, {f: (a[f], theirs[key][dim][f]) for f in a if a[f] != theirs[key][dim].get(f)})
+                       for key in wrong[:3] for dim, a in mine[key].items() if a != theirs[key].get(dim)][:6]
+    assert open_now == set(reference.open)
+    now = now_ms()
+    metrics = t.get_metrics((now - 48 * HOUR, now + 60_000))
+    stored = _counts(t)
+    assert {name: b.events for name, b in metrics.by_category.items()} == stored
+    assert metrics.events.total == sum(stored.values()) and not metrics.catching_up
+
+
+def _counts(t):
+    """Stored events by category, counted by SQLite itself."""
+    path = t.config.storage[0].options["path"]
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT category, count(*) FROM events GROUP BY category"))
+    finally:
+        conn.close()
+
+
+def _progress(t):
+    return t.get_health_status().components["analytics"]["catch_up"]
+
+
+def test_a_big_store_is_counted_in_the_background_and_a_shutdown_midway_resumes(in_tmp):
+    db = in_tmp / "big.db"
+    start, end = _fill(db, 200_000, hours=24)
+    storage = [{"type": "sqlite", "options": {"path": str(db)}}]
+    with _service(storage=storage) as t:
+        # the constructor returned while the store was still being counted in, and the answers say so
+        metrics = t.get_metrics("48h")
+        assert metrics.catching_up and metrics.events.total < 200_000
+        assert metrics.to_dict()["catching_up"] is True and metrics.catch_up["since"] <= start
+        health = t.get_health_status().components["analytics"]
+        assert health["catching_up"] and health["healthy"]
+        deadline = time.monotonic() + 120
+        while _progress(t)["counted_up_to"] < start + 6 * HOUR:
+            assert time.monotonic() < deadline, "the background recount made no progress"
+            time.sleep(0.02)
+        # tracked meanwhile: before what is counted, after it (read later), and new traffic
+        for ts in (start + HOUR // 2, end - HOUR, now_ms()):
+            t.track({"category": "late", "timestamp": ts})
+        sid = t.track_start("claude", "code", "p", metadata={"model": MODELS[0]})
+        t.track_end(sid, metadata={"input_tokens": 10, "output_tokens": 5})
+        t.flush()
+    assert not [th for th in threading.enumerate() if th.name == RECOUNT_THREAD]  # shutdown stopped it
+    conn = sqlite3.connect(in_tmp / ".vibekit" / "analytics.db")
+    saved = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'recount'").fetchone()[0])
+    conn.close()
+    assert start + 6 * HOUR <= saved["upto"] < end and 0 < saved["counted"] < 200_000  # stopped midway
+    with _service(storage=storage) as t:
+        first = t.get_metrics("48h")
+        # the next start goes on from where the recount stopped, not from the beginning
+        assert first.catching_up and first.catch_up["counted_up_to"] >= saved["upto"]
+        assert first.catch_up["counted"] >= saved["counted"]
+        _caught_up(t)
+        assert first.events.total < t.get_metrics("48h").events.total
+        assert t.get_metrics("48h").catch_up is None
+        assert not t.get_health_status().components["analytics"]["catching_up"]
+        _assert_exact(t)
+        assert t.get_metrics("48h").by_category["late"].events == 3
+
+
+def test_events_tracked_while_a_store_is_counted_in_are_counted_once(in_tmp):
+    db = in_tmp / "store.db"
+    start, end = _fill(db, 30_000, hours=6)
+    conn = sqlite3.connect(db)
+    unended = [sid for sid, ts in conn.execute(
+        "SELECT session_id, timestamp FROM events WHERE event_type = 'start' AND session_id NOT IN "
+        "(SELECT session_id FROM events WHERE event_type = 'end') ORDER BY timestamp")]
+    conn.close()
+    gate = _Gate(start + 2 * HOUR + HOUR // 2)
+    # the recount is held in the middle of the store: the constructor must not be waiting for it
+    with _service(storage=[{"type": "sqlite", "options": {"path": str(db)}}], plugins=[gate]) as t:
+        assert gate.reached.wait(60)
+        upto = _progress(t)["counted_up_to"]
+        assert _progress(t)["running"] and start - HOUR < upto <= start + 3 * HOUR
+        assert t.get_insights("48h").catching_up and t.get_metrics("48h").to_dict()["catch_up"]["counted"] > 0
+        # counted hours, the hour being read (before and after where the reading is), hours still to read, now
+        for ts in (upto - 30 * 60_000, upto + 1, upto + 30 * 60_000, upto + HOUR - 1, end - 10 * 60_000, now_ms()):
+            t.track({"category": "late", "timestamp": ts})
+        sid = t.track_start("claude", "code", "p", metadata={"model": MODELS[1]})
+        t.track_stream(sid, "chunk")
+        t.track_end(sid, "failed", metadata={"input_tokens": 100, "output_tokens": 10})
+        t.track_end(unended[0], metadata={"model": MODELS[0], "input_tokens": 7})  # a stored session ends now
+        backfilled = t.track_start("codex", "code", "p", timestamp=upto - 20 * 60_000)  # left open, in a counted hour
+        done = t.track_start("codex", "code", "p", timestamp=upto - 19 * 60_000)
+        t.track_end(done, timestamp=upto - 18 * 60_000)
+        t.flush()
+        gate.release.set()
+        _caught_up(t)
+        assert not t.get_insights("48h").catching_up
+        _assert_exact(t)
+        assert t.get_metrics("48h").by_category["late"].events == 6
+        assert backfilled in t.host.meta["analytics"]["object"].rollups.open
+
+
+def test_clean_and_rebuild_while_a_store_is_counted_in(in_tmp):
+    db = in_tmp / "store.db"
+    # sessions of a minute at most: cleaning keeps the durations of sessions whose start it deleted in the hours
+    # it does not recount (as without a catch-up), which a fresh recount could not know
+    start, end = _fill(db, 30_000, hours=6, seed=12, long=0)
+    storage = [{"type": "sqlite", "options": {"path": str(db)}}]
+    gate = _Gate(start + 3 * HOUR)
+    with _service(storage=storage, plugins=[gate]) as t:
+        assert gate.reached.wait(60)
+        threading.Timer(0.3, gate.release.set).start()
+        before = start + 2 * HOUR + 17 * 60_000  # an hour the recount has counted already
+        t.clean(retention_days=(now_ms() - before) / 86_400_000)
+        _caught_up(t)
+        _assert_exact(t)
+        assert t.get_metrics((start - HOUR, before - HOUR)).events.total == 0
+    for path in (in_tmp / ".vibekit").glob("analytics.db*"):
+        path.unlink()
+    gate = _Gate(start + 3 * HOUR)
+    with _service(storage=storage, plugins=[gate]) as t:
+        assert gate.reached.wait(60)
+        threading.Timer(0.3, gate.release.set).start()
+        counted = t.host.meta["analytics"]["object"].rebuild()  # replaces the one under way
+        assert counted == sum(_counts(t).values())
+        assert not t.get_metrics("48h").catching_up
+        _assert_exact(t)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_does_not_run_the_parents_recount(in_tmp):
+    db = in_tmp / "store.db"
+    start, _ = _fill(db, 20_000, hours=6, seed=13)
+    gate = _Gate(start + 2 * HOUR)
+    with _service(storage=[{"type": "sqlite", "options": {"path": str(db)}}], plugins=[gate]) as t:
+        assert gate.reached.wait(60)
+        pid = os.fork()
+        if pid == 0:  # the child: no recount of its own, its own events counted, answers that say so
+            code = 1
+            try:
+                for _ in range(10):
+                    t.track({"category": "child"})
+                t.flush()
+                time.sleep(0.3)
+                metrics = t.get_metrics("48h")
+                recounting = [th for th in threading.enumerate() if th.name == RECOUNT_THREAD]
+                plugin = t.host.meta["analytics"]["object"]
+                code = 0 if (not recounting and plugin._runner is None and metrics.catching_up
+                             and metrics.by_category["child"].events == 10) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        gate.release.set()
+        _caught_up(t)
+        _assert_exact(t)  # the child's events are in storage: the parent's recount counts them
+        assert t.get_metrics("48h").by_category["child"].events == 10

@@ -271,7 +271,7 @@ class _GatedStore:
 def test_an_overloaded_pipeline_sheds_load_with_429_and_loses_nothing_acknowledged(make_server):
     store = _GatedStore()
     service, _, client = make_server(service_options={"storage": [{"type": "memory"}], "plugins": [store],
-                                                      "max_queue_size": 200, "reliability": {"buffer_size": 300},
+                                                      "max_queue_size": 200, "reliability": {"buffer_max_bytes": 100_000},
                                                       "stream_batch_size": 50, "max_batch_size": 50})
     acked, shed = [], None
     for _ in range(100):

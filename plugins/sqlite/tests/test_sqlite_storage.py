@@ -316,3 +316,16 @@ def test_a_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
         directory.chmod(0o555)
     with pytest.raises(StorageError, match="the directory is not writable"):
         TelemetryService(storage=[{"type": "sqlite", "options": {"path": f"{directory}/t.db"}}])
+
+
+def test_events_stored_after_the_newest_were_deleted_are_found_by_text(tmp_path):
+    """seq numbers freed by deleting the newest rows are reused: the text index must index the new rows."""
+    with TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(tmp_path / "t.db")}}],
+                          data_dir=str(tmp_path)) as t:
+        ids = [t.track({"category": "c", "prompt": f"needle {i}"}) for i in range(3)]
+        t.flush()
+        assert len(t.query(text="needle")) == 3  # the index covers all three now
+        assert t.delete([ids[-1]]) == 1
+        t.track({"category": "c", "prompt": "needle again"})
+        t.flush()
+        assert len(t.query(text="needle")) == 3

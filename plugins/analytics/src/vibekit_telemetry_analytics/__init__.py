@@ -8,25 +8,43 @@ are stored.  Each bucket keeps at most ``max_categories`` categories and
 ``max_models`` models of its own, whatever names clients send; the rest are
 counted under ``other``.  Rollups live in ``<data_dir>/analytics.db`` and
 survive restarts; ``telemetry.clean()`` drops what it deletes from them too.
+
+A new rollup file over a store that already holds events (or one a crash or a
+price change left wrong) is recounted from storage by a background thread, an
+hour at a time, so the service starts at once whatever the store's size; until
+it is done ``get_metrics()``, ``get_insights()`` and the health report say
+``catching_up``.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import orjson
 
-from vibekit_telemetry import Anomaly, ConfigError, StorageUnavailableError, TelemetryError, hookimpl, now_ms, span_ms
+from vibekit_telemetry import (
+    Anomaly,
+    ConfigError,
+    ServiceClosedError,
+    StorageUnavailableError,
+    TelemetryError,
+    hookimpl,
+    now_ms,
+    span_ms,
+)
 
 from . import results
 from .detectors import THRESHOLDS, LikelihoodDetector
 from .persist import RollupFile
 from .prices import PRICE_TABLE_VERSION, PriceTable
+from .recount import Recount, by_hour
 from .rollup import ALL, FOLDED, HOUR, MINUTE, OTHER, Agg, Rollups
 
 if TYPE_CHECKING:
@@ -39,6 +57,16 @@ __all__ = ["AnalyticsPlugin", "LikelihoodDetector", "PriceTable"]
 log = logging.getLogger("vibekit_telemetry.analytics")
 
 _HEADLINES = ("events", "error_rate", "p95_latency", "avg_ttft", "cost")
+
+#: how long start-up waits for the recount of an existing store: a small one is counted before the
+#: constructor returns (so its first answers are whole), a big one goes on in the background
+STARTUP_WAIT_S = 0.25
+#: how long shutdown waits for the background recount to stop (it checks between two pages)
+STOP_WAIT_S = 10.0
+#: events a recount reads per page
+_PAGE = 2000
+#: what a recount changes, for the read caches
+_READS = ["get_metrics", "get_insights", "metric_series"]
 
 
 @attrs.frozen
@@ -101,8 +129,22 @@ class AnalyticsPlugin:
         self._last_watch = 0.0
         self._watchers: dict[str, LikelihoodDetector] = {}
         self._watched_until: int | None = None
-        #: batches stored while a recount reads storage, added once it is done
+        #: batches stored while a recount reads storage, counted at its next cut (see _run)
         self._held_aside: list[Any] | None = None
+        #: the recount reading storage now, if any
+        self._reading: Recount | None = None
+        #: the recount that brings the rollups up to what storage holds (``None``: they count all of it)
+        self._catch_up: Recount | None = None
+        self._caught_up = threading.Event()
+        self._caught_up.set()
+        self._runner: threading.Thread | None = None
+        self._runner_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._closing = False
+        self._recount_error: str | None = None
+        self._store = ""
+        self._pid = os.getpid()
         self._persist_messages = True
         self.alerts: Any = None
 
@@ -131,26 +173,36 @@ class AnalyticsPlugin:
             repriced = self.file.get_meta("prices") != self.prices.fingerprint
             # the rollups count one store: a service of the same project on another database file (a dev
             # config beside the default one) must not read or add to the other's numbers
-            store = _store_identity(service)
+            store = self._store = _store_identity(service)
             moved = built and self.file.get_meta("store") not in (None, store)
             if moved:
                 log.info("the rollups in %s counted another store: recounting them from this one", path)
             self.file.set_meta("store", store)
-            if not built or crashed or repriced or moved:
+            # a recount a clean shutdown interrupted goes on where it stopped (a crash voids it: the rollup
+            # file may lack what was counted after its last save)
+            job = None if crashed else self._pending()
+            if job is not None:
+                log.info("going on with the recount of the rollups in %s (%d events counted so far)", path,
+                         job.counted)
+            elif not built or crashed or repriced or moved:
                 # a new rollup file over a database that may already hold events, one a crash left behind
                 # storage, or one priced differently: count the stored events in again
                 if built and crashed:
                     log.warning("the rollups in %s were not closed cleanly: recounting them from storage", path)
                 elif built:
                     log.info("the price table changed since the rollups in %s were counted: recounting them", path)
-                try:
-                    self.rebuild()
-                except StorageUnavailableError as exc:
-                    # the store starts degraded (locked by a backup, say): count it in once it opens, and never
-                    # keep the application from starting meanwhile
-                    log.info("storage is not open yet (%s): the rollups are recounted once it opens", exc)
-                    service.on("storage:available", self._rebuild_when_open)
+                job = self._new_catch_up(now - self._hour_keep)
+            self.file.delete_meta("recount")  # kept in memory now; written again by a clean shutdown
             self.file.set_meta("closed_cleanly", "0")
+            if job is not None:
+                # counted by a background thread, so a big store never keeps the application from starting
+                # (nor does one that starts degraded: the thread waits for it to open)
+                service.on("storage:available", self._rebuild_when_open)
+                with self._lock:
+                    self._catch_up = job
+                    self._caught_up.clear()
+                self._resume()
+                self._caught_up.wait(STARTUP_WAIT_S)
         if self.config.alerts.get("enabled", bool(self.config.alerts.get("channels"))):
             from .alerts import AlertManager
 
@@ -158,16 +210,49 @@ class AnalyticsPlugin:
             service.on("anomaly", self.alerts.send)
 
     @hookimpl
+    def before_shutdown(self, service: TelemetryService) -> None:
+        """Stop the background recount while storage is still open (the next start goes on from there)."""
+        self._closing = True
+        self._pause(STOP_WAIT_S)
+
+    @hookimpl
     def shutdown(self, service: TelemetryService) -> None:
-        """Write the changed rollups and close the file."""
+        """Stop the background recount, write the changed rollups and how far the recount got, close the file."""
+        self._closing = True
+        self._pause(STOP_WAIT_S)
+        service.off("storage:available", self._rebuild_when_open)
         with self._lock:
             self._save()
             if self.file is not None:
+                job = self._catch_up
+                # a recount that did not stop in time holds batches aside: the next start recounts from scratch
+                if job is not None and self._reading is None and os.getpid() == self._pid:
+                    self.file.set_meta("recount", orjson.dumps(
+                        {**job.to_json(), "store": self._store, "prices": self.prices.fingerprint}).decode())
                 self.file.set_meta("closed_cleanly", "1")
                 self.file.close()
                 self.file = None
         if self.alerts is not None:
             self.alerts.close()
+
+    @hookimpl
+    def after_fork(self, service: TelemetryService) -> None:
+        """In a forked child: the parent's background recount stays the parent's (the child never runs it).
+
+        The child gets locks of its own (the parent's thread may have held them at the fork) and forgets
+        the batches held aside and the hour the parent was reading.
+        """
+        self._lock = threading.RLock()
+        self._runner_lock = threading.Lock()
+        self._runner = None
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._held_aside = None
+        if self._reading is not None:
+            self._reading.give_up()
+            self._reading = None
+        self._caught_up = threading.Event()
+        if self._catch_up is None:
+            self._caught_up.set()
 
     def _save(self) -> None:
         if self.file is None or not (self.rollups.dirty or self.rollups.open_dirty):
@@ -189,7 +274,31 @@ class AnalyticsPlugin:
             if self._held_aside is not None:
                 self._held_aside.extend(events)
                 return
+            self._fold(events)
+
+    def _fold(self, events: list[Any]) -> None:
+        """Count stored events into the live rollups (the lock held).
+
+        During a catch-up, events its reading has not reached yet (at or after ``upto``) are counted as
+        usual and counted again when it gets there, whose buckets replace these.  Events before ``upto``
+        are counted for good: they follow the recount's sessions, which become the live ones once it is done.
+        """
+        job = self._catch_up
+        if job is None:
             self.rollups.add(events, self._lookup_session)
+            return
+        ahead = [event for event in events if event.timestamp >= job.upto]
+        if ahead:
+            self.rollups.add(ahead, self._lookup_session)
+        behind = [event for event in events if event.timestamp < job.upto]
+        if behind:
+            live = self.rollups
+            own = live.open, live.ended
+            live.open, live.ended = job.counter.open, job.counter.ended
+            try:
+                live.add(behind, self._lookup_session)
+            finally:
+                live.open, live.ended = own
 
     def _lookup_session(self, session_id: str) -> Any:
         if self.service is None:
@@ -222,91 +331,245 @@ class AnalyticsPlugin:
     @hookimpl
     def clean(self, before: int) -> int | None:
         """Forget what retention cleaning deleted: drop older buckets, recount the hour that straddles ``before``."""
-        with self._lock:
-            for level, width in (("m", MINUTE), ("h", HOUR)):
-                cutoff = before - before % width
-                self.rollups.drop_before(level, cutoff)
-                if self.file is not None:
-                    self.file.delete_before(level, cutoff)
-        self._recount(before - before % HOUR, before - before % HOUR + HOUR)
-        with self._lock:
-            self._save()
+        paused = self._pause()  # a catch-up under way goes on afterwards, reading what storage still holds
+        try:
+            with self._lock:
+                for level, width in (("m", MINUTE), ("h", HOUR)):
+                    cutoff = before - before % width
+                    self.rollups.drop_before(level, cutoff)
+                    if self.file is not None:
+                        self.file.delete_before(level, cutoff)
+                if self._catch_up is not None:
+                    # the catch-up counts what storage holds, and the sessions that started before went with it
+                    counter = self._catch_up.counter
+                    for sid in [sid for sid, state in counter.open.items()
+                                if state.started_at is not None and state.started_at < before]:
+                        del counter.open[sid]
+            self._recount(before - before % HOUR, before - before % HOUR + HOUR)
+            with self._lock:
+                self._save()
+        finally:
+            if paused:
+                self._resume()
         return None
 
     def _rebuild_when_open(self, payload: Any) -> None:
-        """``storage:available`` after a degraded start: the recount the start could not do."""
-        assert self.service is not None
-        self.service.off("storage:available", self._rebuild_when_open)
-        try:
-            self.rebuild()
-        except Exception:
-            log.exception("recounting the analytics rollups once storage opened failed")
+        """``storage:available``: a catch-up waiting for storage to open (a degraded start) goes on now."""
+        self._wake.set()
 
     def rebuild(self, since: int | None = None) -> int:
-        """Recount the rollups from what storage holds (over ``hour_retention``, or from ``since``).
+        """Recount the rollups from what storage holds (over ``hour_retention``, or from ``since``), here and now.
 
-        Runs at the first start over an existing database (and after a crash) and by
-        ``telemetry analytics rebuild``; events tracked meanwhile are counted once.  Returns how many
-        stored events were counted.
+        ``telemetry analytics rebuild`` calls it; a catch-up under way in the background is replaced by
+        this one.  Events tracked meanwhile are counted once.  Returns how many stored events were counted.
         """
+        self._pause()
         now = now_ms()
-        start = now - self._hour_keep if since is None else since
-        counted = self._recount(start - start % HOUR, now + HOUR - now % HOUR, sessions=True)
+        job = self._new_catch_up(now - self._hour_keep if since is None else since)
         with self._lock:
-            if self.file is not None:
-                self.file.set_meta("built_at", str(now))
-                self.file.set_meta("prices", self.prices.fingerprint)
-            self._save()
-        return counted
+            self._catch_up = job
+            self._caught_up.clear()
+        try:
+            self._run(job, threading.Event())
+        finally:
+            if not job.done:
+                self._resume()  # failed (storage not open, say): the background thread takes it from there
+        return job.counted
 
-    def _recount(self, start: int, end: int, *, sessions: bool = False) -> int:
-        """Rebuild the buckets of ``[start, end)`` from what storage holds now; return the events counted.
+    def wait_for_catch_up(self, timeout: float | None = None) -> bool:
+        """Wait until the rollups count every stored event (``True``) or ``timeout`` seconds pass (``False``).
 
-        Storage is read without holding the rollup lock (a read flushes, and the flusher needs that lock);
-        batches stored meanwhile are held aside and added afterwards, except those the recount already read.
+        Only a start over a store analytics has not counted yet (or a crash, a price change) has to wait.
+        """
+        return self._caught_up.wait(timeout)
+
+    def _new_catch_up(self, start: int) -> Recount:
+        return Recount(self._new_rollups(), start - start % HOUR)
+
+    def _pending(self) -> Recount | None:
+        """The catch-up a clean shutdown interrupted, if it counted this store at these prices."""
+        assert self.file is not None
+        raw = self.file.get_meta("recount")
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            if data.get("store") != self._store or data.get("prices") != self.prices.fingerprint:
+                return None
+            job = Recount.from_json(data, self._new_rollups())
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+            log.warning("the interrupted recount recorded in %s cannot be read: recounting from the start",
+                        self.file.path)
+            return None
+        oldest = now_ms() - self._hour_keep
+        job.upto = max(job.upto, oldest - oldest % HOUR)  # hours past retention since the shutdown are not read
+        return job
+
+    def _resume(self) -> None:
+        """Have a daemon thread go on with the catch-up, unless it is done, already going, or not this process's."""
+        with self._runner_lock:
+            if (self._catch_up is None or self._closing or os.getpid() != self._pid
+                    or (self._runner is not None and self._runner.is_alive())):
+                return
+            self._stop, self._wake = threading.Event(), threading.Event()
+            self._runner = threading.Thread(target=self._catch_up_in_background,
+                                            args=(self._catch_up, self._stop, self._wake),
+                                            name="vibekit-telemetry-analytics-recount", daemon=True)
+            self._runner.start()
+
+    def _pause(self, timeout: float | None = None) -> bool:
+        """Stop the background catch-up and wait for it (it gives up the hour in hand); whether it was running."""
+        with self._runner_lock:
+            runner = self._runner
+            self._stop.set()
+            self._wake.set()
+            if runner is None or not runner.is_alive():
+                self._runner = None
+                return False
+            runner.join(timeout)
+            if runner.is_alive():
+                log.warning("the analytics recount did not stop within %s s", timeout)
+            else:
+                self._runner = None
+            return True
+
+    def _catch_up_in_background(self, job: Recount, stop: threading.Event, wake: threading.Event) -> None:
+        """The background thread: count ``job`` on until it is done or stopped; wait for storage that is not open."""
+        delay = 0.25
+        while not stop.is_set():
+            try:
+                self._run(job, stop)
+                return
+            except StorageUnavailableError as exc:
+                # the store starts degraded (locked by a backup, say): count it in once it opens
+                if delay == 0.25:
+                    log.info("storage is not open yet (%s): the rollups are recounted once it opens", exc)
+            except ServiceClosedError:
+                return
+            except Exception as exc:
+                with self._lock:
+                    self._recount_error = f"{type(exc).__name__}: {exc}"
+                log.exception("counting the stored events into the analytics rollups failed; the next start "
+                              "goes on with it")
+                return
+            wake.wait(delay)  # storage:available wakes it at once
+            wake.clear()
+            delay = min(delay * 2, 30.0)
+
+    def _recount(self, start: int, end: int) -> int:
+        """Rebuild the buckets of ``[start, end)`` from what storage holds now; return the events counted."""
+        job = Recount(self._new_rollups(), start, end)
+        self._run(job, threading.Event())
+        return job.counted
+
+    def _run(self, job: Recount, stop: threading.Event) -> bool:
+        """Count ``job`` on from storage, cutting at each new hour, until it is done (``True``) or ``stop`` is set.
+
+        Storage is read without holding the rollup lock (a read flushes, and the flusher needs that lock).
+        Batches stored meanwhile are held aside and counted at the next cut, except the events the recount
+        read.  Stopped or failed, the recount gives up the hour in hand, and what was held aside is counted.
         """
         assert self.service is not None
-        if not self.service.host.impls("query"):
-            return 0
         from vibekit_telemetry import QueryFilter, encode_cursor
 
         with self._lock:
             if self._held_aside is not None:
                 raise TelemetryError("a recount of the analytics rollups is already running")
             self._held_aside = []
-        fresh = self._new_rollups()
-        read: set[str] = set()
-        complete = False
+            self._reading = job
+            job.keep_sessions()
         try:
-            flt = QueryFilter(since=start, until=end - 1, order="asc", limit=5000)
-            while True:
+            readable = bool(self.service.host.impls("query"))
+            while not stop.is_set():
+                flt = QueryFilter(since=job.upto, until=None if job.end is None else job.end - 1, order="asc",
+                                  limit=_PAGE, cursor=job.cursor)
                 # through the service, so what storage holds transformed (encrypted) comes back as tracked
-                batch = self.service.query(flt)
-                fresh.add(batch, self._lookup_session)
-                read.update(event.id for event in batch)
-                if len(batch) < 5000:
-                    break
-                flt = attrs.evolve(flt, cursor=encode_cursor(batch[-1]))
-            complete = True
+                batch = self.service.query(flt) if readable else []
+                flushed = False
+                for hour, events in by_hour(batch):
+                    if job.hour is not None and hour != job.hour:
+                        if not flushed:
+                            # a batch this page read may still be on its way to after_store: held aside after this
+                            self.service.flush()
+                            flushed = True
+                        self._commit(job, hour)
+                    job.count(hour, events, self._lookup_session)
+                if batch:
+                    job.cursor = encode_cursor(batch[-1])
+                if len(batch) < _PAGE:
+                    if not flushed:
+                        self.service.flush()
+                    self._commit(job, job.end)
+                    return True
+            return False
         finally:
             with self._lock:
-                held, self._held_aside = self._held_aside, None
-                if complete:  # a failed recount leaves the rollups as they were
-                    for level, width in (("m", MINUTE), ("h", HOUR)):
-                        for bucket in [b for b in self.rollups.levels[level] if start <= b < end]:
-                            del self.rollups.levels[level][bucket]
-                        for bucket in range(start - start % width, end, width):
-                            self.rollups.dirty.add((level, bucket))
-                    for level in ("m", "h"):
-                        for bucket, by_dim in fresh.levels[level].items():
-                            self.rollups.levels[level][bucket] = by_dim
-                    if sessions:
-                        self.rollups.open.clear()
-                        self.rollups.open.update(fresh.open)
-                        self.rollups.open_dirty = True
-                self.rollups.add([event for event in held or () if not complete or event.id not in read],
-                                 self._lookup_session)
-        return len(read)
+                if self._reading is job:
+                    held, self._held_aside, self._reading = self._held_aside, None, None
+                    job.give_up()
+                    self._fold(held or [])
+
+    def _commit(self, job: Recount, until: int | None) -> None:
+        """Put the hours ``job`` counted, from ``upto`` to ``until``, in place of the live ones.
+
+        ``until`` is the hour where counting goes on (``job.end`` when it is done).  Then what was held
+        aside is counted, except the events the recount read for these hours.
+        """
+        final = until is None or (job.end is not None and until >= job.end)
+        minutes_from = now_ms() - self._minute_keep
+        with self._lock:
+            levels, read = job.take()
+            for level in ("m", "h"):
+                live = self.rollups.levels[level]
+                for bucket in [b for b in live if b >= job.upto and (until is None or b < until)]:
+                    del live[bucket]
+                    self.rollups.dirty.add((level, bucket))
+                for bucket, by_dim in levels[level].items():
+                    if level == "h" or bucket >= minutes_from:  # minutes past retention would only be trimmed
+                        live[bucket] = by_dim
+                        self.rollups.dirty.add((level, bucket))
+            job.counted += len(read)
+            held = self._held_aside or []
+            if final:
+                job.done = True
+                self._held_aside = self._reading = None
+                self._finish(job)
+            else:
+                assert until is not None
+                job.upto = until
+                self._held_aside = []
+            self._fold([event for event in held if event.id not in read])
+            if final:
+                self._save()
+            else:
+                job.keep_sessions()
+        assert self.service is not None
+        self.service.host.each("cache_invalidate", lambda name, exc: log.warning("%s: %s", name, exc), hooks=_READS)
+
+    def _finish(self, job: Recount) -> None:
+        """A catch-up is done (the lock held): its sessions become the live ones, the rollup file says so."""
+        if job is not self._catch_up:
+            return
+        live = self.rollups
+        live.open.clear()
+        live.open.update(job.counter.open)
+        live.ended = job.counter.ended
+        live.open_dirty = True
+        self._catch_up = None
+        self._recount_error = None
+        if self.file is not None:
+            self.file.set_meta("built_at", str(now_ms()))
+            self.file.set_meta("prices", self.prices.fingerprint)
+            self.file.delete_meta("recount")
+        self._caught_up.set()
+
+    def _progress(self) -> dict[str, Any] | None:
+        """How far the catch-up got (``None`` when there is none), for answers and health."""
+        with self._lock:
+            job = self._catch_up
+            if job is None:
+                return None
+            return {**job.progress(), "running": self._reading is job}
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -333,6 +596,7 @@ class AnalyticsPlugin:
         of those limits.  Totals count every event.
         """
         start, end = start - start % MINUTE, end + (-end % MINUTE)
+        progress = self._progress()
         window = self._window(start, end)
         active = self._active(end)
         total = window.get(ALL) or Agg()
@@ -366,6 +630,8 @@ class AnalyticsPlugin:
             price_table_version=PRICE_TABLE_VERSION,
             redactions=dict(sorted(total.redactions.items())),
             folded_events={"category": category_folded, "model": model_folded},
+            catching_up=progress is not None,
+            catch_up=progress,
         )
 
     def _cost(self, agg: Agg, model: str | None = None) -> float | None:
@@ -432,10 +698,14 @@ class AnalyticsPlugin:
                                f"against the previous window")
         if unfinished:
             summary.append(f"{len(unfinished)} sessions never ended")
+        if current.catching_up:
+            summary.append(f"still counting stored events in ({current.catch_up['counted']:,} so far): "
+                           "these figures are incomplete")
         return results.Insights(
             start=start, end=end, busiest_agents=busiest_agents, busiest_models=busiest_models,
             slowest_agents=slowest_agents, slowest_models=slowest_models, error_hot_spots=hot[:5],
-            unfinished_sessions=unfinished[:20], changes=changes, summary=summary)
+            unfinished_sessions=unfinished[:20], changes=changes, summary=summary,
+            catching_up=current.catching_up, catch_up=current.catch_up)
 
     @hookimpl
     def annotate_sessions(self, sessions: list[Any]) -> list[Any]:
@@ -527,10 +797,14 @@ class AnalyticsPlugin:
 
     @hookimpl
     def health(self) -> dict[str, Any]:
-        """Rollup sizes and the sessions still open."""
+        """Rollup sizes, the sessions still open, and whether the rollups are still catching up with storage."""
+        progress = self._progress()
         with self._lock:
+            error = self._recount_error
             return {
-                "healthy": True, "issues": [],
+                "healthy": error is None,
+                "issues": [] if error is None else [f"counting the stored events into the rollups failed: {error}"],
+                "catching_up": progress is not None, "catch_up": progress,
                 "minute_buckets": len(self.rollups.levels["m"]), "hour_buckets": len(self.rollups.levels["h"]),
                 "open_sessions": len(self.rollups.open), "abandoned_sessions": self.rollups.abandoned,
                 # events of the kept hours counted under "other" because their hour already had as many names

@@ -13,14 +13,26 @@ import click
 from vibekit_telemetry import TelemetryError, format_ms, time_range
 
 
-def _service(ctx: click.Context) -> Any:
-    """The configured service, with analytics enabled even when the configuration leaves it off."""
+def _service(ctx: click.Context, *, caught_up: bool = False) -> Any:
+    """The configured service, with analytics enabled even when the configuration leaves it off.
+
+    ``caught_up`` waits until the rollups count every stored event: a command that answers once and exits
+    would otherwise print what the first start over an existing store had counted so far.
+    """
     from vibekit_telemetry import TelemetryService
 
     state = ctx.find_root().obj
     config_path = getattr(state, "config_path", None)
     service = TelemetryService(config_path, analytics={"enabled": True})
     ctx.call_on_close(service.shutdown)
+    plugin = service.host.meta["analytics"]["object"]
+    if caught_up and not plugin.wait_for_catch_up(0):
+        click.echo("counting the stored events into the analytics rollups (once per store) ...", err=True)
+        while not plugin.wait_for_catch_up(0.5):
+            progress = plugin._progress()
+            if progress is not None and not progress["running"]:  # waiting for storage to open: answer now
+                click.echo("storage is not open yet: these figures are short of what it holds", err=True)
+                break
     return service
 
 
@@ -88,7 +100,7 @@ def register(cli: click.Group) -> None:
     def metrics_command(ctx: click.Context, since: str, until: str | None, fmt: str) -> None:
         """Headline metrics of a window: events, sessions, errors, latency, tokens and cost."""
         try:
-            result = _service(ctx).get_metrics(_window(since, until))
+            result = _service(ctx, caught_up=True).get_metrics(_window(since, until))
         except TelemetryError as exc:
             _fail(exc)
         if fmt == "json":
@@ -107,7 +119,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def performance(ctx: click.Context, since: str, until: str | None, fmt: str) -> None:
         """Latency and time to first chunk, overall and per agent and model."""
-        result = _service(ctx).get_metrics(_window(since, until))
+        result = _service(ctx, caught_up=True).get_metrics(_window(since, until))
         if fmt == "json":
             data = {"performance": result.to_dict()["performance"],
                     "by_category": {k: v["performance"] for k, v in result.to_dict()["by_category"].items()},
@@ -132,7 +144,7 @@ def register(cli: click.Group) -> None:
     def anomalies(ctx: click.Context, since: str, until: str | None, sensitivity: str, metric_names: tuple[str, ...],
                   fmt: str) -> None:
         """Run the anomaly detectors over the stored per-minute history (alerts come from continuous detection)."""
-        service = _service(ctx)
+        service = _service(ctx, caught_up=True)
         found = service.detect_anomalies(list(metric_names), _window(since, until), sensitivity)
         if fmt == "json":
             import attrs
@@ -152,7 +164,7 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def insights(ctx: click.Context, since: str, until: str | None, categories: tuple[str, ...], fmt: str) -> None:
         """What stands out: busiest and slowest agents and models, error hot spots, unfinished sessions, changes."""
-        result = _service(ctx).get_insights(_window(since, until), list(categories) or None)
+        result = _service(ctx, caught_up=True).get_insights(_window(since, until), list(categories) or None)
         if fmt == "json":
             click.echo(json.dumps(result.to_dict(), indent=2, default=str))
             return

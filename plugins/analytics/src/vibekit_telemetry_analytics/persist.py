@@ -96,6 +96,10 @@ class RollupFile:
         """Set a value of the ``meta`` table."""
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
+    def delete_meta(self, key: str) -> None:
+        """Remove a value of the ``meta`` table."""
+        self.conn.execute("DELETE FROM meta WHERE key = ?", [key])
+
     def delete_before(self, level: str, cutoff: int) -> None:
         """Remove buckets of ``level`` older than ``cutoff``."""
         self.conn.execute("DELETE FROM buckets WHERE level = ? AND bucket < ?", [level, cutoff])

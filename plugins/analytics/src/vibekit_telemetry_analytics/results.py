@@ -112,6 +112,12 @@ class Metrics:
     #: events counted under ``other`` in ``by_category`` and ``by_model`` because more distinct names were
     #: seen than ``max_categories`` / ``max_models`` keep apart: ``{"category": n, "model": n}``
     folded_events: dict[str, int] = attrs.field(factory=dict)
+    #: whether analytics is still counting in events stored before it counted them (its first start over an
+    #: existing store, a crash, a price change): until it is done the figures are short of what storage holds
+    catching_up: bool = False
+    #: how far that got: ``{"since", "counted_up_to", "counted", "running"}`` (``None`` when not catching up);
+    #: buckets before ``counted_up_to`` (epoch ms) are exact, ``counted`` stored events were counted in so far
+    catch_up: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -196,6 +202,9 @@ class Insights:
     unfinished_sessions: list[Finding]
     changes: dict[str, dict[str, float | None]]
     summary: list[str]
+    #: as in :class:`Metrics`: the findings are about a part of the store until the catch-up is done
+    catching_up: bool = False
+    catch_up: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

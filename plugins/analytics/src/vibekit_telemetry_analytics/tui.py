@@ -45,8 +45,11 @@ def render_dashboard(service: Any) -> Group:
     anomalies = service.detect_anomalies(["response_time", "error_rate", "throughput"], (now - 3_600_000, now))
     recent = Text("\n".join(f"{format_ms(a.timestamp)[11:19]} {a.severity:6} {a.description}" for a in anomalies[-5:])
                   or "none in the last hour")
+    title = f"vibekit-telemetry · {service.service_name} · last hour"
+    if metrics.catching_up:  # the first start over an existing store: its events are still being counted in
+        title += f" · counting stored events in ({metrics.catch_up['counted']:,} so far)"
     return Group(
-        Panel(headline, title=f"vibekit-telemetry · {service.service_name} · last hour"),
+        Panel(headline, title=title),
         Panel(spark, title="events per minute (60 min)"),
         Panel(models, title="models"),
         Panel(recent, title="recent anomalies"),

@@ -29,6 +29,8 @@ import orjson
 
 from vibekit_telemetry import TelemetryEvent, hookimpl
 
+from .columnar import columnar_writer
+
 __all__ = ["COLUMNS", "CSVFormat"]
 
 COLUMNS = ("id", "timestamp", "event_type", "category", "session_id", "parent_session_id", "action", "label", "value",
@@ -56,6 +58,23 @@ def _cell(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _settings(options: dict[str, Any]) -> tuple[str, str, bool]:
+    """The delimiter, metadata mode and header of an export, each checked."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ValueError(f"csv export has no options {sorted(unknown)} (it has {', '.join(sorted(_OPTIONS))})")
+    delimiter = options.get("delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"the CSV delimiter must be one character other than a quote or newline, got {delimiter!r}")
+    mode = options.get("metadata", "json")
+    if mode not in ("json", "flatten"):
+        raise ValueError(f"csv metadata must be 'json' or 'flatten', got {mode!r}")
+    header = options.get("header", True)
+    if not isinstance(header, bool):
+        raise ValueError(f"the csv header option is true or false, got {header!r}")
+    return delimiter, mode, header
+
+
 class CSVFormat:
     """Exports and imports ``csv``."""
 
@@ -81,18 +100,7 @@ class CSVFormat:
         """Write one row per event."""
         if format != "csv":
             return None
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ValueError(f"csv export has no options {sorted(unknown)} (it has {', '.join(sorted(_OPTIONS))})")
-        delimiter = options.get("delimiter", ",")
-        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
-            raise ValueError(f"the CSV delimiter must be one character other than a quote or newline, got {delimiter!r}")
-        mode = options.get("metadata", "json")
-        if mode not in ("json", "flatten"):
-            raise ValueError(f"csv metadata must be 'json' or 'flatten', got {mode!r}")
-        header = options.get("header", True)
-        if not isinstance(header, bool):
-            raise ValueError(f"the csv header option is true or false, got {header!r}")
+        delimiter, mode, header = _settings(options)
         text = io.TextIOWrapper(output, encoding="utf-8", newline="", write_through=False)
         try:
             writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
@@ -115,6 +123,38 @@ class CSVFormat:
                     writer.writerow([*self._base(event), *(_cell(flat.get(k)) for k in flat_keys),
                                      orjson.dumps(rest).decode() if rest else ""])
                     count += 1
+        finally:
+            text.flush()
+            text.detach()
+        return count
+
+    @hookimpl
+    def export_rows(self, format: str, rows: Any, output: BinaryIO, options: dict[str, Any]) -> int | None:
+        """Write the rows ``export`` writes, from storage rows that are them already (``None`` is an empty cell).
+
+        Flattened metadata needs each event's metadata as a mapping, so it takes the event path.
+        """
+        if format != "csv":
+            return None
+        delimiter, mode, header = _settings(options)
+        if mode != "json":
+            return None
+        batches = rows(COLUMNS)
+        if batches is None:
+            return None
+        text = io.TextIOWrapper(output, encoding="utf-8", newline="", write_through=False)
+        count = 0
+        try:
+            writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
+            if header:
+                writer.writerow(COLUMNS)
+            columnwise = columnar_writer(delimiter, len(COLUMNS))
+            for batch in batches:
+                if columnwise is None:
+                    writer.writerows(batch)
+                else:
+                    text.write(columnwise(batch))
+                count += len(batch)
         finally:
             text.flush()
             text.detach()

@@ -83,12 +83,17 @@ class _Chat:
     @staticmethod
     def start(call: LLMCall, kwargs: Mapping[str, Any]) -> None:
         given = kwargs.get("messages")
-        if type(given) is list and all(type(m) is dict and m.keys() <= _SIMPLE and type(m.get("content")) is str
-                                       for m in given):
+        messages: list[dict[str, Any]] | None = None
+        if type(given) is list:
             # plain text messages, already in the shape kept (the common case, and the cheap one); copied, since the
             # application goes on appending to its list while the event waits to be written
-            messages = [dict(m) for m in given]
-        else:
+            messages = []
+            for m in given:
+                if type(m) is not dict or not m.keys() <= _SIMPLE or type(m.get("content")) is not str:
+                    messages = None
+                    break
+                messages.append(dict(m))
+        if messages is None:
             messages = normalise_messages(_plain(given) or [])
         system = "\n".join(m["content"] for m in messages if m.get("role") in ("system", "developer")
                            and m.get("content")) or None
@@ -254,10 +259,11 @@ class OpenAIInstrumentor:
         self._patcher = Patcher()
         self._stream_types: tuple[type, ...] = ()
         self._async_stream_types: tuple[type, ...] = ()
+        self._all_stream_types: tuple[type, ...] = ()
 
     def _handle(self, call: LLMCall, api: Any, result: Any) -> Any:
         """What the SDK returned, recorded; the same object is returned."""
-        if isinstance(result, (*self._stream_types, *self._async_stream_types)):
+        if isinstance(result, self._all_stream_types):
             if api.State is None or not observe_stream(result, call, api.State(), api.item, api.end):
                 _safely(call.finish)
         elif is_raw_response(result):
@@ -280,6 +286,7 @@ class OpenAIInstrumentor:
             raise ConfigError(f"instrument('openai'): the openai SDK is not installed ({exc}); pip install openai")
         self._stream_types = (openai.Stream,)
         self._async_stream_types = (openai.AsyncStream,)
+        self._all_stream_types = (*self._stream_types, *self._async_stream_types)
         for name in ("create", "parse"):
             self._record(Completions, name, service, _Chat, is_async=False)
             self._record(AsyncCompletions, name, service, _Chat, is_async=True)

@@ -62,6 +62,33 @@ _OPTIONS = {"compression", "codec", "metadata", "row_group_size", "schema"}
 _SCHEMAS = ("events",)
 
 
+#: the columns of ``SCHEMA``, in its order: what ``export_rows`` asks storage for
+_COLUMNS = ("id", "timestamp", *_TEXT[1:], "value", "truncated", "metadata")
+
+
+def _settings(options: dict[str, Any]) -> tuple[str, str, int]:
+    """The codec, metadata mode and row group size of an export, each checked."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ValueError(f"parquet export has no options {sorted(unknown)} (it has {', '.join(sorted(_OPTIONS))})")
+    if "codec" in options and "compression" in options and options["codec"] != options["compression"]:
+        raise ValueError("parquet compression and codec are one option (codec is its older name): give one")
+    codec = options.get("compression", options.get("codec", "snappy"))
+    codec = "snappy" if codec is True else "none" if codec in (False, None) else codec
+    if not isinstance(codec, str) or codec.lower() not in _CODECS:
+        raise ValueError(f"parquet compression (its codec) must be one of {', '.join(_CODECS)}, got {codec!r}")
+    schema = options.get("schema", "events")
+    if schema not in _SCHEMAS:
+        raise ValueError(f"parquet schema must be 'events' (one row per event, SCHEMA), got {schema!r}")
+    mode = options.get("metadata", "json")
+    if mode not in ("json", "struct"):
+        raise ValueError(f"parquet metadata must be 'json' or 'struct', got {mode!r}")
+    size = options.get("row_group_size", 50_000)
+    if not isinstance(size, int) or size < 1:
+        raise ValueError("row_group_size must be a positive integer")
+    return codec.lower(), mode, size
+
+
 class ParquetFormat:
     """Exports and imports ``parquet``."""
 
@@ -87,25 +114,7 @@ class ParquetFormat:
         """Write row groups of ``row_group_size`` events."""
         if format != "parquet":
             return None
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ValueError(f"parquet export has no options {sorted(unknown)} (it has {', '.join(sorted(_OPTIONS))})")
-        if "codec" in options and "compression" in options and options["codec"] != options["compression"]:
-            raise ValueError("parquet compression and codec are one option (codec is its older name): give one")
-        codec = options.get("compression", options.get("codec", "snappy"))
-        codec = "snappy" if codec is True else "none" if codec in (False, None) else codec
-        if not isinstance(codec, str) or codec.lower() not in _CODECS:
-            raise ValueError(f"parquet compression (its codec) must be one of {', '.join(_CODECS)}, got {codec!r}")
-        codec = codec.lower()
-        schema = options.get("schema", "events")
-        if schema not in _SCHEMAS:
-            raise ValueError(f"parquet schema must be 'events' (one row per event, SCHEMA), got {schema!r}")
-        mode = options.get("metadata", "json")
-        if mode not in ("json", "struct"):
-            raise ValueError(f"parquet metadata must be 'json' or 'struct', got {mode!r}")
-        size = options.get("row_group_size", 50_000)
-        if not isinstance(size, int) or size < 1:
-            raise ValueError("row_group_size must be a positive integer")
+        codec, mode, size = _settings(options)
         writer: pq.ParquetWriter | None = None
         struct_type: pa.DataType | None = None
         count = 0
@@ -124,6 +133,68 @@ class ParquetFormat:
             if writer is not None:
                 writer.close()
         return count
+
+    @hookimpl
+    def export_rows(self, format: str, rows: Any, output: BinaryIO, options: dict[str, Any]) -> int | None:
+        """Write the row groups ``export`` writes, building each column straight from storage rows.
+
+        Struct metadata is typed from the metadata mappings, so it takes the event path.
+        """
+        if format != "parquet":
+            return None
+        codec, mode, size = _settings(options)
+        if mode != "json":
+            return None
+        batches = rows(_COLUMNS)
+        if batches is None:
+            return None
+        import pyarrow as pa
+
+        types = [field.type for field in _schema()]
+        at_truncated, loads = _COLUMNS.index("truncated"), orjson.loads
+        writer: pq.ParquetWriter | None = None
+        # each store batch becomes Arrow arrays at once, so a row group waits as Arrow data, not Python objects
+        chunks: list[list[pa.Array]] = [[] for _ in _COLUMNS]
+        pending = count = 0
+        try:
+            for batch in batches:
+                start = 0
+                while start < len(batch):  # a row group holds exactly row_group_size rows, as on the event path
+                    room = size - pending
+                    part = batch if start == 0 and len(batch) <= room else batch[start:start + room]
+                    columns: list[Any] = list(zip(*part))
+                    truncated = columns[at_truncated]
+                    if truncated.count(None) != len(part):
+                        columns[at_truncated] = [None if names is None else loads(names) for names in truncated]
+                    for chunk, values, type_ in zip(chunks, columns, types):
+                        chunk.append(pa.array(values, type_))
+                    pending += len(part)
+                    start += len(part)
+                    if pending == size:
+                        writer = self._write_group(output, writer, chunks, codec)
+                        count += pending
+                        chunks, pending = [[] for _ in _COLUMNS], 0
+            if pending or writer is None:
+                writer = self._write_group(output, writer, chunks, codec)
+                count += pending
+        finally:
+            if writer is not None:
+                writer.close()
+        return count
+
+    @staticmethod
+    def _write_group(output: BinaryIO, writer: pq.ParquetWriter | None, chunks: list[list[pa.Array]],
+                     codec: str) -> pq.ParquetWriter:
+        """One row group from its columns' chunks, made contiguous: the bytes are then the event path's."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _schema()
+        arrays = [pa.concat_arrays(chunk) if chunk else pa.array([], field.type) for chunk, field in zip(chunks, schema)]
+        if writer is None:
+            writer = pq.ParquetWriter(output, schema, compression=None if codec == "none" else codec)
+        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+        return writer
 
     def _write(self, output: BinaryIO, writer: pq.ParquetWriter | None, events: list[TelemetryEvent], codec: str,
                mode: str, struct_type: pa.DataType | None) -> tuple[pq.ParquetWriter, pa.DataType | None]:

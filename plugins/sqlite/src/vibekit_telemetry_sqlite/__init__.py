@@ -32,14 +32,15 @@ from vibekit_telemetry import (
     StorageError,
     StorageUnavailableError,
     TelemetryEvent,
-    TokenUsage,
     decode_cursor,
     hookimpl,
     search_words,
     summarize_sessions,
 )
+from vibekit_telemetry.model import ROW_FIELDS, SESSION_ROW_FIELDS, fold_session_rows, session_from_row, session_to_row
 
 from .schema import APPLICATION_ID, EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
+from .writer import WriterProcess
 
 if TYPE_CHECKING:
     from vibekit_telemetry import TelemetryService
@@ -50,10 +51,19 @@ log = logging.getLogger("vibekit_telemetry.sqlite")
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
+if EVENT_COLUMNS != ROW_FIELDS or SESSION_COLUMNS != SESSION_ROW_FIELDS:  # the hot path hands rows over as they are
+    raise ImportError("vibekit_telemetry_sqlite: the columns no longer match the kernel's row fields")
+
 _INSERT_EVENT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 _UPSERT_SESSION = (
     f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) "
     f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in SESSION_COLUMNS[1:])}"
+)
+#: After deleting the newest events: ``seq`` has no AUTOINCREMENT, so new rows reuse their numbers, and the text
+#: index must not believe it already covers them (they would never be indexed).
+_FORGET_DELETED_TAIL = (
+    "UPDATE fts_state SET indexed_seq = (SELECT coalesce(max(seq), 0) FROM events) "
+    "WHERE id = 1 AND indexed_seq > (SELECT coalesce(max(seq), 0) FROM events)"
 )
 _SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_SESSION = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
@@ -70,16 +80,14 @@ def _dumps(value: Any) -> str:
 
 def event_row(event: TelemetryEvent) -> tuple[Any, ...]:
     """The ``events`` row of an event, in :data:`EVENT_COLUMNS` order (metadata as JSON text)."""
-    e = event.__dict__
-    metadata = e["metadata"]
-    truncated = e["truncated"]
-    return (
-        e["id"], e["session_id"], e["event_type"], e["category"], e["action"], e["label"], e["value"],
-        e["timestamp"], e["agent"], e["mode"], e["prompt"], e["parent_session_id"], e["stream_data"],
-        e["status"], e["error_type"], e["error_message"], e["error_stack"],
-        _dumps(metadata) if metadata else "{}",
-        _dumps(list(truncated)) if truncated else None,
-    )
+    return _sql_row(event.to_row())
+
+
+def _sql_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A kernel row (``ROW_FIELDS`` order, the columns' order) with its metadata and truncated list as JSON."""
+    metadata, truncated = row[17], row[18]
+    return (*row[:17], metadata if type(metadata) is str else _dumps(metadata) if metadata else "{}",
+            _dumps(list(truncated)) if truncated else None)
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
@@ -97,27 +105,22 @@ def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
-    t = s.tokens
-    return (
-        s.id, s.agent, s.mode, s.prompt, s.status, s.parent_id, s.started_at, s.ended_at, s.first_event_at,
-        s.last_event_at, s.first_stream_at, s.event_count, s.stream_count, s.error_count,
-        _dumps(dict(s.metadata)), t.input, t.output, t.cache_read, t.cache_creation, t.reasoning, s.last_error,
-        int(s.has_start), s.kind, s.model, s.conversation_id, s.user_id,
-    )
+    return _sql_session_row(session_to_row(s))
+
+
+def _sql_session_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A kernel session row (``SESSION_ROW_FIELDS``, the columns' order) with its metadata as JSON."""
+    return (*row[:14], _dumps(row[14]), *row[15:21], int(row[21]), *row[22:])
+
+
+def _kernel_session_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A ``sessions`` row with its metadata parsed: what :func:`fold_session_rows` folds into."""
+    metadata = row[14]
+    return (*row[:14], orjson.loads(metadata) if metadata else {}, *row[15:])
 
 
 def _session_from_row(row: tuple[Any, ...]) -> Session:
-    (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
-     first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error,
-     has_start, kind, model, conversation_id, user_id) = row
-    return Session(
-        id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
-        ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
-        first_stream_at=first_stream_at, event_count=event_count or 0, stream_count=stream_count or 0,
-        error_count=error_count or 0, metadata=orjson.loads(metadata) if metadata else {},
-        tokens=TokenUsage(tin or 0, tout or 0, tcr or 0, tcc or 0, treas or 0), last_error=last_error,
-        has_start=bool(has_start), kind=kind, model=model, conversation_id=conversation_id, user_id=user_id,
-    )
+    return session_from_row(_kernel_session_row(row))
 
 
 def _backlog(conn: sqlite3.Connection) -> int:
@@ -143,7 +146,7 @@ _CODES = {11: "corrupt", 26: "corrupt", 5: "locked", 6: "locked", 8: "readonly",
           18: "content", 19: "content", 20: "content", 25: "content"}
 
 #: connections a forked child inherited from its parent: kept referenced so they are never closed in the child
-_inherited: list[sqlite3.Connection | None] = []
+_inherited: list[Any] = []
 
 
 def _kind(exc: sqlite3.Error) -> str | None:
@@ -197,6 +200,9 @@ class SQLiteStorage:
         integrity_check: Literal["quick", "off"] = "quick"
         pool_size: int = 32
         idle_timeout: int | None = None
+        #: ``thread``: batches are written on the service's flusher thread; ``process``: by a child process that
+        #: owns the write connection, so SQLite runs on another core than the application (see ``writer.py``)
+        writer: Literal["thread", "process"] = "thread"
 
         def __attrs_post_init__(self) -> None:
             for key in ("pool_size", "idle_timeout"):
@@ -210,6 +216,8 @@ class SQLiteStorage:
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._closed = False
+        #: with ``writer = "process"``: the child that stores the batches
+        self._process: WriterProcess | None = None
         self._new_pool()
 
     def _new_pool(self) -> None:
@@ -280,6 +288,9 @@ class SQLiteStorage:
         if ran:
             log.info("database %s: applied %d migration(s)", path, ran)
         self._writer = conn
+        if self.config.writer == "process" and self._process is None:
+            self._process = WriterProcess(path, attrs.asdict(self.config))
+            self._process.start()  # it opens the file while the service starts
 
     def _check_file(self, path: Path) -> None:
         if not path.exists() or path.stat().st_size == 0:
@@ -437,22 +448,33 @@ class SQLiteStorage:
     @hookimpl
     def store(self, events: list[TelemetryEvent]) -> None:
         """Insert a batch and update its sessions in one transaction; ids already stored are skipped."""
+        self.store_rows([e.to_row() for e in events])
+
+    @hookimpl
+    def store_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """:meth:`store` for the kernel's rows (``ROW_FIELDS`` order, which is the columns' order)."""
         if self._writer is None:
             raise StorageUnavailableError("the sqlite storage is not open")
-        rows = [event_row(e) for e in events]
+        if self._process is not None:
+            self._process.store(rows)
+            return
+        dumps = _dumps
+        # flat metadata arrives as its JSON text from the ingest queue: written as it is
+        sql_rows = [(*r[:17], r[17] if type(r[17]) is str else dumps(r[17]) if r[17] else "{}",
+                     dumps(list(r[18])) if r[18] else None) for r in rows]
         with self._write_lock:
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    inserted = conn.executemany(_INSERT_EVENT, rows).rowcount
-                    fresh = events
-                    if inserted != len(rows):
+                    inserted = conn.executemany(_INSERT_EVENT, sql_rows).rowcount
+                    fresh = rows
+                    if inserted != len(sql_rows):
                         # Some ids were already stored (a retried batch, a replayed journal): redo with only the new ones.
                         conn.execute("ROLLBACK")
                         conn.execute("BEGIN IMMEDIATE")
-                        fresh = self._unseen(conn, events)
-                        conn.executemany(_INSERT_EVENT, [event_row(e) for e in fresh])
+                        fresh = self._unseen(conn, rows)
+                        conn.executemany(_INSERT_EVENT, [_sql_row(r) for r in fresh])
                     self._update_sessions(conn, fresh)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -508,18 +530,18 @@ class SQLiteStorage:
         if behind:
             self._index_text(FTS_CHUNK)
 
-    def _unseen(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
-        ids = [e.id for e in events]
+    def _unseen(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        ids = [r[0] for r in rows]
         known: set[str] = set()
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             known.update(r[0] for r in conn.execute(
                 f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
         fresh = []
-        for event in events:
-            if event.id not in known:
-                known.add(event.id)
-                fresh.append(event)
+        for row in rows:
+            if row[0] not in known:
+                known.add(row[0])
+                fresh.append(row)
         return fresh
 
     @contextlib.contextmanager
@@ -589,20 +611,21 @@ class SQLiteStorage:
                 sids.update(r[0] for r in conn.execute(
                     f"SELECT DISTINCT session_id FROM events WHERE id IN ({marks}) AND session_id IS NOT NULL", chunk))
                 deleted += conn.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk).rowcount
+            conn.execute(_FORGET_DELETED_TAIL)
             self._refold_sessions(conn, sids)
         return deleted
 
-    def _update_sessions(self, conn: sqlite3.Connection, events: list[TelemetryEvent]) -> None:
-        sids = list({e.session_id for e in events if e.session_id})
+    def _update_sessions(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Fold the batch's rows into their sessions: the stored rows read, folded as rows, upserted."""
+        sids = list({r[1] for r in rows if r[1]})
         if not sids:
             return
-        existing: dict[str, Session] = {}
+        existing: dict[str, tuple[Any, ...]] = {}
         for start in range(0, len(sids), _IN_CHUNK):
             chunk = sids[start : start + _IN_CHUNK]
             for row in conn.execute(f"{_SELECT_SESSION} WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
-                existing[row[0]] = _session_from_row(row)
-        updated = summarize_sessions(events, existing)
-        conn.executemany(_UPSERT_SESSION, [_session_row(s) for s in updated.values()])
+                existing[row[0]] = _kernel_session_row(row)
+        conn.executemany(_UPSERT_SESSION, [_sql_session_row(r) for r in fold_session_rows(rows, existing).values()])
 
     @hookimpl
     def query(self, filter: QueryFilter) -> list[TelemetryEvent]:
@@ -623,6 +646,13 @@ class SQLiteStorage:
             return None
         sql, params = self._event_sql(filter)
         return self._scan(sql, params)
+
+    @hookimpl
+    def scan_rows(self, filter: QueryFilter, columns: tuple[str, ...]) -> Iterator[list[tuple[Any, ...]]] | None:
+        """Every matching event as batches of row tuples of ``columns``, for exports (see ``export_rows.py``)."""
+        from .export_rows import scan_rows
+
+        return scan_rows(self, filter, columns)
 
     def _scan(self, sql: str, params: list[Any]) -> Iterator[TelemetryEvent]:
         conn = self._connect(read_only=True)  # a long read must not hold the thread's shared reader
@@ -649,15 +679,26 @@ class SQLiteStorage:
             params.append(_json_each_value(value))
         if f.text:
             match = fts_query(f.text)
-            # Few matches: look them up by rowid and sort them. Many: walk the events in time order and keep the
-            # matching ones (the unary + stops SQLite from choosing the first plan), which stops at the limit
-            # instead of sorting every match. SQLite cannot tell the two cases apart; the match count can.
+            # Few matches: look them up by rowid and sort them. Many: first try reading the page from the index
+            # in row order, proved to be the page in time order (search.text_page; ``_text_fast_path = False``
+            # turns it off, for benchmarks); failing that, walk the events in time order and keep the matching
+            # ones (the unary + stops SQLite from choosing the first plan), which stops at the limit instead of
+            # sorting every match. SQLite cannot tell the cases apart; the match count can.
+            from .search import text_page
+
             with self._reader() as conn:
                 many = conn.execute(
                     "SELECT count(*) > ? FROM (SELECT 1 FROM events_fts WHERE events_fts MATCH ? LIMIT ?)",
                     [_FEW_MATCHES, match, _FEW_MATCHES + 1]).fetchone()[0]
-            where.append(f"{'+' if many else ''}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-            params.append(match)
+                page = (text_page(conn, f, match, where, params)
+                        if many and getattr(self, "_text_fast_path", True) else None)
+            if page is not None:
+                # every event of the page was checked against the whole filter: only the order and the slice remain
+                where[:] = ["seq IN (SELECT value FROM json_each(?))"]
+                params[:] = [orjson.dumps(page).decode()]
+            else:
+                where.append(f"{'+' if many else ''}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+                params.append(match)
         direction = "DESC" if f.order == "desc" else "ASC"
         if f.cursor:
             ts, event_id = decode_cursor(f.cursor)
@@ -726,6 +767,7 @@ class SQLiteStorage:
                 conn.execute("BEGIN IMMEDIATE")
                 cur = conn.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ? LIMIT 5000)", [before])
+                conn.execute(_FORGET_DELETED_TAIL)
                 conn.execute("COMMIT")
                 deleted += cur.rowcount
                 if cur.rowcount < 5000:
@@ -783,6 +825,10 @@ class SQLiteStorage:
         parent's locks) and open new ones."""
         _inherited.extend([self._writer, *self._readers])
         self._writer = None
+        if self._process is not None:
+            # the parent's writer process stays the parent's; this child gets its own on its first batch
+            _inherited.append(self._process)
+            self._process = WriterProcess(self._process.path, self._process.options)
         self._write_lock = threading.Lock()
         self._new_pool()  # the parent's pool lock may have been held by a thread the child does not have
         if self.path is not None and not self._closed:
@@ -793,6 +839,9 @@ class SQLiteStorage:
     def close(self) -> None:
         """Close the writer and the idle read connections; those in use close when their read ends."""
         self._closed = True
+        if self._process is not None:
+            self._process.close(self.config.busy_timeout_ms / 1000 + 10)
+            self._process = None
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
