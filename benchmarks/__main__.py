@@ -224,31 +224,12 @@ ON CONFLICT (id) DO UPDATE SET
 def ingest_honest(rows: list[tuple], path: Path, batch_size: int) -> float:
     """The honest baseline: the raw limit's inserts, plus the sessions folded by one SQL UPSERT and the text
     indexed, in the same transaction per batch (what a store that keeps sessions and search current must do)."""
-    from vibekit_telemetry_sqlite import SQLiteStorage
-    from vibekit_telemetry_sqlite.schema import EVENT_COLUMNS
-
-    SQLiteStorage.open(path).close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("PRAGMA synchronous=normal")
-    sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-    gc.collect()
-    start = time.perf_counter()
-    for offset in range(0, len(rows), batch_size):
-        conn.execute("BEGIN IMMEDIATE")
-        (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        conn.executemany(sql, rows[offset : offset + batch_size])
-        conn.execute(_HONEST_SESSIONS, [before])
-        conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data FROM events "
-                     "WHERE seq > ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [before])
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return len(rows) / elapsed
+    return ingest_raw(rows, path, batch_size, honest=True)
 
 
-def ingest_raw(rows: list[tuple], path: Path, batch_size: int) -> float:
-    """The raw limit: plain sqlite3 executemany of the same rows into the same schema, same batch size."""
+def ingest_raw(rows: list[tuple], path: Path, batch_size: int, *, honest: bool = False) -> float:
+    """The raw limit: plain sqlite3 executemany of the same rows into the same schema, same batch size
+    (``honest``: with the sessions and text index kept current too, :func:`ingest_honest`)."""
     from vibekit_telemetry_sqlite import SQLiteStorage
     from vibekit_telemetry_sqlite.schema import EVENT_COLUMNS
 
@@ -261,7 +242,13 @@ def ingest_raw(rows: list[tuple], path: Path, batch_size: int) -> float:
     start = time.perf_counter()
     for offset in range(0, len(rows), batch_size):
         conn.execute("BEGIN IMMEDIATE")
+        if honest:
+            (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         conn.executemany(sql, rows[offset : offset + batch_size])
+        if honest:
+            conn.execute(_HONEST_SESSIONS, [before])
+            conn.execute("INSERT INTO events_fts (rowid, prompt, stream_data) SELECT seq, prompt, stream_data "
+                         "FROM events WHERE seq > ? AND (prompt IS NOT NULL OR stream_data IS NOT NULL)", [before])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
