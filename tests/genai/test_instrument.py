@@ -4,8 +4,8 @@ The real ``openai`` and ``anthropic`` SDKs call the fake LLM server (``tests.gen
 helpers of ``tests.genai.capture``, which measure what the client saw (tokens, model, the first chunk's time);
 each call's session must say the same: tokens with cache and reasoning counts (Anthropic's input includes its
 cache counts here), the response model, a TTFT between the server's first send and the client's first chunk
-for streams and none otherwise, the chunk count, the status and the error type, the prompt and the answer, tool calls, cost; nested under
-``telemetry.session(...)`` and ``observe()`` blocks in threads and asyncio tasks.
+for streams and none otherwise, the chunk count, the status and the error type, the prompt and the answer,
+tool calls, cost; nested under ``telemetry.session(...)`` and ``observe()`` blocks in threads and asyncio tasks.
 """
 
 from __future__ import annotations
