@@ -850,13 +850,39 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def search_words(text: str) -> list[str]:
-    """The words full-text search looks for: runs of letters and digits, lower-cased.
+    """The words full-text search looks for: runs of letters and digits, lower-cased, a Latin letter with one
+    diacritic folded to its base letter (``café`` is ``cafe``).
 
-    This is how SQLite's ``unicode61`` tokenizer splits text, so every storage
-    plugin matches ``QueryFilter.text`` the same way: an event matches when it
-    contains every word, in its prompt or its streamed text.
+    This is how SQLite's ``unicode61`` tokenizer (``remove_diacritics 1``) splits and folds text, so every
+    storage plugin matches ``QueryFilter.text`` the same way: an event matches when it contains every word, in
+    its prompt or its streamed text.
     """
+    if not text.isascii():
+        text = text.translate(_FOLD)
     return _WORD.findall(text.lower())
+
+
+class _DiacriticFolding(dict[int, int | None]):
+    """``str.translate`` table, filled on demand: a character whose canonical decomposition is an ASCII letter
+    and one combining mark stands for that letter (``é`` -> ``e``, ``İ`` -> ``I``); ``ǘ`` (two marks), Greek and
+    Cyrillic letters stay as they are; a combining diacritic (U+0300-U+036F) on its own is dropped, joining the
+    letters around it, as in SQLite's ``remove_diacritics 1``."""
+
+    def __missing__(self, code: int) -> int | None:
+        import unicodedata
+
+        if 0x300 <= code <= 0x36F:  # a combining diacritic written apart is part of the word, and dropped
+            self[code] = None
+            return None
+        parts = unicodedata.normalize("NFD", chr(code))
+        folded = code
+        if len(parts) == 2 and parts[0].isascii() and parts[0].isalpha() and unicodedata.combining(parts[1]):
+            folded = ord(parts[0])
+        self[code] = folded
+        return folded
+
+
+_FOLD = _DiacriticFolding()
 
 
 def _opt_time(value: object, field: attrs.Attribute) -> int | None:

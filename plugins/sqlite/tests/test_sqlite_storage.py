@@ -9,8 +9,10 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vibekit_telemetry import InvalidQueryError, StorageError, TelemetryEvent, TelemetryService, now_ms
+from vibekit_telemetry import InvalidQueryError, StorageError, TelemetryEvent, TelemetryService, now_ms, search_words
 from vibekit_telemetry_sqlite import SQLiteStorage, fts_query
 from vibekit_telemetry_sqlite.migrations import MIGRATION_SET, migrations
 
@@ -65,6 +67,22 @@ def test_fts_query_keeps_only_words():
     assert fts_query('Parser NEAR(bug) "x AND y_z*') == "parser near bug x and y z"
     with pytest.raises(StorageError, match="no words"):
         fts_query('  "" * ')
+
+
+# Latin letters with and without diacritics, Greek, Cyrillic, digits, punctuation, spaces and combining marks
+_TEXT = st.text(st.sampled_from("aeiouAEIOU éèêëÉïîñÑçÇåÅøØæßőűąęșțİıǘệάωйЖ0123456789²,.;:!?-_'\" \t\n\u0301\u0308"),
+                max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_search_words_split_and_fold_text_as_the_unicode61_tokenizer_does(text):
+    """Every store matches ``text=`` by :func:`search_words`; SQLite by its tokenizer: they must agree."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE VIRTUAL TABLE f USING fts5(t, detail=none)")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(f, 'row')")
+    conn.execute("INSERT INTO f VALUES (?)", [text])
+    assert sorted(set(search_words(text))) == sorted(r[0] for r in conn.execute("SELECT term FROM v"))
 
 
 def test_a_text_search_without_words_is_an_invalid_query(tmp_path):
