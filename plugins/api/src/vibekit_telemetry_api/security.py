@@ -107,8 +107,8 @@ class RateLimiter:
             self._strategy: Any = FixedWindowRateLimiter(MemoryStorage())
             self._async = False
         else:
-            from limits.aio.storage import storage_from_string
             from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindowRateLimiter
+            from limits.storage import storage_from_string
 
             self._strategy = AsyncFixedWindowRateLimiter(storage_from_string(
                 f"async+{storage}", implementation="redispy", wrap_exceptions=True, key_prefix=self.KEY_PREFIX,
