@@ -74,7 +74,8 @@ SEED_ENV_SWITCHES: dict[str, tuple[str, ...]] = {
 
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passphrase|authorization|credential)", re.IGNORECASE)
 #: the password of ``scheme://user:password@host`` (a Redis URI, a database DSN), wherever the URI is written
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)([^/?#\s]+)(@)", re.IGNORECASE)
+#: (up to the last ``@``: a password with an unescaped ``@`` or ``/`` is hidden whole, at worst with more)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)([^?#\s]+)(@)", re.IGNORECASE)
 _URL_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _VERBATIM_KEYS = frozenset({"headers", "resource_attributes", "metadata", "labels", "tags", "options_verbatim"})
 
