@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from vibekit_telemetry import ConfigError, TelemetryService, load_config
-from vibekit_telemetry.config import redact_secrets
+from vibekit_telemetry.config import redact_secrets, redact_url
 
 
 def test_defaults_without_any_file(in_tmp):
@@ -133,3 +133,12 @@ def test_config_object_with_keyword_overrides(in_tmp):
     base = TelemetryConfig(service_name="obj")
     with TelemetryService(base, storage=[{"type": "memory"}], stream_batch_size=7) as t:
         assert (t.config.service_name, t.config.storage[0].type, t.config.stream_batch_size) == ("obj", "memory", 7)
+
+
+def test_uri_passwords_are_redacted_under_any_key():
+    assert redact_url("redis://:p@ss/w@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_url("postgresql://app:secret@db/telemetry") == "postgresql://app:***@db/telemetry"
+    assert redact_url("redis+unix:///run/redis.sock?db=0&password=secret") == "redis+unix:///run/redis.sock?db=0&password=***"
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    shown = redact_secrets({"api": {"rate_limit": {"storage": "rediss://user:secret@cache"}}, "urls": ["http://a:b@c"]})
+    assert shown == {"api": {"rate_limit": {"storage": "rediss://user:***@cache"}}, "urls": ["http://a:***@c"]}

@@ -73,6 +73,10 @@ SEED_ENV_SWITCHES: dict[str, tuple[str, ...]] = {
 }
 
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passphrase|authorization|credential)", re.IGNORECASE)
+#: the password of ``scheme://user:password@host`` (a Redis URI, a database DSN), wherever the URI is written
+#: (up to the last ``@``: a password with an unescaped ``@`` or ``/`` is hidden whole, at worst with more)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)([^?#\s]+)(@)", re.IGNORECASE)
+_URL_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _VERBATIM_KEYS = frozenset({"headers", "resource_attributes", "metadata", "labels", "tags", "options_verbatim"})
 
 
@@ -435,10 +439,16 @@ def resolve_env_refs(data: Any, *, environ: Mapping[str, str], path: str = "") -
     return data
 
 
+def redact_url(value: str) -> str:
+    """``value`` with the password of a ``scheme://user:password@host/...`` URI (or ``?password=``) as ``***``."""
+    return _URL_PASSWORD_QUERY.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", value))
+
+
 def redact_secrets(data: Any) -> Any:
     """A copy of a config tree safe to print: values under secret-looking keys become ``"***"``.
 
-    ``{"$env": NAME}`` references are kept, since they show where a secret
+    The password in a URI (``redis://:password@host``, ``postgresql://user:password@db``) becomes ``***``
+    under any key.  ``{"$env": NAME}`` references are kept, since they show where a secret
     comes from without showing it.
     """
     if isinstance(data, Mapping):
@@ -453,6 +463,8 @@ def redact_secrets(data: Any) -> Any:
         return out
     if isinstance(data, list):
         return [redact_secrets(v) for v in data]
+    if isinstance(data, str) and "://" in data:
+        return redact_url(data)
     return data
 
 

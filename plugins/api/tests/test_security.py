@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from vibekit_telemetry import ConfigError
@@ -102,15 +104,24 @@ def test_rate_limit_answers_429_with_retry_after_and_ingest_has_its_own_budget(m
     assert client.get("/health").status_code == 200  # never limited
 
 
-def test_rate_limiter_windows_reset_and_memory_stays_bounded():
-    limiter = RateLimiter({"api": (2, 10.0)}, max_clients=100)
-    assert limiter.hit("api", "a", now=0) is None
-    assert limiter.hit("api", "a", now=1) is None
-    assert limiter.hit("api", "a", now=2) == pytest.approx(8.0)
-    assert limiter.hit("api", "a", now=10.5) is None
-    for i in range(1000):
-        limiter.hit("api", f"client-{i}", now=20 + i * 0.001)
-    assert len(limiter._windows) <= 100
+def test_rate_limiter_windows_reset_and_expired_windows_are_forgotten():
+    limiter = RateLimiter({"api": (2, 1.0)})
+
+    async def run():
+        assert await limiter.hit("api", "a") is None
+        assert await limiter.hit("api", "a") is None
+        retry = await limiter.hit("api", "a")
+        assert retry is not None and 0 < retry <= 1.0
+        assert await limiter.hit("api", "b") is None  # another client, another budget
+        for i in range(1000):
+            await limiter.hit("api", f"client-{i}")
+        await asyncio.sleep(1.1)
+        assert await limiter.hit("api", "a") is None  # a new window
+        await asyncio.sleep(0.1)  # the library drops expired windows on a timer
+
+    asyncio.run(run())
+    counters = limiter._strategy.storage.storage
+    assert len(counters) == 1, "expired windows are still held"
 
 
 def test_an_unauthenticated_public_bind_is_refused_and_auth_without_keys_too():

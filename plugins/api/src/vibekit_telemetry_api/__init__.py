@@ -63,6 +63,9 @@ class APIPlugin:
         """Loaded by the configuration (``[api] enabled = true``): start serving in the background."""
         from .server import APIServer
 
+        if self.config.workers > 1:
+            log.warning("api.workers = %d is for `telemetry api`; the server inside this process is one process",
+                        self.config.workers)
         self.servers.append(APIServer(service, self.config).start())
 
     @hookimpl

@@ -611,11 +611,13 @@ async def get_export(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """Liveness (200 while the service runs) and each component's health."""
+    """Liveness (200 while the service runs), each component's health and the answering process's ``pid``."""
     ctx = _ctx(request)
     status = await run_in_threadpool(ctx.service.get_health_status)
     body = status.to_dict()
     body["status"] = "healthy" if status.healthy else "degraded"
+    # which process answered: the workers of `telemetry api --workers N` share one port
+    body["pid"] = os.getpid()
     return json_response(body)
 
 
@@ -856,7 +858,8 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
     if dashboard is not None:
         routes.append(Route("/", _home(f"{dashboard.path}/"), methods=["GET"]))
     limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
-                           "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)})
+                           "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)},
+                          config.rate_limit.storage, on_error=lambda exc: metrics.rate_limit_errors.inc())
     auth = Authenticator(credentials)
     provenance = Provenance(config.host_names(credentials), origins)
     middleware = [

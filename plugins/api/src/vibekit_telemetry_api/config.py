@@ -18,8 +18,11 @@ from typing import Any
 import attrs
 
 from vibekit_telemetry import ConfigError
+from vibekit_telemetry.config import redact_url
 
 SCOPES = ("read", "ingest")
+#: the schemes ``api.rate_limit.storage`` takes besides ``memory://``: a Redis (or Valkey) server
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
 
 
 @attrs.frozen
@@ -106,18 +109,35 @@ class CorsConfig:
 
 @attrs.frozen
 class RateLimitConfig:
-    """``api.rate_limit``: requests per client IP and window; ingest has its own, larger budget."""
+    """``api.rate_limit``: requests per client IP and window; ingest has its own, larger budget.
+
+    ``storage`` is where the counts live: ``memory://`` (this process only) or a Redis URI
+    (``redis://[:password@]host:port/db``, ``rediss://`` for TLS, ``redis+unix:///path.sock``), which every
+    server pointed at it shares, so several servers (or ``--workers``) give a client one budget.
+    Windows are whole seconds (a ``window_ms`` that is not is rounded up).
+    """
 
     enabled: bool = True
     window_ms: int = 15 * 60 * 1000
     max: int = 100
     ingest_window_ms: int = 60 * 1000
     ingest_max: int = 6000
+    storage: str = attrs.field(default="memory://", repr=lambda uri: repr(redact_url(uri)))
 
     def __attrs_post_init__(self) -> None:
         for key in ("window_ms", "max", "ingest_window_ms", "ingest_max"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"api.rate_limit.{key}: expected a positive integer")
+        if self.storage != "memory://" and not (self.storage.startswith(REDIS_SCHEMES)
+                                                 and len(self.storage) > self.storage.index("://") + 3):
+            raise ConfigError(f"api.rate_limit.storage: expected 'memory://' (this process only) or a Redis URI "
+                              f"such as 'redis://localhost:6379/0' ({', '.join(REDIS_SCHEMES)}), "
+                              f"got {redact_url(self.storage)!r}")
+
+    @property
+    def shared(self) -> bool:
+        """Whether the budgets live outside this process (a Redis server), so other processes share them."""
+        return self.storage != "memory://"
 
 
 @attrs.frozen
@@ -182,10 +202,14 @@ class APIConfig:
     dashboard_port: int | None = None
     log_level: str = "warning"
     access_log: bool = False
+    #: server processes ``telemetry api`` runs on the one port (each with its own service on the same storage)
+    workers: int = 1
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"api.port: expected 0..65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"api.workers: expected 1 or more server processes, got {self.workers}")
         if self.max_body_bytes < 1024 or self.max_batch < 1 or self.max_page < 1:
             raise ConfigError("api.max_body_bytes must be at least 1024, api.max_batch and api.max_page at least 1")
         if self.dashboard_port is not None and (not 1 <= self.dashboard_port <= 65535 or self.dashboard_port == self.port):

@@ -48,6 +48,9 @@ class ServerMetrics:
         self.ingested = Counter("vibekit_api_ingested_events", "Events accepted over HTTP", ["source"], registry=r)
         self.rejected = Counter("vibekit_api_rejected_events", "Events refused as invalid over HTTP", ["source"], registry=r)
         self.refused = Counter("vibekit_api_refused_requests", "Requests refused before a handler ran", ["reason"], registry=r)
+        self.rate_limit_errors = Counter("vibekit_api_rate_limit_storage_errors",
+                                         "Requests let through unlimited because the rate-limit storage failed",
+                                         registry=r)
         self.storage_seconds = Histogram("vibekit_storage_write_seconds", "Time to write one batch to storage",
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.stored_batches = Counter("vibekit_storage_batches", "Batches written to storage", registry=r)

@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
-from vibekit_telemetry import acting_as
+from vibekit_telemetry import TelemetryError, acting_as
+from vibekit_telemetry.config import redact_url
 
 from .config import APIConfig, Credential, host_name
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("vibekit_telemetry.api")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -59,37 +64,116 @@ def route_class(method: str, path: str, metrics_path: str, public: tuple[str, ..
     return "open"
 
 
+class RateLimitStorageError(TelemetryError):
+    """The configured ``api.rate_limit.storage`` cannot be reached when the server starts."""
+
+
 class RateLimiter:
-    """A fixed-window request counter per (budget, client); memory is bounded by pruning expired windows."""
+    """Fixed-window request budgets per (budget, client) on the ``limits`` library.
 
-    def __init__(self, limits: dict[str, tuple[int, float]], max_clients: int = 100_000) -> None:
-        self.limits = limits
-        self.max_clients = max_clients
-        self._windows: dict[tuple[str, str], list[float]] = {}
+    ``storage`` is ``memory://`` (this process; expired windows are dropped by
+    the library) or a Redis URI, whose counters every server using it shares.
+    Fixed windows (each starts at a client's first request and resets whole)
+    cost one counter per client and budget, and are what the budgets meant
+    before they could be shared.  A Redis that fails during a request lets it
+    through (fail open: a limiter outage must not become an API outage); each
+    such request calls ``on_error``, a warning is logged once per outage, and
+    the storage is left alone for :attr:`RETRY_S` before it is asked again.
+    """
 
-    def hit(self, budget: str, client: str, now: float | None = None) -> float | None:
-        """Count a request; ``None`` when allowed, else the seconds until the window resets."""
-        limit, window = self.limits[budget]
-        now = time.monotonic() if now is None else now
-        key = (budget, client)
-        entry = self._windows.get(key)
-        if entry is None or now - entry[0] >= window:
-            if entry is None and len(self._windows) >= self.max_clients:
-                self._prune(now)
-            self._windows[key] = [now, 1]
+    #: seconds a failed Redis is left alone: requests pass meanwhile, instead of each waiting for its timeout
+    RETRY_S = 1.0
+    #: connect and read timeout for Redis: a stuck server costs a request at most this
+    TIMEOUT_S = 1.0
+    KEY_PREFIX = "vibekit-telemetry"
+
+    def __init__(self, budgets: dict[str, tuple[int, float]], storage: str = "memory://",
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        from limits import RateLimitItemPerSecond
+
+        self.budgets = budgets
+        self.storage_uri = storage
+        self.on_error = on_error or (lambda exc: None)
+        #: whole seconds, as every limits storage counts them (Redis expiries are seconds)
+        self._items = {name: RateLimitItemPerSecond(limit, max(1, math.ceil(window)))
+                       for name, (limit, window) in budgets.items()}
+        self._down_until = 0.0
+        self._outage = False
+        if storage == "memory://":
+            # the synchronous memory storage: no I/O, only short thread locks, and not tied to one event loop
+            from limits.storage import MemoryStorage
+            from limits.strategies import FixedWindowRateLimiter
+
+            self._strategy: Any = FixedWindowRateLimiter(MemoryStorage())
+            self._async = False
+        else:
+            from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindowRateLimiter
+            from limits.storage import storage_from_string
+
+            self._strategy = AsyncFixedWindowRateLimiter(storage_from_string(
+                f"async+{storage}", implementation="redispy", wrap_exceptions=True, key_prefix=self.KEY_PREFIX,
+                socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S))
+            self._async = True
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes using the same storage share these budgets."""
+        return self.storage_uri != "memory://"
+
+    def check(self) -> None:
+        """Raise :class:`RateLimitStorageError` unless the storage answers (a no-op for ``memory://``)."""
+        if not self.shared:
+            return
+        from limits.storage import storage_from_string
+
+        shown = redact_url(self.storage_uri)
+        try:
+            storage = storage_from_string(self.storage_uri, key_prefix=self.KEY_PREFIX,
+                                          socket_timeout=self.TIMEOUT_S * 3, socket_connect_timeout=self.TIMEOUT_S * 3)
+            if storage.check():
+                return
+            storage.get_connection().ping()  # check() hides why; this raises it
+            reason = "it did not answer PING"
+        except Exception as exc:  # the library, the client or the network: all mean "not usable"
+            reason = redact_url(str(exc)) or type(exc).__name__
+        raise RateLimitStorageError(
+            f"api.rate_limit.storage: cannot reach {shown} ({reason}); start that server, fix the URI, "
+            "or set api.rate_limit.storage = \"memory://\" for budgets kept by each process")
+
+    async def hit(self, budget: str, client: str) -> float | None:
+        """Count a request; ``None`` when allowed (or when the storage fails), else seconds until the window resets."""
+        if self._async and time.monotonic() < self._down_until:
+            self.on_error(RuntimeError("rate-limit storage unavailable"))
             return None
-        if entry[1] >= limit:
-            return max(1.0, entry[0] + window - now)
-        entry[1] += 1
-        return None
+        item = self._items[budget]
+        try:
+            allowed = self._strategy.hit(item, budget, client)
+            if self._async:
+                allowed = await allowed
+            if allowed:
+                self._recovered()
+                return None
+            stats = self._strategy.get_window_stats(item, budget, client)
+            if self._async:
+                stats = await stats
+        except Exception as exc:  # fail open: a limiter outage must not turn into 500s for every client
+            self._failed(exc)
+            return None
+        self._recovered()
+        return max(1.0, stats.reset_time - time.time())
 
-    def _prune(self, now: float) -> None:
-        expired = [k for k, (start, _) in self._windows.items() if now - start >= self.limits[k[0]][1]]
-        for key in expired:
-            del self._windows[key]
-        if len(self._windows) >= self.max_clients:  # all live: forget the oldest windows
-            for key in sorted(self._windows, key=lambda k: self._windows[k][0])[: len(self._windows) // 2]:
-                del self._windows[key]
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.RETRY_S
+        self.on_error(exc)
+        if not self._outage:
+            self._outage = True
+            log.warning("rate-limit storage %s failed (%s); requests pass unlimited until it answers again",
+                        redact_url(self.storage_uri), redact_url(str(exc.__cause__ or exc)))
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("rate-limit storage %s answers again; limits apply", redact_url(self.storage_uri))
 
 
 class Authenticator:
@@ -257,11 +341,11 @@ class Guard:
             return
         if self.limiter is not None and self.config.rate_limit.enabled and scope["path"] != self.metrics_path:
             budget = "ingest" if kind == "ingest" else "api"
-            retry = self.limiter.hit(budget, client_ip(scope, self.config.trust_proxy))
+            retry = await self.limiter.hit(budget, client_ip(scope, self.config.trust_proxy))
             if retry is not None:
                 self.on_reject("rate_limited")
                 await _reject(scope, receive, send, 429, "Too Many Requests",
-                              f"rate limit of {self.limiter.limits[budget][0]} requests exceeded; retry later",
+                              f"rate limit of {self.limiter.budgets[budget][0]} requests exceeded; retry later",
                               {"retry-after": str(int(retry + 0.999))})
                 return
         if not self.auth.enabled:

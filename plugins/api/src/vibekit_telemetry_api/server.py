@@ -1,7 +1,10 @@
 """Running the application with uvicorn: in the foreground (``telemetry api``) or on a background thread.
 
 The listening socket is bound before uvicorn starts, so a busy port is a clear
-``OSError`` here rather than a ``sys.exit`` inside uvicorn.  Connections are
+``OSError`` here rather than a ``sys.exit`` inside uvicorn; ``serve(sockets=...)``
+takes sockets bound by another process instead (the workers of
+``telemetry api --workers N`` all accept on their parent's).  A shared
+rate-limit storage is checked before anything listens.  Connections are
 bounded by :mod:`.connections` (header and body deadlines, connections per
 client).  Stopping ends the live streams first (they would otherwise hold the
 graceful shutdown open), then lets uvicorn finish the requests in flight.
@@ -99,7 +102,12 @@ class APIServer:
         sock.set_inheritable(True)
         return sock
 
-    def _bind(self) -> list[socket.socket]:
+    def check(self) -> None:
+        """Raise :class:`~.security.RateLimitStorageError` when the shared rate-limit storage does not answer."""
+        if self.config.rate_limit.enabled:
+            self.app.state.limiter.check()
+
+    def bind(self) -> list[socket.socket]:
         """The API's listening socket, and the dashboard's when it has its own port."""
         self._socket = self._listen(self.config.port)
         self._port = self._socket.getsockname()[1]
@@ -135,7 +143,8 @@ class APIServer:
         """Serve on a background thread; returns once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the API server is already running")
-        sockets = self._bind()
+        self.check()
+        sockets = self.bind()
         server = self._uvicorn()
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": sockets},
                                         name=f"vibekit-api-{self.port}", daemon=True)
@@ -151,12 +160,19 @@ class APIServer:
         log.info("API server listening on %s", self.url)
         return self
 
-    def serve(self, ready: Callable[[str], None] | None = None) -> None:
+    def serve(self, ready: Callable[[str], None] | None = None, sockets: list[socket.socket] | None = None) -> None:
         """Serve in this thread until SIGINT or SIGTERM (then finish the requests in flight).
 
-        ``ready`` is called with the URL once the socket listens.
+        ``ready`` is called with the URL once the socket listens.  ``sockets`` (the API's, then the
+        dashboard's when it has its own port) are listening sockets to accept on instead of binding.
         """
-        sockets = self._bind()
+        self.check()
+        if sockets is None:
+            sockets = self.bind()
+        else:
+            self._socket = sockets[0]
+            self._port = sockets[0].getsockname()[1]
+            self._dashboard_socket = sockets[1] if len(sockets) > 1 else None
         if ready is not None:
             ready(self.url)
         try:
