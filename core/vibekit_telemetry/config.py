@@ -77,6 +77,8 @@ _SECRET_KEY = re.compile(r"(key|token|secret|password|passphrase|authorization|c
 #: (up to the last ``@``: a password with an unescaped ``@`` or ``/`` is hidden whole, at worst with more)
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)([^?#\s]+)(@)", re.IGNORECASE)
 _URL_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+#: libpq's keyword/value form: ``host=db user=t password='s3 cret'``
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _VERBATIM_KEYS = frozenset({"headers", "resource_attributes", "metadata", "labels", "tags", "options_verbatim"})
 
 
@@ -440,7 +442,10 @@ def resolve_env_refs(data: Any, *, environ: Mapping[str, str], path: str = "") -
 
 
 def redact_url(value: str) -> str:
-    """``value`` with the password of a ``scheme://user:password@host/...`` URI (or ``?password=``) as ``***``."""
+    """``value`` with the password of a ``scheme://user:password@host/...`` URI (or ``?password=``), or of a
+    libpq keyword/value connection string (``host=db password=...``), as ``***``."""
+    if "://" not in value:
+        return _KEYWORD_PASSWORD.sub(r"\1***", value)
     return _URL_PASSWORD_QUERY.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", value))
 
 
@@ -463,7 +468,7 @@ def redact_secrets(data: Any) -> Any:
         return out
     if isinstance(data, list):
         return [redact_secrets(v) for v in data]
-    if isinstance(data, str) and "://" in data:
+    if isinstance(data, str) and ("://" in data or "password" in data.lower()):
         return redact_url(data)
     return data
 

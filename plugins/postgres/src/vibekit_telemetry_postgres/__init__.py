@@ -46,6 +46,7 @@ from vibekit_telemetry import (
     search_words,
     summarize_sessions,
 )
+from vibekit_telemetry.config import redact_url
 from vibekit_telemetry.model import (
     MAX_NAME_LENGTH,
     ROW_FIELDS,
@@ -146,13 +147,8 @@ WHERE s.id = d.id
 _REPLACE_SESSION = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (id) DO UPDATE SET "
                     + ", ".join(f"{c} = excluded.{c}" for c in SESSION_ROW_FIELDS[1:]))
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^@\s]*(?=@)", re.IGNORECASE)
-_PASSWORD_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact_dsn(dsn: str) -> str:
-    """A connection string safe to print: its password (URL or ``password=`` keyword) replaced by ``***``."""
-    return _PASSWORD_KEYWORD.sub(r"\g<head>***", _PASSWORD_IN_URL.sub(r"\g<head>***", dsn))
+#: a connection string safe to print: its password (URL or ``password=`` keyword) replaced by ``***``
+redact_dsn = redact_url
 
 
 def _dumps(value: Any) -> str:
