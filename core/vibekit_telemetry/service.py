@@ -1917,6 +1917,19 @@ class TelemetryService:
                 self._pipeline.flush_interval = min(self._live_interval, LIVE_FLUSH_INTERVAL)
         return stream
 
+    @property
+    def live_stream_count(self) -> int:
+        """How many live event streams are open (a storage plugin that hears of other processes' events listens
+        only while there are some)."""
+        return len(self._streams)
+
+    def offer_to_streams(self, events: list[TelemetryEvent]) -> None:
+        """Hand events that *another process* stored to this process's live streams (each keeps what matches
+        its filter).  For storage plugins shared by several processes (PostgreSQL's LISTEN/NOTIFY): the events
+        this process stores reach its streams on their own, after they are stored."""
+        for stream in list(self._streams):
+            stream.offer(events)
+
     def _drop_stream(self, stream: EventStream) -> None:
         with self._lock:
             if stream in self._streams:

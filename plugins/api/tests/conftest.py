@@ -21,6 +21,11 @@ import pytest
 
 from vibekit_telemetry import TelemetryService, hookimpl
 
+try:  # a real PostgreSQL for the scale-out tests, where the postgres plugin is installed
+    from vibekit_telemetry_postgres.testing import pg_options, pg_schema, postgres_cluster, postgres_dsn  # noqa: F401
+except ImportError:
+    pass
+
 REDIS_SERVER = os.environ.get("VIBEKIT_REDIS_SERVER", "redis-server")
 
 

@@ -24,9 +24,12 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -74,6 +77,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _MAX_WORD_BYTES = 2046
 #: a tsvector holds at most 1 MB: the distinct words past this many bytes are not indexed
 _MAX_WORDS_BYTES = 900_000
+#: event keys per NOTIFY payload, in bytes (PostgreSQL refuses a payload of 8000 bytes or more)
+_NOTIFY_BYTES = 7_000
 
 _COLUMNS = ", ".join(ROW_FIELDS)
 _COPY_EVENTS = f"COPY events ({_COLUMNS}, words) FROM STDIN"
@@ -221,7 +226,7 @@ class PostgresStorage:
         printed.  ``schema`` keeps the tables apart from others in the same database.  ``pool_size`` caps
         the connections this process opens; ``idle_timeout`` (ms) closes connections unused that long.
         ``partition_days`` is the width of one events partition; ``partitions_ahead`` how many future
-        partitions are kept created.
+        partitions are kept created.  ``notify``/``listen``: live streams across processes (LISTEN/NOTIFY).
         """
 
         dsn: str | None = None
@@ -231,6 +236,10 @@ class PostgresStorage:
         connect_timeout_ms: int = 5000
         partition_days: int = 1
         partitions_ahead: int = 2
+        #: announce every stored batch on a NOTIFY channel of the schema, so live streams of other processes
+        #: (API servers on other hosts) get it; and listen there while this process has live streams
+        notify: bool = True
+        listen: bool = True
 
         def __attrs_post_init__(self) -> None:
             if not isinstance(self.schema, str) or not _SCHEMA_NAME.fullmatch(self.schema):
@@ -254,6 +263,13 @@ class PostgresStorage:
         self._partition_lock = threading.Lock()
         self._ahead_checked = 0.0
         self.span_ms = self.config.partition_days * DAY_MS
+        #: who this process is on the NOTIFY channel (its own announcements are not offered twice)
+        self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.channel = f"vibekit_events_{self.config.schema}"
+        self._service: Callable[[], TelemetryService | None] = lambda: None
+        self._listener: threading.Thread | None = None
+        self._stop_listening = threading.Event()
+        self.heard = 0
 
     # --- opening ---------------------------------------------------------------------------------------
 
@@ -268,6 +284,8 @@ class PostgresStorage:
     def startup(self, service: TelemetryService) -> None:
         """Connect, migrate the schema under an advisory lock, open the pool, create the coming partitions."""
         self._open()
+        self._service = weakref.ref(service)
+        self._start_listening()
 
     def _conninfo(self) -> str:
         dsn = self.config.dsn or os.environ.get(DSN_ENV)
@@ -425,10 +443,13 @@ class PostgresStorage:
                                 for row in sql_rows:
                                     copy.write_row(row)
                             self._add_to_sessions(conn, rows)
+                            self._announce(conn, rows)
                     except errors.UniqueViolation:
                         # some ids are stored already (a retried batch, a replayed journal): only the new ones
                         with conn.transaction():
-                            self._add_to_sessions(conn, self._insert_new(conn, rows, sql_rows))
+                            fresh = self._insert_new(conn, rows, sql_rows)
+                            self._add_to_sessions(conn, fresh)
+                            self._announce(conn, fresh)
                 return
             except StorageError as exc:
                 cause = exc.__cause__
@@ -481,6 +502,79 @@ class PostgresStorage:
         conn.execute(_NEW_SESSIONS, [ids])
         conn.execute(_LOCK_SESSIONS, [ids])
         conn.execute(_ADD_TO_SESSIONS, columns)
+
+    def _announce(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """NOTIFY the keys of the batch's events on the schema's channel, in payloads under PostgreSQL's 8000
+        bytes; delivered when (and only if) the transaction commits."""
+        if not self.config.notify or not rows:
+            return
+        payloads: list[str] = []
+        keys: list[list[Any]] = []
+        size = 0
+        for r in rows:
+            key = [r[7], r[0]]
+            n = len(r[0].encode()) + 20
+            if keys and size + n > _NOTIFY_BYTES:
+                payloads.append(orjson.dumps({"o": self.origin, "k": keys}).decode())
+                keys, size = [], 0
+            keys.append(key)
+            size += n
+        payloads.append(orjson.dumps({"o": self.origin, "k": keys}).decode())
+        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", [self.channel, payloads])
+
+    def _start_listening(self) -> None:
+        if not self.config.listen or self._listener is not None:
+            return
+        self._stop_listening.clear()
+        self._listener = threading.Thread(target=self._listen, name="vibekit-telemetry-postgres-listen", daemon=True)
+        self._listener.start()
+
+    def _listen(self) -> None:
+        """While this process has live streams: LISTEN on the channel and offer them what others stored."""
+        import psycopg
+
+        conn = None
+        while not self._stop_listening.is_set():
+            service = self._service()
+            if service is None or service.live_stream_count == 0 or self._closed:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._stop_listening.wait(0.2)
+                continue
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self._conninfo(), autocommit=True, **self._connect_kwargs())
+                    conn.execute(f"LISTEN {self.channel}")
+                keys: list[list[Any]] = []
+                for note in conn.notifies(timeout=0.2):
+                    message = orjson.loads(note.payload)
+                    if message.get("o") != self.origin:
+                        keys.extend(message["k"])
+                    if len(keys) >= 10_000:
+                        break
+                if keys:
+                    events = self._fetch(keys)
+                    self.heard += len(events)
+                    service.offer_to_streams(events)
+            except (psycopg.Error, StorageError, ValueError, KeyError) as exc:
+                log.warning("%s: listening for other processes' events failed (%s); retrying", self.where, exc)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                self._stop_listening.wait(1.0)
+            finally:
+                service = None
+        if conn is not None:
+            conn.close()
+
+    def _fetch(self, keys: list[list[Any]]) -> list[TelemetryEvent]:
+        """The events of these ``[timestamp, id]`` keys, in time order."""
+        with self._connection() as conn:
+            return [_event_from_sql(r) for r in conn.execute(
+                f"{_SELECT_EVENT} WHERE (id, timestamp) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])) "
+                "ORDER BY timestamp, seq", [[k[1] for k in keys], [k[0] for k in keys]])]
 
     @hookimpl
     def idle(self) -> None:
@@ -707,10 +801,17 @@ class PostgresStorage:
                                         timeout=self.config.connect_timeout_ms / 1000, kwargs=self._connect_kwargs(),
                                         check=ConnectionPool.check_connection, open=False)
             self._pool.open(wait=False)
+            self._listener = None  # the parent's thread is not in this process
+            self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._start_listening()
 
     def close(self) -> None:
-        """Close every connection of the pool."""
+        """Stop listening and close every connection of the pool."""
         self._closed = True
+        self._stop_listening.set()
+        listener, self._listener = self._listener, None
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(5)
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self.config.connect_timeout_ms / 1000)
