@@ -1917,6 +1917,15 @@ class TelemetryService:
                 self._pipeline.flush_interval = min(self._live_interval, LIVE_FLUSH_INTERVAL)
         return stream
 
+    def storage_plugin(self, type_name: str | None = None) -> Any:
+        """The plugin object of the primary store (the first configured), or of the first store of that type
+        (``"postgres"``); ``None`` when there is none.  For plugins that keep their tables beside the events."""
+        for name in self.storage_plugins:
+            plugin = self.host.pm.get_plugin(name)
+            if type_name is None or getattr(plugin, "name", name) == type_name or name == type_name:
+                return plugin
+        return None
+
     @property
     def live_stream_count(self) -> int:
         """How many live event streams are open (a storage plugin that hears of other processes' events listens

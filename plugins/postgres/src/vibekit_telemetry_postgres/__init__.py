@@ -371,6 +371,14 @@ class PostgresStorage:
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._explain(exc) from exc
 
+    def connection(self) -> contextlib.AbstractContextManager[Any]:
+        """A pooled psycopg connection of the store for one ``with`` block (committed at its end; psycopg
+        errors come out as the kernel's storage errors), its ``search_path`` the store's schema.
+
+        For plugins that keep their own tables beside the events when the store is PostgreSQL (the audit
+        trail, the analytics rollups): ``service.storage_plugin("postgres")`` finds the store."""
+        return self._connection()
+
     # --- partitions --------------------------------------------------------------------------------------
 
     def _start_of(self, ts: int) -> int:
