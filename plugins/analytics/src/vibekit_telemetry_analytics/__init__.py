@@ -88,6 +88,10 @@ class MetricsConfig:
     persistence: bool = True
 
 
+#: connections a forked child inherited from its parent (the counter's lock): kept referenced, never closed here
+_inherited: list[Any] = []
+
+
 class AnalyticsPlugin:
     """Rollups, metrics, insights, custom metrics and the default anomaly detector."""
 
@@ -147,6 +151,10 @@ class AnalyticsPlugin:
         self._pid = os.getpid()
         self._persist_messages = True
         self.alerts: Any = None
+        #: with a PostgreSQL store: the cluster's rollups (see shared.py); ``None`` with a local file
+        self.shared: Any = None
+        #: set once startup has chosen the rollups' backend and loaded them
+        self._ready = False
 
     def _new_rollups(self) -> Rollups:
         return Rollups(self.config.max_open_sessions, prices=self.prices, max_categories=self.config.max_categories,
@@ -161,7 +169,16 @@ class AnalyticsPlugin:
         # With storage encrypted (a before_store plugin), error messages are not written to the rollup file,
         # which is not encrypted: they stay in memory for the life of the process.
         self._persist_messages = not service.host.impls("before_store")
-        if self.config.metrics.persistence and self.config.path != ":memory:":
+        store = service.storage_plugin()
+        if getattr(store, "name", None) == "postgres" and hasattr(store, "connection") and self.config.path is None:
+            # every process of the store shares one set of rollups, counted by one of them (shared.py)
+            from .shared import SharedRollups
+
+            self.shared = SharedRollups(store, self)
+            self.shared.load()
+            if self.shared.try_lead():
+                self.shared.catch_up(STARTUP_WAIT_S)
+        elif self.config.metrics.persistence and self.config.path != ":memory:":
             path = Path(self.config.path) if self.config.path else service.data_dir / "analytics.db"
             self.file = RollupFile(path)
             now = now_ms()
@@ -208,6 +225,7 @@ class AnalyticsPlugin:
 
             self.alerts = AlertManager.from_config(self.config.alerts)
             service.on("anomaly", self.alerts.send)
+        self._ready = True
 
     @hookimpl
     def before_shutdown(self, service: TelemetryService) -> None:
@@ -221,6 +239,8 @@ class AnalyticsPlugin:
         self._closing = True
         self._pause(STOP_WAIT_S)
         service.off("storage:available", self._rebuild_when_open)
+        if self.shared is not None:
+            self.shared.close()
         with self._lock:
             self._save()
             if self.file is not None:
@@ -253,6 +273,11 @@ class AnalyticsPlugin:
         self._caught_up = threading.Event()
         if self._catch_up is None:
             self._caught_up.set()
+        if self.shared is not None:
+            # the parent's lock connection (and the lead it holds) stays the parent's
+            _inherited.append(self.shared._lock_conn)
+            self.shared._lock_conn = None
+            self.shared.leader = False
 
     def _save(self) -> None:
         if self.file is None or not (self.rollups.dirty or self.rollups.open_dirty):
@@ -269,7 +294,11 @@ class AnalyticsPlugin:
 
     @hookimpl
     def after_store(self, events: list[Any]) -> None:
-        """Fold a stored batch into the rollups (held aside while a recount reads storage)."""
+        """Fold a stored batch into the rollups (held aside while a recount reads storage).
+
+        With shared rollups the cluster's counter reads the store itself: nothing is counted here."""
+        if self.shared is not None:
+            return
         with self._lock:
             if self._held_aside is not None:
                 self._held_aside.extend(events)
@@ -311,11 +340,26 @@ class AnalyticsPlugin:
 
     @hookimpl
     def idle(self) -> None:
-        """Persist changed buckets, trim old ones, and run the live detectors."""
-        with self._lock:
-            self._save()
-            if time.monotonic() - self._last_trim > 60:
-                self._trim()
+        """Persist changed buckets, trim old ones, and run the live detectors.
+
+        With shared rollups: count what the store holds beyond the watermark when this process leads (taking
+        the lead when nobody holds it); only the leader trims and watches, so an anomaly is alerted once."""
+        if not self._ready:
+            return  # the flusher may be idle while this plugin is still starting
+        if self.shared is not None:
+            if not self.shared.try_lead():
+                return
+            started = time.monotonic()
+            while self.shared.step() and time.monotonic() - started < 0.2:
+                pass
+            with self._lock:
+                if time.monotonic() - self._last_trim > 60:
+                    self._trim()
+        else:
+            with self._lock:
+                self._save()
+                if time.monotonic() - self._last_trim > 60:
+                    self._trim()
         if self.config.anomaly.enabled and time.monotonic() - self._last_watch >= self.config.anomaly.interval / 1000:
             self._watch()
 
@@ -324,13 +368,24 @@ class AnalyticsPlugin:
         now = now_ms()
         self.rollups.drop_before("m", now - self._minute_keep)
         self.rollups.drop_before("h", now - self._hour_keep)
-        if self.file is not None:
-            self.file.delete_before("m", now - self._minute_keep)
-            self.file.delete_before("h", now - self._hour_keep)
+        for target in (self.file, self.shared):
+            if target is not None:
+                target.delete_before("m", now - self._minute_keep)
+                target.delete_before("h", now - self._hour_keep)
 
     @hookimpl
     def clean(self, before: int) -> int | None:
-        """Forget what retention cleaning deleted: drop older buckets, recount the hour that straddles ``before``."""
+        """Forget what retention cleaning deleted: drop older buckets, recount the hour that straddles ``before``.
+
+        With shared rollups the older buckets go for the whole cluster; the straddling hour keeps the counts of
+        the events deleted from it (recounting it would race the cluster's counter)."""
+        if self.shared is not None:
+            with self._lock:
+                for level, width in (("m", MINUTE), ("h", HOUR)):
+                    cutoff = before - before % width
+                    self.rollups.drop_before(level, cutoff)
+                    self.shared.delete_before(level, cutoff)
+            return None
         paused = self._pause()  # a catch-up under way goes on afterwards, reading what storage still holds
         try:
             with self._lock:
@@ -362,7 +417,16 @@ class AnalyticsPlugin:
 
         ``telemetry analytics rebuild`` calls it; a catch-up under way in the background is replaced by
         this one.  Events tracked meanwhile are counted once.  Returns how many stored events were counted.
+        With shared rollups the whole cluster's are counted again from the store's first event (``since`` is
+        not used: the counter follows the store in write order, not by time).
         """
+        if self.shared is not None:
+            if since is not None:
+                raise TelemetryError("shared rollups (a PostgreSQL store) are counted again from the store's first "
+                                     "event: rebuild them without a start time")
+            self.shared.reset()
+            self.shared.catch_up()
+            return self.shared.counted_events
         self._pause()
         now = now_ms()
         job = self._new_catch_up(now - self._hour_keep if since is None else since)
@@ -380,7 +444,10 @@ class AnalyticsPlugin:
         """Wait until the rollups count every stored event (``True``) or ``timeout`` seconds pass (``False``).
 
         Only a start over a store analytics has not counted yet (or a crash, a price change) has to wait.
+        With shared rollups: until the cluster's counter has counted what the store holds now.
         """
+        if self.shared is not None:
+            return self.shared.catch_up(timeout)
         return self._caught_up.wait(timeout)
 
     def _new_catch_up(self, start: int) -> Recount:
@@ -573,7 +640,14 @@ class AnalyticsPlugin:
 
     # -- metrics -------------------------------------------------------------------------------
 
+    def _refresh(self) -> None:
+        """With shared rollups, a follower reads the cluster's buckets (at most a second old) first."""
+        if self.shared is not None:
+            with self._lock:
+                self.shared.refresh()
+
     def _window(self, start: int, end: int) -> dict[Any, Agg]:
+        self._refresh()
         with self._lock:
             return self.rollups.window(start, end, minutes_from=now_ms() - self._minute_keep)
 
@@ -737,13 +811,15 @@ class AnalyticsPlugin:
         definition = {"type": type, "unit": unit, "description": description}
         with self._lock:
             self.definitions[name] = definition
-            if self.file is not None:
-                self.file.save_definition(name, type, unit, description)
+            for target in (self.file, self.shared):
+                if target is not None:
+                    target.save_definition(name, type, unit, description)
         return {"name": name, **definition}
 
     @hookimpl
     def metric_series(self, metric: str, start: int, end: int, step: int) -> list[tuple[int, float]] | None:
         """A metric per ``step``: throughput, response_time, error_rate, ttft, tokens, cost or a custom metric."""
+        self._refresh()
         with self._lock:
             points = self.rollups.series(ALL, start, end, step)
         return _series(metric, points, self.definitions)
@@ -799,9 +875,12 @@ class AnalyticsPlugin:
     def health(self) -> dict[str, Any]:
         """Rollup sizes, the sessions still open, and whether the rollups are still catching up with storage."""
         progress = self._progress()
+        self._refresh()
+        shared = self.shared.status() if self.shared is not None else None
         with self._lock:
             error = self._recount_error
             return {
+                "rollups": shared or {"backend": "file" if self.file is not None else "memory"},
                 "healthy": error is None,
                 "issues": [] if error is None else [f"counting the stored events into the rollups failed: {error}"],
                 "catching_up": progress is not None, "catch_up": progress,

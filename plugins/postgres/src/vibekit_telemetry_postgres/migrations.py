@@ -90,6 +90,11 @@ CREATE INDEX sessions_conversation ON sessions (conversation_id, started_at);
 CREATE INDEX sessions_user ON sessions (user_id, started_at);
 CREATE INDEX sessions_kind ON sessions (kind, started_at);
 """),
+    ("002_events_by_seq", """
+-- Readers that follow the store in the order events were written (the analytics rollups: one process of the
+-- cluster counts every stored event once, by seq) need seq alone.
+CREATE INDEX events_by_seq ON events (seq);
+"""),
 ]
 
 _TABLE = "vibekit_migrations"

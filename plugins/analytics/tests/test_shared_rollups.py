@@ -1,0 +1,117 @@
+"""Rollups shared by the processes of one PostgreSQL store: one counter per cluster, the same answers everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vibekit_telemetry import TelemetryError, TelemetryService, now_ms
+
+pytest.importorskip("vibekit_telemetry_postgres")
+
+
+def _service(tmp_path, name, pg_options, analytics=True):
+    return TelemetryService(storage=[{"type": "postgres", "options": pg_options}], data_dir=str(tmp_path / name),
+                            analytics={"enabled": analytics, "anomaly": {"enabled": True}}, stream_flush_interval=20)
+
+
+def _sessions(t, n, agent, base, tokens=10):
+    for i in range(n):
+        sid = t.track_start(agent, "chat", f"task {i}", timestamp=base + i * 1000, metadata={"model": "gpt-4o"})
+        t.track_stream(sid, "chunk", timestamp=base + i * 1000 + 100)
+        t.track_end(sid, timestamp=base + i * 1000 + 500,
+                    metadata={"input_tokens": tokens, "output_tokens": 1})
+    t.flush()
+
+
+def _analytics(t):
+    return t.host.pm.get_plugin("analytics")
+
+
+def test_every_process_answers_with_the_whole_clusters_counts(tmp_path, pg_options):
+    base = now_ms() - 3_600_000
+    a = _service(tmp_path, "a", pg_options)
+    b = _service(tmp_path, "b", pg_options)
+    plain = _service(tmp_path, "plain", pg_options, analytics=False)  # an app process without analytics
+    try:
+        assert [_analytics(t).shared.leader for t in (a, b)] == [True, False]  # one counter per cluster
+        _sessions(a, 30, "planner", base)
+        _sessions(b, 20, "coder", base + 100)
+        _sessions(plain, 10, "tester", base + 200, tokens=5)
+        for t in (a, b):
+            assert _analytics(t).wait_for_catch_up(30)
+        ma, mb = a.get_metrics("2h"), b.get_metrics("2h")
+        assert ma.to_dict() == mb.to_dict()
+        assert (ma.sessions.started, ma.sessions.completed, ma.events.total) == (60, 60, 180)
+        assert ma.tokens.input == 30 * 10 + 20 * 10 + 10 * 5
+        assert set(ma.by_category) == {"planner", "coder", "tester"}
+        assert _analytics(b).health()["rollups"]["backend"] == "postgres"
+        # only the leader watches for anomalies: an anomaly is alerted once for the cluster
+        _analytics(a).idle()
+        _analytics(b).idle()
+        assert _analytics(a)._last_watch > 0 and _analytics(b)._last_watch == 0.0
+    finally:
+        for t in (a, b, plain):
+            t.shutdown()
+
+
+def test_another_process_takes_the_count_over_when_the_leader_stops(tmp_path, pg_options):
+    base = now_ms() - 3_600_000
+    a = _service(tmp_path, "a", pg_options)
+    b = _service(tmp_path, "b", pg_options)
+    try:
+        _sessions(a, 10, "first", base)
+        assert _analytics(a).wait_for_catch_up(30)
+        a.shutdown()
+        _sessions(b, 15, "second", base + 50)
+        assert _analytics(b).wait_for_catch_up(30)  # b takes the lead and goes on from a's watermark
+        assert _analytics(b).shared.leader
+        metrics = b.get_metrics("2h")
+        assert (metrics.sessions.started, metrics.events.total) == (25, 75)  # nothing counted twice or lost
+    finally:
+        b.shutdown()
+
+
+COUNTER = textwrap.dedent(
+    """
+    import sys, time
+    from vibekit_telemetry import TelemetryService
+    dsn, schema = sys.argv[1], sys.argv[2]
+    t = TelemetryService(storage=[{"type": "postgres", "options": {"dsn": dsn, "schema": schema}}],
+                         analytics={"enabled": True}, data_dir="killed")
+    print("leading" if t.host.pm.get_plugin("analytics").shared.leader else "following", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_killed_leader_loses_no_count(tmp_path, pg_options):
+    """kill -9 of the counting process: what it committed stays, the next leader goes on from there."""
+    (tmp_path / "counter.py").write_text(COUNTER)
+    base = now_ms() - 3_600_000
+    writer = _service(tmp_path, "w", pg_options, analytics=False)
+    _sessions(writer, 40, "early", base)
+    proc = subprocess.Popen([sys.executable, "counter.py", pg_options["dsn"], pg_options["schema"]], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "leading"
+        _sessions(writer, 40, "late", base + 100)
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        b = _service(tmp_path, "b", pg_options)
+        assert _analytics(b).wait_for_catch_up(30)
+        metrics = b.get_metrics("2h")
+        assert (metrics.sessions.started, metrics.events.total) == (80, 240)
+        assert b.get_metrics("2h").by_category["early"].events == 120
+        with pytest.raises(TelemetryError, match="without a start time"):
+            _analytics(b).rebuild(since=base)
+        assert _analytics(b).rebuild() == 240  # counted again from the first event, the same figures
+        assert b.get_metrics("2h").to_dict() == metrics.to_dict()
+        b.shutdown()
+    finally:
+        writer.shutdown()
