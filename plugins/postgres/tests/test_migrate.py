@@ -18,6 +18,7 @@ import pytest
 from vibekit_telemetry import QueryFilter, SessionFilter
 from vibekit_telemetry.model import checked_row
 from vibekit_telemetry_postgres import DAY_MS, PostgresStorage
+from vibekit_telemetry_postgres.cluster import Cluster, find_bindir
 from vibekit_telemetry_sqlite import SQLiteStorage
 
 TELEMETRY = shutil.which("telemetry", path=str(Path(sys.executable).parent)) or "telemetry"
@@ -173,6 +174,59 @@ def test_sessions_that_outlived_their_events_are_moved_as_the_source_has_them(tm
     again = migrate(tmp_path, "--from", str(db), "--to", postgres_dsn, "--schema", pg_schema, "--quiet")
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stdout and "set to the source's" not in again.stdout
+
+
+def test_two_runs_of_one_migration_do_not_interleave(tmp_path, postgres_dsn, pg_schema):
+    db = tmp_path / "telemetry.db"
+    make_store(db, 30)
+    with psycopg.connect(postgres_dsn, autocommit=True) as other:  # as a run in progress holds it
+        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                      [f"vibekit_migrate_progress:{db.resolve()}"])
+        busy = migrate(tmp_path, "--from", str(db), "--to", postgres_dsn, "--schema", pg_schema)
+    assert busy.returncode == 2 and "is running" in busy.stderr
+    done = migrate(tmp_path, "--from", str(db), "--to", postgres_dsn, "--schema", pg_schema)
+    assert done.returncode == 0 and "events: 30 moved" in done.stdout
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test's own, to crash under a migration."""
+    if find_bindir() is None:
+        if os.environ.get("VIBEKIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail("VIBEKIT_REQUIRE_POSTGRES=1 but initdb is not installed", pytrace=False)
+        pytest.skip("initdb is not installed: cannot crash a server of the test's own")
+    cluster = Cluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_server_that_goes_away_mid_run_exits_1_and_the_next_run_resumes(tmp_path, own_cluster):
+    db = tmp_path / "telemetry.db"
+    make_store(db, 3000, seed=11)
+    args = ("--from", str(db), "--to", own_cluster.dsn, "--schema", "moved")
+    proc = migrate(tmp_path, *args, "--batch", "20", wait=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        rows = progress_rows(own_cluster.dsn, "moved")
+        if rows and rows[0][2] >= 200:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the migration ended before the server went away: {proc.communicate()}"
+    own_cluster.stop_server("immediate")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "the target became unavailable after" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+
+    down = migrate(tmp_path, *args)
+    assert down.returncode == 1 and "the target is unavailable" in down.stderr and "Traceback" not in down.stderr
+
+    assert own_cluster.start_server()
+    resumed = migrate(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after" in resumed.stdout and "(3,000 in all)" in resumed.stdout
+    assert_same_store(db, own_cluster.dsn, "moved")
 
 
 def test_a_file_that_is_not_a_telemetry_store_is_refused(tmp_path, postgres_dsn, pg_schema):

@@ -72,6 +72,8 @@ def register(cli: click.Group) -> None:
 
 def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: bool, quiet: bool) -> None:
     """The migration itself, printing what it moved and what it did not; exits with the status above."""
+    import psycopg
+
     from . import PostgresStorage
     from .migrate import Mark, Progress, Source, audit_trail_of, differing_sessions, open_source, take_sessions
 
@@ -93,7 +95,7 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
             _fail(f"the target is unavailable: {exc}", 1)
         except StorageError as exc:
             _fail(f"the target refused: {exc}", 1)
-        except Exception as exc:  # psycopg's own errors from the progress connection
+        except psycopg.Error as exc:  # from the progress connection
             _fail(f"the target refused: {target._explain(exc) if target else exc}", 1)
         if not progress.locked:
             _fail(f"another `telemetry migrate` of {source.path} into {target.where} is running; wait for it "
@@ -141,6 +143,9 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
             entries = "unreadable" if trail[1] is None else f"{trail[1]:,} entries"
             click.echo(f"audit trail: {trail[0]} ({entries}) NOT moved: telemetry migrate does not copy audit "
                        "trails; keep the file (`telemetry audit verify --path` still checks it)")
+    except psycopg.Error as exc:  # from the progress connection (the store explains its own)
+        _fail(f"the target failed: {target._explain(exc) if target else exc}; run the same command again to "
+              "resume", 1)
     finally:
         if progress is not None:
             progress.close()
@@ -152,6 +157,8 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
 
 def _move_events(source, target, progress, mark, remaining: int, batch_size: int, quiet: bool) -> int:
     """Store the events after ``mark`` batch by batch, recording progress after each; return how many."""
+    import psycopg
+
     moved = 0
     with click.progressbar(length=remaining, label="events", file=sys.stderr, show_pos=True,
                            hidden=quiet or remaining == 0) as bar:
@@ -161,9 +168,11 @@ def _move_events(source, target, progress, mark, remaining: int, batch_size: int
                 progress.save(reached)
                 moved += len(rows)
                 bar.update(len(rows))
-        except StorageError as exc:
+        except (StorageError, psycopg.Error) as exc:
             click.echo("", err=True)
-            kind = "unavailable" if isinstance(exc, StorageUnavailableError) else "refused"
+            if isinstance(exc, psycopg.Error):
+                exc = target._explain(exc)
+            kind = "became unavailable" if isinstance(exc, StorageUnavailableError) else "refused a batch"
             _fail(f"the target {kind} after {moved:,} events moved in this run ({exc}); run the same command "
                   "again to resume", 1)
     return moved
