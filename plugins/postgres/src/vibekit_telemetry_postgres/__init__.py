@@ -64,6 +64,8 @@ from vibekit_telemetry.model import (
 from . import migrations
 
 if TYPE_CHECKING:
+    import click
+
     from vibekit_telemetry import TelemetryService
 
 __version__ = "0.1.0"
@@ -279,6 +281,14 @@ class PostgresStorage:
         store = cls(cls.Config(dsn=dsn, **options))
         store._open()
         return store
+
+    @staticmethod
+    @hookimpl
+    def register_commands(cli: click.Group) -> None:
+        """``telemetry migrate --from <sqlite file> --to <dsn>``."""
+        from .cli import register
+
+        register(cli)
 
     @hookimpl
     def startup(self, service: TelemetryService) -> None:

@@ -1,0 +1,178 @@
+"""``telemetry migrate --from .vibekit/telemetry.db --to postgresql://...``: a local store into PostgreSQL.
+
+Exit status: 0 when every event is moved and the sessions agree, 2 for a usage or configuration error (no
+``--to``, a connection string or schema name that cannot be right, a ``--from`` that is not a telemetry
+database, another run of the same migration in progress), 1 when the target is unavailable or refuses (the
+run can be repeated: it resumes) or the sessions cannot be made equal to the source's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vibekit_telemetry import ConfigError, PluginError, StorageError, StorageUnavailableError
+
+ANALYTICS_NOTE = ("analytics rollups: not copied; the analytics plugin recounts them from the migrated events "
+                  "(on its first start against the PostgreSQL store, or `telemetry analytics rebuild`)")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _check_dsn(dsn: str) -> None:
+    """A usage error for a connection string libpq cannot parse (without echoing it: it may hold a password)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from . import redact_dsn
+
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise click.BadParameter(f"{redact_dsn(dsn)!r} is not a PostgreSQL connection string (expected "
+                                 "postgresql://user@host/dbname or host=... dbname=...)", param_hint="--to") from None
+
+
+def register(cli: click.Group) -> None:
+    """Add ``migrate`` to the ``telemetry`` group."""
+    from . import DSN_ENV
+
+    @cli.command(name="migrate")
+    @click.option("--from", "source_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="The SQLite telemetry database to move, e.g. .vibekit/telemetry.db.")
+    @click.option("--to", "dsn", envvar=DSN_ENV, default=None, show_envvar=True,
+                  help="The PostgreSQL connection string (postgresql://user@host/dbname); its password is never "
+                       "printed.")
+    @click.option("--schema", default="public", show_default=True, help="The target schema (created if missing).")
+    @click.option("--batch", "batch_size", default=5000, show_default=True, type=click.IntRange(min=1),
+                  help="Events per transaction.")
+    @click.option("--restart", is_flag=True,
+                  help="Ignore the recorded progress and read the source from its first event again (events "
+                       "already stored are skipped).")
+    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    def migrate(source_path: Path, dsn: str | None, schema: str, batch_size: int, restart: bool,
+                quiet: bool) -> None:
+        """Move a local SQLite store's events and sessions into a PostgreSQL store, resumably.
+
+        Progress is recorded in the target (table vibekit_migrate_progress) after every batch: run the same
+        command again after an interruption and it goes on where it stopped; run it after a complete run and
+        it moves only events added to the source since.  The analytics rollups are not copied (the analytics
+        plugin recounts them from the events); the audit trail is not moved (it stays in its file).
+        """
+        if not dsn:
+            raise click.UsageError(f"--to: give the PostgreSQL connection string (or set {DSN_ENV})")
+        _check_dsn(dsn)
+        run(source_path, dsn, schema, batch_size, restart=restart, quiet=quiet)
+
+
+def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: bool, quiet: bool) -> None:
+    """The migration itself, printing what it moved and what it did not; exits with the status above."""
+    import psycopg
+
+    from . import PostgresStorage
+    from .migrate import Mark, Progress, Source, audit_trail_of, differing_sessions, open_source, take_sessions
+
+    try:
+        PostgresStorage.Config(dsn=dsn, schema=schema)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("schema: "), param_hint="--schema") from None
+    try:
+        lite = open_source(source_path)
+    except (StorageError, PluginError) as exc:
+        _fail(f"--from {source_path}: {exc}" if str(source_path) not in str(exc) else str(exc), 2)
+    source = Source(source_path)
+    target = progress = None
+    try:
+        try:
+            target = PostgresStorage.open(dsn, schema=schema)
+            progress = Progress(target, str(source.path))
+        except StorageUnavailableError as exc:
+            _fail(f"the target is unavailable: {exc}", 1)
+        except StorageError as exc:
+            _fail(f"the target refused: {exc}", 1)
+        except psycopg.Error as exc:  # from the progress connection
+            _fail(f"the target refused: {target._explain(exc) if target else exc}", 1)
+        if not progress.locked:
+            _fail(f"another `telemetry migrate` of {source.path} into {target.where} is running; wait for it "
+                  "to finish", 2)
+        click.echo(f"migrating {source.path} into {target.where}")
+        mark = Mark() if restart else progress.load()
+        if restart:
+            progress.forget()
+        elif mark.seq is not None and not source.holds(mark):
+            click.echo(f"the recorded progress ({mark.events:,} events) does not match this file (its last event "
+                       "moved is gone): reading it from the start; events already stored are skipped")
+            mark = Mark()
+        remaining = source.count_after(mark)
+        total = mark.events + remaining
+        moved = _move_events(source, target, progress, mark, remaining, batch_size, quiet)
+        if remaining == 0 and mark.events:
+            click.echo(f"events: nothing to do, all {mark.events:,} were migrated by an earlier run")
+        elif mark.events:
+            click.echo(f"events: {moved:,} moved, resuming after {mark.events:,} moved by an earlier run "
+                       f"({total:,} in all)")
+        else:
+            click.echo(f"events: {moved:,} moved")
+        progress.finish()
+        try:
+            compared, differ = differing_sessions(lite, target)
+            if differ:
+                take_sessions(target, differ)
+                compared, still = differing_sessions(lite, target)
+                if still:
+                    _fail(f"sessions: {len(still):,} of {compared:,} still differ from the source's after setting "
+                          f"them, e.g. {', '.join(s.id for s in still[:5])}", 1)
+        except StorageError as exc:
+            _fail(f"the target failed while comparing the sessions ({exc}); run the same command again", 1)
+        if differ:
+            click.echo(f"sessions: {compared:,}, equal to the source's; {len(differ):,} of them set to the source's "
+                       "rows, as the migrated events alone give other ones (the source's retention or deletes "
+                       f"removed events they still count), e.g. {', '.join(s.id for s in differ[:5])}")
+        else:
+            click.echo(f"sessions: {compared:,}, equal to the source's")
+        click.echo(ANALYTICS_NOTE)
+        trail = audit_trail_of(source.path)
+        if trail is None:
+            click.echo(f"audit trail: none next to the source ({source.path.parent / 'audit.db'})")
+        else:
+            entries = "unreadable" if trail[1] is None else f"{trail[1]:,} entries"
+            click.echo(f"audit trail: {trail[0]} ({entries}) NOT moved: telemetry migrate does not copy audit "
+                       "trails; keep the file (`telemetry audit verify --path` still checks it)")
+    except psycopg.Error as exc:  # from the progress connection (the store explains its own)
+        _fail(f"the target failed: {target._explain(exc) if target else exc}; run the same command again to "
+              "resume", 1)
+    finally:
+        if progress is not None:
+            progress.close()
+        if target is not None:
+            target.close()
+        source.close()
+        lite.close()
+
+
+def _move_events(source, target, progress, mark, remaining: int, batch_size: int, quiet: bool) -> int:
+    """Store the events after ``mark`` batch by batch, recording progress after each; return how many."""
+    import psycopg
+
+    moved = 0
+    with click.progressbar(length=remaining, label="events", file=sys.stderr, show_pos=True,
+                           hidden=quiet or remaining == 0) as bar:
+        try:
+            for rows, reached in source.batches(mark, batch_size):
+                target.store_rows(rows)
+                progress.save(reached)
+                moved += len(rows)
+                bar.update(len(rows))
+        except (StorageError, psycopg.Error) as exc:
+            click.echo("", err=True)
+            if isinstance(exc, psycopg.Error):
+                exc = target._explain(exc)
+            kind = "became unavailable" if isinstance(exc, StorageUnavailableError) else "refused a batch"
+            _fail(f"the target {kind} after {moved:,} events moved in this run ({exc}); run the same command "
+                  "again to resume", 1)
+    return moved
