@@ -325,14 +325,24 @@ class PostgresStorage:
             raise self._explain(exc) from None
         if ran:
             log.info("%s: applied migration(s) %s", self.where, ", ".join(ran))
-        idle = self.config.idle_timeout / 1000 if self.config.idle_timeout else 600.0
-        self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self.config.pool_size, max_idle=idle,
-                                    timeout=self.config.connect_timeout_ms / 1000, kwargs=self._connect_kwargs(),
-                                    check=ConnectionPool.check_connection, open=False,
-                                    name=f"vibekit-telemetry-{self.config.schema}")
-        self._pool.open(wait=False)
+        self._pool = self._new_pool()
         self._partitions.clear()
         self._ensure_ahead(force=True)
+
+    def _new_pool(self) -> Any:
+        """The connection pool, opening in the background.
+
+        Connections are not checked each time they are lent (a round trip per read: get_session took 2.7x
+        its SQL): a connection that broke (the server restarted) fails its first use, and then every idle
+        connection is checked at once (see :meth:`_connection`), so the retry gets a working one."""
+        from psycopg_pool import ConnectionPool
+
+        idle = self.config.idle_timeout / 1000 if self.config.idle_timeout else 600.0
+        pool = ConnectionPool(self.dsn, min_size=1, max_size=self.config.pool_size, max_idle=idle,
+                              timeout=self.config.connect_timeout_ms / 1000, kwargs=self._connect_kwargs(),
+                              open=False, name=f"vibekit-telemetry-{self.config.schema}")
+        pool.open(wait=False)
+        return pool
 
     @property
     def where(self) -> str:
@@ -378,6 +388,11 @@ class PostgresStorage:
         try:
             with pool.connection() as conn:
                 yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # the server went away (or restarted): the other idle connections are likely broken too
+            with contextlib.suppress(Exception):
+                pool.check()
+            raise self._explain(exc) from exc
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._explain(exc) from exc
 
@@ -812,13 +827,7 @@ class PostgresStorage:
             self._pool = None
         self._partition_lock = threading.Lock()
         if not self._closed and self.dsn is not None:
-            from psycopg_pool import ConnectionPool
-
-            idle = self.config.idle_timeout / 1000 if self.config.idle_timeout else 600.0
-            self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self.config.pool_size, max_idle=idle,
-                                        timeout=self.config.connect_timeout_ms / 1000, kwargs=self._connect_kwargs(),
-                                        check=ConnectionPool.check_connection, open=False)
-            self._pool.open(wait=False)
+            self._pool = self._new_pool()
             self._listener = None  # the parent's thread is not in this process
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self._start_listening()
