@@ -69,11 +69,13 @@ def _trail(ctx: click.Context, explicit: str | None) -> Location:
 @contextmanager
 def _postgres(location: Location) -> Iterator[Any]:
     """A read-only connection to the trail's schema."""
+    from .postgres import connect, has_trail
+
     try:
-        from .postgres import connect, has_trail
+        import psycopg  # noqa: F401
     except ImportError:
-        raise click.ClickException("the audit trail is in PostgreSQL: install psycopg "
-                                   "(pip install vibekit-telemetry-postgres)") from None
+        raise click.ClickException(f"the audit trail is in {location}: install the postgres plugin "
+                                   "(pip install vibekit-telemetry-postgres) to read it") from None
     try:
         conn = connect(location.dsn or "", location.schema)
     except TelemetryError as exc:
@@ -95,11 +97,11 @@ def _path_option() -> click.Option:
 
 def _read(location: Location, *, action: str | None, since: int | None, limit: int) -> list[dict[str, Any]]:
     if location.dsn is not None:
-        import psycopg
-
         from .postgres import read_entries as read_rows
 
         with _postgres(location) as conn:
+            import psycopg
+
             try:
                 return read_rows(conn, action=action, since=since, limit=limit)
             except psycopg.Error as exc:
@@ -160,11 +162,11 @@ def register(cli: click.Group) -> None:
         location = _trail(ctx, path)
         try:
             if location.dsn is not None:
-                import psycopg
-
                 from .postgres import verify as check_postgres
 
                 with _postgres(location) as conn:
+                    import psycopg
+
                     try:
                         report = check_postgres(conn)
                     except psycopg.Error as exc:
