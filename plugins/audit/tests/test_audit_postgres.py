@@ -230,3 +230,16 @@ def test_the_cli_never_prints_the_password(pg_options, postgres_cluster, tmp_pat
     assert secret not in missing.stdout + missing.stderr
     down = _cli(tmp_path, pg_options, "verify", dsn=make_conninfo(dsn, port="1"))
     assert down.returncode == 1 and "***" in down.stderr and secret not in down.stdout + down.stderr
+
+
+def test_a_store_still_opening_at_start_gets_the_configuration_entry_first(pg_options, tmp_path):
+    # 1 ms is less than any connection and migration takes: the store opens in the background
+    with TelemetryService(storage=[{"type": "postgres", "options": pg_options}], reliability={"startup_timeout_ms": 1},
+                          security={"audit": {"enabled": True}}, data_dir=str(tmp_path / "data")) as t:
+        audit = t.host.meta["audit"]["object"]
+        assert audit.pending is not None and not audit.trail.migrated
+        t.audit("export", "events", {"n": 1})
+        entries = t.get_audit_logs()
+        health = t.get_health_status().components["audit"]
+    assert [(e["seq"], e["action"]) for e in entries] == [(2, "export"), (1, "config")]
+    assert health["healthy"] and health["backend"] == "postgresql" and audit.pending is None
