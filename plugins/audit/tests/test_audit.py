@@ -167,3 +167,10 @@ def test_a_trail_from_before_head_records_gets_one_at_the_next_start(in_tmp):
         pass
     upgraded = _telemetry("audit", "verify", cwd=in_tmp)
     assert upgraded.returncode == 0 and "3 entries, chain intact" in upgraded.stdout, upgraded.stderr
+
+
+def test_a_retention_for_the_append_only_trail_is_refused_not_ignored(tmp_path):
+    from vibekit_telemetry import ConfigError
+
+    with pytest.raises(ConfigError, match="append-only"):
+        TelemetryService(data_dir=str(tmp_path), security={"audit": {"enabled": True, "retention_days": 30}})

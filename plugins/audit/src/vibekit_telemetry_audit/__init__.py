@@ -344,12 +344,18 @@ class AuditTrail:
 
         #: the trail's SQLite file; set, it is used even when the store is PostgreSQL
         path: str | None = None
+        #: refused when set: entries are never deleted (see ``__attrs_post_init__``)
         retention_days: int | None = None
         #: what to record: action names (``export``, ``clean`` ...) or the seed's kinds (``create``, ``update``,
         #: ``delete``, ``export``: see :data:`KINDS`); unset records everything
         events: tuple[str, ...] | None = None
 
         def __attrs_post_init__(self) -> None:
+            if self.retention_days is not None:
+                # accepted and not applied would be a silent no-op: say so instead
+                raise ConfigError("retention_days: the audit trail is append-only and keeps every entry (a hash "
+                                  "chain cannot lose its first links and still be verified); remove the option, "
+                                  "and archive audit.db (or the audit tables) if the trail grows too large")
             known = set(KINDS) | {action for actions in KINDS.values() for action in actions}
             unknown = [name for name in self.events or () if name not in known]
             if unknown:

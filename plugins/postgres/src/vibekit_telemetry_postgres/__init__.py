@@ -99,20 +99,21 @@ def _label_sql(key: str) -> str:
             f"WHEN 'number' THEN CASE WHEN ({m} ->> '{key}') ~ '^-?[0-9]+$' THEN {m} ->> '{key}' END END")
 
 
-#: ``(name, SQL array type)`` of one batch's fold of a session: the stored columns plus whether a start event
+#: ``(name, SQL type)`` of one batch's fold of a session: the stored columns plus whether a start event
 #: of the batch gave the agent and the prompt (a fold falls back to the category and to any event's prompt)
 _DELTA = (("id", "text"), ("agent", "text"), ("agent_given", "bool"), ("mode", "text"), ("prompt", "text"),
           ("prompt_given", "bool"), ("status", "text"), ("parent_id", "text"), ("started_at", "bigint"),
           ("ended_at", "bigint"), ("first_event_at", "bigint"), ("last_event_at", "bigint"),
           ("first_stream_at", "bigint"), ("event_count", "bigint"), ("stream_count", "bigint"),
-          ("error_count", "bigint"), ("metadata", "text"), ("input_tokens", "bigint"), ("output_tokens", "bigint"),
+          ("error_count", "bigint"), ("metadata", "jsonb"), ("input_tokens", "bigint"), ("output_tokens", "bigint"),
           ("cache_read_tokens", "bigint"), ("cache_creation_tokens", "bigint"), ("reasoning_tokens", "bigint"),
           ("last_error", "text"), ("has_start", "bool"))
 #: New sessions first get an empty row (in id order: two writers creating the same sessions never deadlock) ...
-_NEW_SESSIONS = ("INSERT INTO sessions (id, status) SELECT id, 'active' FROM unnest(%s::text[]) AS id ORDER BY id "
-                 "ON CONFLICT (id) DO NOTHING")
+_NEW_SESSIONS = ("INSERT INTO sessions (id, status) SELECT id, 'active' FROM jsonb_array_elements_text(%s::jsonb) "
+                 "AS id ORDER BY id ON CONFLICT (id) DO NOTHING")
 #: ... then every session of the batch is locked in id order ...
-_LOCK_SESSIONS = "SELECT 1 FROM sessions WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+_LOCK_SESSIONS = ("SELECT 1 FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
+                  "FOR UPDATE")
 #: ... and its fold is added to the stored row: counts and tokens add up, first times take the least, last
 #: times the greatest, the latest end decides the status, metadata merges (newer keys win), a start event
 #: names the agent and the prompt.  The same merge as ``fold_session_rows`` with the stored row as its prior,
@@ -145,7 +146,7 @@ UPDATE sessions AS s SET
     last_error = coalesce(d.last_error, s.last_error),
     has_start = s.has_start OR d.has_start,
     {', '.join(_label_sql(k) for k in SESSION_LABELS)}
-FROM unnest({', '.join(f'%s::{t}[]' for _, t in _DELTA)}) AS d({', '.join(n for n, _ in _DELTA)})
+FROM jsonb_to_recordset(%s::jsonb) AS d({', '.join(f'{n} {t}' for n, t in _DELTA)})
 WHERE s.id = d.id
 """
 
@@ -164,22 +165,25 @@ def _dumps(value: Any) -> str:
 
 def tsvector_text(*texts: str | None) -> str | None:
     """The ``tsvector`` literal of the words in ``texts`` (``'word' 'other'``), or ``None`` without words."""
-    seen: set[str] = set()
-    for text in texts:
-        if text:
-            seen.update(search_words(text))
-    if not seen:
+    given = [t for t in texts if t]
+    if not given:
         return None
+    text = given[0] if len(given) == 1 else " ".join(given)
+    words = set(search_words(text))
+    if not words:
+        return None
+    if len(text) * 4 <= _MAX_WORD_BYTES:  # the common case: no word (nor all of them) can be too long
+        return "'" + "' '".join(words) + "'"  # words are letters and digits: nothing to escape
     out: list[str] = []
     size = 0
-    for word in seen:
+    for word in words:
         n = len(word.encode())
         if n > _MAX_WORD_BYTES:
             continue
         size += n + 3
         if size > _MAX_WORDS_BYTES:
             break
-        out.append(f"'{word}'")  # words are letters and digits: nothing to escape
+        out.append(f"'{word}'")
     return " ".join(out) or None
 
 
@@ -524,17 +528,19 @@ class PostgresStorage:
                 flags[0] |= r[8] is not None
                 flags[1] |= r[10] is not None
         ids = sorted(deltas)
-        columns: list[list[Any]] = [[] for _ in _DELTA]
+        names = [n for n, _ in _DELTA]
+        records = []
         for sid in ids:
             d = deltas[sid]
             agent_given, prompt_given = given.get(sid, (False, False))
-            values = (sid, d[1], agent_given, d[2], d[3], prompt_given, d[4], d[5], d[6], d[7], d[8], d[9], d[10],
-                      d[11], d[12], d[13], _dumps(d[14] or {}), d[15], d[16], d[17], d[18], d[19], d[20], bool(d[21]))
-            for column, value in zip(columns, values):
-                column.append(value)
-        conn.execute(_NEW_SESSIONS, [ids])
-        conn.execute(_LOCK_SESSIONS, [ids])
-        conn.execute(_ADD_TO_SESSIONS, columns)
+            # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
+            records.append(dict(zip(names, (
+                sid, d[1], agent_given, d[2], d[3], prompt_given, d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
+                d[12], d[13], d[14] or {}, d[15], d[16], d[17], d[18], d[19], d[20], bool(d[21]))), strict=True))
+        keys = orjson.dumps(ids).decode()
+        conn.execute(_NEW_SESSIONS, [keys])
+        conn.execute(_LOCK_SESSIONS, [keys])
+        conn.execute(_ADD_TO_SESSIONS, [orjson.dumps(records).decode()])
 
     def _announce(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """NOTIFY the keys of the batch's events on the schema's channel, in payloads under PostgreSQL's 8000
@@ -553,7 +559,8 @@ class PostgresStorage:
             keys.append(key)
             size += n
         payloads.append(orjson.dumps({"o": self.origin, "k": keys}).decode())
-        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", [self.channel, payloads])
+        conn.execute("SELECT pg_notify(%s, p) FROM jsonb_array_elements_text(%s::jsonb) AS p",
+                     [self.channel, orjson.dumps(payloads).decode()])
 
     def _start_listening(self) -> None:
         if not self.config.listen or self._listener is not None:
