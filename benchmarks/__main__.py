@@ -571,6 +571,7 @@ def run(quick: bool) -> dict[str, Any]:
     figures["http_load_shutdown_drain_s"] = one(load["shutdown_drain_s"])
     genai_figures(results, quick)
     instrument_figures(results, quick)
+    postgres_figures(results, quick)
     return results
 
 
@@ -618,6 +619,36 @@ def instrument_figures(results: dict[str, Any], quick: bool) -> None:
     if "otel_v2_overhead_per_call_us" in r:
         figures["instrument_otel_v2_call_us"] = single(r["otel_v2_overhead_per_call_us"])
         figures["instrument_otel_v2_chunk_us"] = single(r["otel_v2_overhead_per_chunk_us"])
+
+
+def postgres_figures(results: dict[str, Any], quick: bool) -> None:
+    """The PostgreSQL store next to raw COPY, row-by-row INSERT and SQLite, in one run (skipped, with the
+    reason in the results, when no PostgreSQL is available)."""
+    from benchmarks import postgres_bench
+
+    n = 50_000 if quick else 200_000
+    runs = 1 if quick else 3
+    print(f"PostgreSQL: raw COPY, COPY + sessions, executemany INSERT, the service, SQLite; {n:,} events x {runs} "
+          "runs; reads ...", flush=True)
+    r = postgres_bench.run(n, runs=runs, repeat=100 if quick else 300, insert_n=n // 4)
+    results["postgres"] = r
+    if "skipped" in r:
+        print(f"  skipped: {r['skipped']}", flush=True)
+        return
+    figures = results["figures"]
+    rates, ratios = r["events_per_s"], r["ratios"]
+    for name in ("copy", "honest", "executemany", "service", "sqlite"):
+        figures[f"pg_{name}_events_per_s"] = rates[name]
+    for name, value in ratios.items():
+        figures[f"pg_{name}_ratio"] = value
+    for name in ("get_session", "latest_100", "text_common", "text_prompt"):
+        ours, raw, lite = r["reads"][name], r["reads"][f"{name}_raw"], r["sqlite_reads"][name]
+        figures[f"pg_{name}_p50_us"] = {"median": ours["p50"], "min": ours["p50"], "max": ours["p99"], "runs": 1}
+        figures[f"pg_{name}_raw_p50_us"] = {"median": raw["p50"], "min": raw["p50"], "max": raw["p99"], "runs": 1}
+        figures[f"pg_{name}_vs_raw_ratio"] = {"median": ours["p50"] / raw["p50"]}
+        figures[f"pg_{name}_sqlite_p50_us"] = {"median": lite["p50"], "min": lite["p50"], "max": lite["p99"],
+                                               "runs": 1}
+        figures[f"pg_{name}_vs_sqlite_ratio"] = {"median": ours["p50"] / lite["p50"]}
 
 
 GOALS = [
@@ -727,6 +758,36 @@ GOALS = [
     ("  added to each streamed chunk", "instrument_otel_v2_chunk_us", "µs", "peer", None),
     ("PII scan of a typical event (500-character prompt, 6 metadata fields)", "pii_scan_us", "µs", "under 50 µs",
      lambda v: v < 50),
+    ("PostgreSQL raw limit: COPY of prebuilt rows into the plugin's own schema, 5,000 per transaction",
+     "pg_copy_events_per_s", "events/s", "raw limit", None),
+    ("  the same COPY plus the sessions folded by one SQL UPSERT per transaction", "pg_honest_events_per_s",
+     "events/s", "baseline", None),
+    ("  row-by-row executemany INSERT of the same rows (pipelined)", "pg_executemany_events_per_s", "events/s",
+     "", None),
+    ("  raw COPY / executemany INSERT", "pg_copy_vs_executemany_ratio", "x", "", None),
+    ("ingest into PostgreSQL through the service (track() to the last commit)", "pg_service_events_per_s",
+     "events/s", "", None),
+    ("  / raw COPY", "pg_service_vs_copy_ratio", "", "at least 0.7", lambda v: v >= 0.7),
+    ("  / COPY + sessions UPSERT", "pg_service_vs_honest_ratio", "", "", None),
+    ("  the same ingest into SQLite, same run", "pg_sqlite_events_per_s", "events/s", "", None),
+    ("  PostgreSQL / SQLite", "pg_service_vs_sqlite_ratio", "x", "", None),
+    ("PostgreSQL get_session (12 events) p50", "pg_get_session_p50_us", "µs", "", None),
+    ("  same SQL with psycopg", "pg_get_session_raw_p50_us", "µs", "", None),
+    ("  get_session / raw SQL", "pg_get_session_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("  PostgreSQL / SQLite (same run)", "pg_get_session_vs_sqlite_ratio", "x", "", None),
+    ("PostgreSQL latest 100 events of a category in the last hour p50", "pg_latest_100_p50_us", "µs", "", None),
+    ("  same SQL with psycopg", "pg_latest_100_raw_p50_us", "µs", "", None),
+    ("  latest 100 / raw SQL", "pg_latest_100_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("  PostgreSQL / SQLite (same run)", "pg_latest_100_vs_sqlite_ratio", "x", "", None),
+    ("PostgreSQL text search, a word of every chunk, 100 newest p50", "pg_text_common_p50_us", "µs", "", None),
+    ("  same SQL with psycopg", "pg_text_common_raw_p50_us", "µs", "", None),
+    ("  text search / raw SQL", "pg_text_common_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("  PostgreSQL / SQLite (same run)", "pg_text_common_vs_sqlite_ratio", "x", "", None),
+    ("PostgreSQL text search, a word of the prompts (1 event in 12), 100 newest p50", "pg_text_prompt_p50_us", "µs",
+     "", None),
+    ("  same SQL with psycopg", "pg_text_prompt_raw_p50_us", "µs", "", None),
+    ("  text search / raw SQL", "pg_text_prompt_vs_raw_ratio", "x", "within 2x", lambda v: v <= 2),
+    ("  PostgreSQL / SQLite (same run)", "pg_text_prompt_vs_sqlite_ratio", "x", "", None),
 ]
 
 
@@ -789,10 +850,46 @@ def markdown(results: dict[str, Any], quick: bool) -> str:
                   "about 1.5 million stream events); past both, `track()` refuses events (counted as `spill_full`, "
                   "never lost once accepted). A burst of a million events is absorbed and stored in full: the "
                   "true-defaults figure is that burst."]
+    lines += _postgres_section(results.get("postgres"))
     lines += _nab_section(results.get("nab"))
     lines += _pii_section(results.get("pii"))
     lines += ["", "Raw figures: [benchmarks.json](benchmarks.json).", ""]
     return "\n".join(lines)
+
+
+def _postgres_section(pg: dict[str, Any] | None) -> list[str]:
+    lines = ["", "## PostgreSQL", ""]
+    if not pg:
+        return lines + ["Not measured: `uv run python -m benchmarks --only postgres` adds these figures."]
+    if "skipped" in pg:
+        return lines + [f"Not measured: {pg['skipped']}."]
+    rates, ratios = pg["events_per_s"], pg["ratios"]
+    lines += [
+        f"PostgreSQL {pg['server_version']} on {pg['server']}, on the same machine as the benchmark (a loopback "
+        f"connection); {pg['n']:,} stream-shaped events x {pg['runs']} runs, {pg['batch']:,} rows per transaction "
+        f"for the raw baselines (the row-by-row INSERT on {pg['executemany_n']:,} of them, once). Same command: "
+        "`uv run python -m benchmarks --only postgres`; details in [postgres.md](postgres.md).",
+        "",
+        "| | PostgreSQL | SQLite, same run | PostgreSQL / SQLite |",
+        "| --- | --- | --- | --- |",
+        f"| ingest through the service, events/s | {_fmt(rates['service']['median'])} | "
+        f"{_fmt(rates['sqlite']['median'])} | {ratios['service_vs_sqlite']['median']:.2f} |",
+    ]
+    names = {"get_session": ("get_session, p50 µs", "get_session"),
+             "latest_100": ("latest 100 of a category, p50 µs", "latest 100"),
+             "text_common": ("text search, common word, 100 newest, p50 µs", "search for a common word"),
+             "text_prompt": ("text search, prompt word, 100 newest, p50 µs", "search for a rarer word")}
+    faster, slower = [], []
+    for key, (label, short) in names.items():
+        ours, lite = pg["reads"][key]["p50"], pg["sqlite_reads"][key]["p50"]
+        lines.append(f"| {label} | {_fmt(ours)} | {_fmt(lite)} | {ours / lite:.2f} |")
+        (faster if ours < lite else slower).append(short)
+    (faster if ratios["service_vs_sqlite"]["median"] > 1 else slower).insert(0, "ingest")
+    lines += ["", f"In this run PostgreSQL was ahead on: {', '.join(faster) or 'nothing'}; SQLite on: "
+              f"{', '.join(slower) or 'nothing'}. Each PostgreSQL call pays a round trip to the server, where SQLite reads "
+              "pages inside the process; "
+              "what PostgreSQL adds is one store that several processes and hosts write and read at once."]
+    return lines
 
 
 def nab_results() -> dict[str, Any] | None:
@@ -872,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
-    parser.add_argument("--only", choices=["genai", "instrument"],
+    parser.add_argument("--only", choices=["genai", "instrument", "postgres"],
                         help="re-run one group and merge its figures into the existing JSON (same machine only)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -880,7 +977,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.json.read_text(encoding="utf-8"))
         if results["machine"]["cpu"] != machine()["cpu"] or results["machine"]["cores"] != machine()["cores"]:
             parser.error(f"{args.json} was measured on another machine: run every benchmark")
-        (genai_figures if args.only == "genai" else instrument_figures)(results, args.quick)
+        {"genai": genai_figures, "instrument": instrument_figures,
+         "postgres": postgres_figures}[args.only](results, args.quick)
         results.setdefault("partial_reruns", []).append({"group": args.only, "date": machine()["date"]})
     else:
         results = run(args.quick)
