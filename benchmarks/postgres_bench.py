@@ -75,22 +75,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _paired_us(ours: Callable[[], Any], raw: Callable[[], Any], repeat: int) -> tuple[dict[str, float], ...]:
-    """p50/p99 in µs of ``ours`` and ``raw``, called alternately so that both see the same machine load."""
-    mine, theirs = [], []
-    clock = time.perf_counter_ns
-    for _ in range(repeat):
-        start = clock()
-        ours()
-        middle = clock()
-        raw()
-        mine.append(middle - start)
-        theirs.append(clock() - middle)
-    out = []
-    for timings in (mine, theirs):
-        timings.sort()
-        out.append({"p50": timings[len(timings) // 2] / 1000, "p99": timings[min(len(timings) - 1,
-                                                                               round(0.99 * len(timings)))] / 1000})
-    return tuple(out)
+    """p50/p99 in µs of ``ours`` and ``raw``, called alternately (``benchmarks.paired_us``)."""
+    from benchmarks.__main__ import paired_us
+
+    return paired_us(ours, raw, repeat)
 
 
 class Server:

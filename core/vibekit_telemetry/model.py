@@ -812,7 +812,8 @@ def _fold(sid: str, rows: list[tuple[Any, ...]], prior: tuple[Any, ...] | None) 
                     tcc, treas = tcc + extra.cache_creation, treas + extra.reasoning
         elif kind == "error":
             error_count += 1
-            last_error = r[15] or r[14]
+            # an error event that says nothing (no message, no type) leaves the last known error standing
+            last_error = r[15] or r[14] or last_error
         if prompt is None and r[10] is not None:
             # no start event gave one (content sent apart from the span, as OTel GenAI log events are)
             prompt = r[10]

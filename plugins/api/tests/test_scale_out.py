@@ -51,3 +51,19 @@ def test_two_servers_on_one_database_answer_alike_and_share_live_events(start_ap
     for url in (a.url, b.url):
         page = httpx.get(f"{url}/api/events", params={"category": "crossing", "order": "asc"}, timeout=10).json()
         assert [e["action"] for e in page["events"]] == ["step 0", "step 1", "step 2"]
+
+
+def test_two_servers_keep_one_rate_limit_budget_in_the_postgresql_store(start_api, tmp_path, pg_options):
+    toml = _toml(pg_options["dsn"], pg_options["schema"]).replace(
+        "[api.rate_limit]\nenabled = false\n", '[api.rate_limit]\nmax = 5\nwindow_ms = 60000\nstorage = "store"\n')
+    a = start_api(toml, cwd=tmp_path / "a")
+    b = start_api(toml, cwd=tmp_path / "b")
+    statuses = [httpx.get(f"{url}/api/sessions", timeout=10).status_code for url in (a.url, b.url) * 3]
+    assert statuses == [200] * 5 + [429]  # 3 + 3 requests, one budget of 5
+    refused = httpx.get(f"{a.url}/api/sessions", timeout=10)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_keeping_the_budget_in_a_store_that_is_not_postgresql_is_refused_at_start(start_api, tmp_path):
+    with pytest.raises(AssertionError, match="must be PostgreSQL"):
+        start_api('data_dir = "data"\n[api.rate_limit]\nstorage = "store"\n', cwd=tmp_path / "lite")

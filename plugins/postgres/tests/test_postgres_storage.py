@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+import attrs
 import psycopg
 import pytest
 from hypothesis import Phase, given, settings
@@ -76,7 +77,10 @@ def test_sessions_and_queries_agree_with_sqlite_whatever_the_batches(tmp_path_fa
         for sort in ("started_at", "tokens", "duration_ms", "ttft_ms", "agent"):
             for order in ("asc", "desc"):
                 f = SessionFilter(sort=sort, order=order, limit=100)
-                assert pg.get_sessions(f) == lite.get_sessions(f), (sort, order)
+                got, want = pg.get_sessions(f), lite.get_sessions(f)
+                assert [s.id for s in got] == [s.id for s in want], (sort, order)
+                for g, w in zip(got, want, strict=True):
+                    assert attrs.asdict(g) == attrs.asdict(w), (sort, order, g.id)
         filters = [QueryFilter(), QueryFilter(order="asc"), QueryFilter(text="parser"), QueryFilter(text="cafe"),
                    QueryFilter(text="café"), QueryFilter(text="hello WORLD"), QueryFilter(metadata={"kind": "llm"}),
                    QueryFilter(metadata={"input_tokens": 5}), QueryFilter(category="gpt", event_type="stream"),

@@ -859,7 +859,8 @@ def build_app(service: TelemetryService, config: APIConfig, *, extra_routes: lis
         routes.append(Route("/", _home(f"{dashboard.path}/"), methods=["GET"]))
     limiter = RateLimiter({"api": (config.rate_limit.max, config.rate_limit.window_ms / 1000),
                            "ingest": (config.rate_limit.ingest_max, config.rate_limit.ingest_window_ms / 1000)},
-                          config.rate_limit.storage, on_error=lambda exc: metrics.rate_limit_errors.inc())
+                          config.rate_limit.storage, on_error=lambda exc: metrics.rate_limit_errors.inc(),
+                          store=service.storage_plugin() if config.rate_limit.storage == "store" else None)
     auth = Authenticator(credentials)
     provenance = Provenance(config.host_names(credentials), origins)
     middleware = [

@@ -23,6 +23,8 @@ from vibekit_telemetry.config import redact_url
 SCOPES = ("read", "ingest")
 #: the schemes ``api.rate_limit.storage`` takes besides ``memory://``: a Redis (or Valkey) server
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
+#: ``api.rate_limit.storage`` naming the service's own (PostgreSQL) store
+STORE = "store"
 
 
 @attrs.frozen
@@ -111,9 +113,10 @@ class CorsConfig:
 class RateLimitConfig:
     """``api.rate_limit``: requests per client IP and window; ingest has its own, larger budget.
 
-    ``storage`` is where the counts live: ``memory://`` (this process only) or a Redis URI
-    (``redis://[:password@]host:port/db``, ``rediss://`` for TLS, ``redis+unix:///path.sock``), which every
-    server pointed at it shares, so several servers (or ``--workers``) give a client one budget.
+    ``storage`` is where the counts live: ``memory://`` (this process only), a Redis URI
+    (``redis://[:password@]host:port/db``, ``rediss://`` for TLS, ``redis+unix:///path.sock``), or ``store``:
+    the service's PostgreSQL store (a table beside the events); every server pointed at the same Redis or
+    database shares them, so several servers (or ``--workers``) give a client one budget.
     Windows are whole seconds (a ``window_ms`` that is not is rounded up).
     """
 
@@ -128,15 +131,15 @@ class RateLimitConfig:
         for key in ("window_ms", "max", "ingest_window_ms", "ingest_max"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"api.rate_limit.{key}: expected a positive integer")
-        if self.storage != "memory://" and not (self.storage.startswith(REDIS_SCHEMES)
-                                                 and len(self.storage) > self.storage.index("://") + 3):
-            raise ConfigError(f"api.rate_limit.storage: expected 'memory://' (this process only) or a Redis URI "
-                              f"such as 'redis://localhost:6379/0' ({', '.join(REDIS_SCHEMES)}), "
-                              f"got {redact_url(self.storage)!r}")
+        if self.storage not in ("memory://", STORE) and not (self.storage.startswith(REDIS_SCHEMES)
+                                                             and len(self.storage) > self.storage.index("://") + 3):
+            raise ConfigError(f"api.rate_limit.storage: expected 'memory://' (this process only), a Redis URI "
+                              f"such as 'redis://localhost:6379/0' ({', '.join(REDIS_SCHEMES)}) or 'store' (the "
+                              f"PostgreSQL store), got {redact_url(self.storage)!r}")
 
     @property
     def shared(self) -> bool:
-        """Whether the budgets live outside this process (a Redis server), so other processes share them."""
+        """Whether the budgets live outside this process (Redis, the database), so other processes share them."""
         return self.storage != "memory://"
 
 

@@ -14,6 +14,7 @@ budgets and separate key scopes.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -22,9 +23,10 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import attrs
 import orjson
 
-from vibekit_telemetry import TelemetryError, acting_as
+from vibekit_telemetry import ConfigError, TelemetryError, acting_as
 from vibekit_telemetry.config import redact_url
 
 from .config import APIConfig, Credential, host_name
@@ -88,7 +90,7 @@ class RateLimiter:
     KEY_PREFIX = "vibekit-telemetry"
 
     def __init__(self, budgets: dict[str, tuple[int, float]], storage: str = "memory://",
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None, store: Any = None) -> None:
         from limits import RateLimitItemPerSecond
 
         self.budgets = budgets
@@ -99,7 +101,15 @@ class RateLimiter:
                        for name, (limit, window) in budgets.items()}
         self._down_until = 0.0
         self._outage = False
-        if storage == "memory://":
+        if storage == "store":
+            # the service's PostgreSQL store: a counter table beside the events (limits has no such storage)
+            if store is None or getattr(store, "name", None) != "postgres" or not hasattr(store, "connection"):
+                raise ConfigError("api.rate_limit.storage = \"store\" keeps the budgets in the service's store, "
+                                  "which must be PostgreSQL (the postgres storage plugin); this one is "
+                                  f"{getattr(store, 'name', None) or 'not configured'}: use 'memory://' or a Redis URI")
+            self._strategy = StoreWindows(store)
+            self._async = True
+        elif storage == "memory://":
             # the synchronous memory storage: no I/O, only short thread locks, and not tied to one event loop
             from limits.storage import MemoryStorage
             from limits.strategies import FixedWindowRateLimiter
@@ -124,6 +134,13 @@ class RateLimiter:
         """Raise :class:`RateLimitStorageError` unless the storage answers (a no-op for ``memory://``)."""
         if not self.shared:
             return
+        if isinstance(self._strategy, StoreWindows):
+            try:
+                self._strategy.create()
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means the budgets cannot be kept there
+                raise RateLimitStorageError(f"api.rate_limit.storage = \"store\": cannot keep the budgets in "
+                                            f"the store ({redact_url(str(exc))})") from None
         from limits.storage import storage_from_string
 
         shown = redact_url(self.storage_uri)
@@ -174,6 +191,62 @@ class RateLimiter:
         if self._outage:
             self._outage = False
             log.warning("rate-limit storage %s answers again; limits apply", redact_url(self.storage_uri))
+
+
+class StoreWindows:
+    """Fixed windows kept in the PostgreSQL store, with the ``hit``/``get_window_stats`` of a ``limits``
+    strategy: one upsert per request counts it (a window that ended starts again at 1), on the database's
+    clock so every host agrees; windows older than a day are pruned now and then."""
+
+    TABLE = "api_rate_limits"
+    _HIT = (f"INSERT INTO {TABLE} AS r (key, window_start, hits) VALUES (%(key)s, extract(epoch FROM "
+            "clock_timestamp()), 1) ON CONFLICT (key) DO UPDATE SET "
+            "hits = CASE WHEN r.window_start + %(seconds)s <= excluded.window_start THEN 1 ELSE r.hits + 1 END, "
+            "window_start = CASE WHEN r.window_start + %(seconds)s <= excluded.window_start "
+            "THEN excluded.window_start ELSE r.window_start END "
+            "RETURNING hits, window_start + %(seconds)s - extract(epoch FROM clock_timestamp())")
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._created = False
+        self._pruned = 0.0
+        self._last: dict[str, float] = {}
+
+    def create(self) -> None:
+        """Make the table (once per process; concurrent creators are serialised by an advisory lock)."""
+        if self._created:
+            return
+        with self.store.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vibekit_telemetry_api_rate_limits', 0))")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key text PRIMARY KEY, "
+                         "window_start double precision NOT NULL, hits bigint NOT NULL)")
+        self._created = True
+
+    def _hit(self, key: str, limit: int, seconds: int) -> tuple[bool, float]:
+        self.create()
+        with self.store.connection() as conn:
+            hits, left = conn.execute(self._HIT, {"key": key, "seconds": seconds}).fetchone()
+            if time.monotonic() - self._pruned > 60:
+                self._pruned = time.monotonic()
+                conn.execute(f"DELETE FROM {self.TABLE} WHERE window_start < extract(epoch FROM clock_timestamp()) "
+                             "- 86400")
+        return hits <= limit, left
+
+    async def hit(self, item: Any, budget: str, client: str) -> bool:
+        key = f"{budget}/{client}/{item.get_expiry()}"
+        allowed, left = await asyncio.to_thread(self._hit, key, item.amount, item.get_expiry())
+        if not allowed:
+            self._last[key] = left  # read by get_window_stats right after, for the Retry-After
+        return allowed
+
+    async def get_window_stats(self, item: Any, budget: str, client: str) -> Any:
+        left = self._last.pop(f"{budget}/{client}/{item.get_expiry()}", float(item.get_expiry()))
+        return _WindowStats(time.time() + max(0.0, left))
+
+
+@attrs.frozen
+class _WindowStats:
+    reset_time: float
 
 
 class Authenticator:

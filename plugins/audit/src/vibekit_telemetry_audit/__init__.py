@@ -414,6 +414,9 @@ class AuditTrail:
                     "changed": sorted(_changed_keys(previous.get("config", {}) if previous else {}, config)),
                     "sources": list(service.loaded.sources)}
 
+        if self.recorded is not None and "config" not in self.recorded:
+            self.skipped += 1  # ``events`` leaves configuration changes out
+            return
         if self.pending is not None:
             self._config_details = config_details  # recorded when the trail opens, before the entry that opens it
             return

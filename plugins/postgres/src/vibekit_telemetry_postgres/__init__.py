@@ -50,6 +50,7 @@ from vibekit_telemetry import (
     summarize_sessions,
 )
 from vibekit_telemetry.config import redact_url
+from vibekit_telemetry.sqlfilter import EVENT_EQUAL_COLUMNS, equal_and_range, session_where
 from vibekit_telemetry.model import (
     MAX_NAME_LENGTH,
     ROW_FIELDS,
@@ -728,7 +729,7 @@ class PostgresStorage:
     def _event_sql(self, conn: Any, f: QueryFilter) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
-        _equal_and_range(f, ("category", "event_type", "session_id", "action", "label"), "timestamp", where, params)
+        equal_and_range(f, EVENT_EQUAL_COLUMNS, "timestamp", where, params, "%s")
         if f.session_ids:
             where.append("session_id = ANY(%s)")
             params.append(list(f.session_ids))
@@ -860,27 +861,4 @@ _SESSION_SORT_SQL = {
 
 
 def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    _equal_and_range(filter, ("status", "agent", "mode", "parent_id", "kind", "model", "conversation_id", "user_id"),
-                     "started_at", where, params)
-    if filter.root_only:
-        where.append("parent_id IS NULL")
-    if filter.text:
-        where.append("strpos(lower(prompt), lower(%s)) > 0")
-        params.append(filter.text)
-    return where, params
-
-
-def _equal_and_range(f: Any, columns: tuple[str, ...], time_column: str, where: list[str], params: list[Any]) -> None:
-    for column in columns:
-        value = getattr(f, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if f.since is not None:
-        where.append(f"{time_column} >= %s")
-        params.append(f.since)
-    if f.until is not None:
-        where.append(f"{time_column} <= %s")
-        params.append(f.until)
+    return session_where(filter, mark="%s", contains="strpos(lower(prompt), lower(%s)) > 0")

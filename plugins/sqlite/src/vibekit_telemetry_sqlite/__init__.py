@@ -38,6 +38,7 @@ from vibekit_telemetry import (
     summarize_sessions,
 )
 from vibekit_telemetry.model import ROW_FIELDS, SESSION_ROW_FIELDS, fold_session_rows, session_from_row, session_to_row
+from vibekit_telemetry.sqlfilter import EVENT_EQUAL_COLUMNS, equal_and_range, session_where
 
 from .schema import APPLICATION_ID, EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
 from .writer import WriterProcess
@@ -668,7 +669,7 @@ class SQLiteStorage:
     def _event_sql(self, f: QueryFilter) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
-        _equal_and_range(f, ("category", "event_type", "session_id", "action", "label"), "timestamp", where, params)
+        equal_and_range(f, EVENT_EQUAL_COLUMNS, "timestamp", where, params)
         if f.session_ids:
             where.append(f"session_id IN ({', '.join('?' * len(f.session_ids))})")
             params.extend(f.session_ids)
@@ -884,32 +885,8 @@ def session_page_sql(filter: SessionFilter) -> tuple[str, list[Any]]:
 
 
 def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    _equal_and_range(filter, ("status", "agent", "mode", "parent_id", "kind", "model", "conversation_id", "user_id"),
-                     "started_at", where, params)
-    if filter.root_only:
-        where.append("parent_id IS NULL")
-    if filter.text:
-        # a substring of the prompt, case-insensitive for ASCII as in SQLite's lower(); encrypted prompts never match
-        where.append("instr(lower(prompt), lower(?)) > 0")
-        params.append(filter.text)
-    return where, params
-
-
-def _equal_and_range(f: Any, columns: tuple[str, ...], time_column: str, where: list[str], params: list[Any]) -> None:
-    """Add ``column = ?`` for each set filter field, and the ``since``/``until`` range on ``time_column``."""
-    for column in columns:
-        value = getattr(f, column)
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if f.since is not None:
-        where.append(f"{time_column} >= ?")
-        params.append(f.since)
-    if f.until is not None:
-        where.append(f"{time_column} <= ?")
-        params.append(f.until)
+    # a substring of the prompt, case-insensitive for ASCII as in SQLite's lower()
+    return session_where(filter)
 
 
 def _json_each_value(value: Any) -> Any:
