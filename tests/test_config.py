@@ -142,3 +142,12 @@ def test_uri_passwords_are_redacted_under_any_key():
     assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
     shown = redact_secrets({"api": {"rate_limit": {"storage": "rediss://user:secret@cache"}}, "urls": ["http://a:b@c"]})
     assert shown == {"api": {"rate_limit": {"storage": "rediss://user:***@cache"}}, "urls": ["http://a:***@c"]}
+
+
+def test_a_uri_password_is_hidden_inside_a_message_and_whole_when_it_holds_url_characters():
+    from vibekit_telemetry.config import redact_url
+
+    assert redact_url("error connecting to redis://:secret@h:6379 now") == "error connecting to redis://:***@h:6379 now"
+    assert redact_url("postgresql://u:p#ss?w@rd@db/t") == "postgresql://u:***@db/t"
+    assert redact_url("host=db user=t password='s3 cret' dbname=t") == "host=db user=t password=*** dbname=t"
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"

@@ -75,7 +75,9 @@ SEED_ENV_SWITCHES: dict[str, tuple[str, ...]] = {
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passphrase|authorization|credential)", re.IGNORECASE)
 #: the password of ``scheme://user:password@host`` (a Redis URI, a database DSN), wherever the URI is written
 #: (up to the last ``@``: a password with an unescaped ``@`` or ``/`` is hidden whole, at worst with more)
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)([^?#\s]+)(@)", re.IGNORECASE)
+#: ``scheme://user:password@host`` anywhere in a text (an error message quoting a URI); the password runs to
+#: the last ``@`` of the URI, so one holding ``#``, ``?`` or ``@`` is hidden whole
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@?#\s]*:)(\S*)(@[^@\s]*)", re.IGNORECASE)
 _URL_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 #: libpq's keyword/value form: ``host=db user=t password='s3 cret'``
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)

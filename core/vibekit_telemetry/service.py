@@ -1932,10 +1932,19 @@ class TelemetryService:
         only while there are some)."""
         return len(self._streams)
 
+    def decode_stored(self, events: list[TelemetryEvent]) -> list[TelemetryEvent]:
+        """Events as a storage plugin read them, with what ``before_store`` plugins did undone (decrypted):
+        what a plugin reading the store directly (the shared analytics counter) must count."""
+        return self._decode("query", events) if events else events
+
     def offer_to_streams(self, events: list[TelemetryEvent]) -> None:
-        """Hand events that *another process* stored to this process's live streams (each keeps what matches
-        its filter).  For storage plugins shared by several processes (PostgreSQL's LISTEN/NOTIFY): the events
-        this process stores reach its streams on their own, after they are stored."""
+        """Hand events that *another process* stored, as read from the store, to this process's live streams
+        (decoded as reads are; each stream keeps what matches its filter).  For storage plugins shared by
+        several processes (PostgreSQL's LISTEN/NOTIFY): the events this process stores reach its streams on
+        their own, after they are stored."""
+        if not self._streams or not events:
+            return
+        events = self.decode_stored(events)
         for stream in list(self._streams):
             stream.offer(events)
 

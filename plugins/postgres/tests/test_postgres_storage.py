@@ -163,7 +163,7 @@ def test_two_processes_starting_at_once_migrate_once(tmp_path, postgres_dsn, pg_
         assert out.strip() == "ok", err[-2000:]
     with psycopg.connect(postgres_dsn) as conn:
         assert conn.execute(f"SELECT name FROM {pg_schema}.vibekit_migrations ORDER BY name").fetchall() == [
-            ("001_events_and_sessions",), ("002_events_by_seq",)]
+            ("001_events_and_sessions",), ("002_events_by_seq",), ("003_settings",)]
 
 
 # --- partitions and retention -----------------------------------------------------------------------------
@@ -322,6 +322,15 @@ def test_a_wrong_database_or_password_is_a_clear_error_at_start(tmp_path, postgr
         _service(tmp_path, {"dsn": postgres_dsn, "pool_size": 0})
 
 
+def test_the_partition_width_of_a_schema_cannot_change(tmp_path, pg_options):
+    with _service(tmp_path, pg_options) as t:
+        t.track({"category": "one day"})
+    with pytest.raises(ConfigError, match="made with partitions of 1 day"):
+        _service(tmp_path, {**pg_options, "partition_days": 7})
+    with _service(tmp_path, pg_options) as t:
+        assert [e.category for e in t.query()] == ["one day"]
+
+
 def test_tables_of_another_application_are_refused_and_left_alone(tmp_path, postgres_dsn, pg_schema):
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {pg_schema}")
@@ -351,4 +360,4 @@ def test_the_password_of_a_dsn_is_never_printed(tmp_path, pg_options):
     with _service(tmp_path, pg_options) as t:
         report = t.get_health_status().components["postgres"]
         assert report["healthy"] and report["dsn"] == redact_dsn(pg_options["dsn"])
-        assert report["migrations"] == ["001_events_and_sessions", "002_events_by_seq"] and report["partitions"] >= 3
+        assert report["migrations"] == ["001_events_and_sessions", "002_events_by_seq", "003_settings"] and report["partitions"] >= 3

@@ -63,6 +63,8 @@ _HEADLINES = ("events", "error_rate", "p95_latency", "avg_ttft", "cost")
 STARTUP_WAIT_S = 0.25
 #: how long shutdown waits for the background recount to stop (it checks between two pages)
 STOP_WAIT_S = 10.0
+#: seconds `telemetry analytics rebuild` waits for shared rollups to be counted again before it gives up waiting
+REBUILD_WAIT_S = 600.0
 #: events a recount reads per page
 _PAGE = 2000
 #: what a recount changes, for the read caches
@@ -276,8 +278,7 @@ class AnalyticsPlugin:
         if self.shared is not None:
             # the parent's lock connection (and the lead it holds) stays the parent's
             _inherited.append(self.shared._lock_conn)
-            self.shared._lock_conn = None
-            self.shared.leader = False
+            self.shared.after_fork()
 
     def _save(self) -> None:
         if self.file is None or not (self.rollups.dirty or self.rollups.open_dirty):
@@ -425,7 +426,10 @@ class AnalyticsPlugin:
                 raise TelemetryError("shared rollups (a PostgreSQL store) are counted again from the store's first "
                                      "event: rebuild them without a start time")
             self.shared.reset()
-            self.shared.catch_up()
+            if not self.shared.catch_up(REBUILD_WAIT_S):
+                raise TelemetryError(f"the shared rollups were reset, and the counter had not counted the whole "
+                                     f"store after {REBUILD_WAIT_S:.0f} s; it goes on in the background (health "
+                                     "shows its lag)")
             return self.shared.counted_events
         self._pause()
         now = now_ms()

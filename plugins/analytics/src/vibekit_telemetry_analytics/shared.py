@@ -18,6 +18,7 @@ the dedupe path's first attempt) is given up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vibekit_telemetry.analytics")
 
-#: advisory lock keys: the counter's election, and the tables' migration
-LEADER_LOCK = 0x76_69_62_65_6B_61_6C
-MIGRATE_LOCK = LEADER_LOCK + 1
+#: advisory lock keys, one pair per schema (two stores in one database each elect a counter of their own):
+#: the counter's election, and the tables' creation and resets
+LEADER_LOCK = "hashtextextended('vibekit_telemetry_analytics_leader:' || current_schema(), 0)"
+MIGRATE_LOCK = "hashtextextended('vibekit_telemetry_analytics_tables:' || current_schema(), 0)"
 #: seconds a gap in ``seq`` is waited for before it is taken as a batch that never committed
 GAP_S = 30.0
 #: events read and counted per step
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS analytics_open_sessions (id text PRIMARY KEY, data js
 CREATE TABLE IF NOT EXISTS analytics_definitions (name text PRIMARY KEY, type text, unit text, description text);
 CREATE TABLE IF NOT EXISTS analytics_state (id int PRIMARY KEY, watermark bigint NOT NULL, counted jsonb NOT NULL,
     gap_since double precision, counted_events bigint NOT NULL DEFAULT 0);
+ALTER TABLE analytics_state ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 0;
 INSERT INTO analytics_state (id, watermark, counted) VALUES (1, 0, '[]') ON CONFLICT DO NOTHING;
 """
 
@@ -60,6 +63,10 @@ def _event_columns() -> str:
     from vibekit_telemetry.model import ROW_FIELDS
 
     return ", ".join([*ROW_FIELDS[:17], "metadata::text", "truncated::text"])
+
+
+class _Reload(Exception):
+    """The state row changed under this counter (a reset, another counter): reload, count nothing now."""
 
 
 class SharedRollups:
@@ -76,18 +83,26 @@ class SharedRollups:
         self.counted: list[list[int]] = []
         self.gap_since: float | None = None
         self.counted_events = 0
+        #: bumped by a reset (``telemetry analytics rebuild``): a counter that sees another reloads
+        self.generation = 0
+        #: the rollups or buckets could not be read lately: figures are as of the last read that worked
+        self.stale: str | None = None
         self.closed = False
         #: one step at a time in this process (the flusher's idle and a caller waiting for the catch-up)
         self._step_lock = threading.Lock()
         self._select = f"SELECT seq, {_event_columns()} FROM events"
         with store.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK])
+            conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
             conn.execute(_SCHEMA)
 
     # --- leadership ------------------------------------------------------------------------------------
 
     def try_lead(self) -> bool:
         """Take the counter's lock if nobody holds it (and load the cluster's state); whether this process leads."""
+        with self._step_lock:
+            return self._try_lead()
+
+    def _try_lead(self) -> bool:
         if self.closed:
             return False
         if self.leader:
@@ -100,14 +115,15 @@ class SharedRollups:
             if self._lock_conn is None or self._lock_conn.closed:
                 self._lock_conn = psycopg.connect(self.store._conninfo(), autocommit=True,
                                                   **self.store._connect_kwargs())
-            got = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchone()[0]
-        except psycopg.Error as exc:
-            log.debug("analytics: cannot reach PostgreSQL for the counter's lock: %s", exc)
+            got = self._lock_conn.execute(f"SELECT pg_try_advisory_lock({LEADER_LOCK})").fetchone()[0]
+            if got:
+                self.load()  # the cluster's state first: counting starts from what was committed
+        except (psycopg.Error, StorageError) as exc:
+            log.debug("analytics: cannot take the counter's lock or read its state: %s", exc)
             self._resign()
             return False
         if got:
             self.leader = True
-            self.load(full=True)
             log.info("analytics: this process counts the rollups of %s", self.store.where)
         return self.leader
 
@@ -126,22 +142,31 @@ class SharedRollups:
         with self._step_lock:
             self._resign()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock connection and lead stay the parent's; fresh locks here."""
+        self._lock_conn = None
+        self.leader = False
+        self._step_lock = threading.Lock()
+        self._refreshed = 0.0
+
     # --- reading ---------------------------------------------------------------------------------------
 
-    def load(self, *, full: bool = False) -> None:
+    def load(self) -> None:
         """Replace the plugin's rollups with the cluster's (kept buckets, open sessions, definitions)."""
         plugin = self.plugin
         now = int(time.time() * 1000)
         rollups = plugin._new_rollups()
-        with self.store.connection() as conn:
+        with self.store.connection() as conn, conn.transaction():
+            # one snapshot: the buckets and the watermark of the same commit
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             rows = conn.execute(
                 "SELECT level, bucket, dim_kind, dim, data::text FROM analytics_buckets "
                 "WHERE (level = 'm' AND bucket >= %s) OR (level = 'h' AND bucket >= %s)",
                 [now - plugin._minute_keep, now - plugin._hour_keep]).fetchall()
             sessions = conn.execute("SELECT id, data::text FROM analytics_open_sessions").fetchall()
             definitions = conn.execute("SELECT name, type, unit, description FROM analytics_definitions").fetchall()
-            state = conn.execute("SELECT watermark, counted::text, gap_since, counted_events FROM analytics_state "
-                                 "WHERE id = 1").fetchone()
+            state = conn.execute("SELECT watermark, counted::text, gap_since, counted_events, generation "
+                                 "FROM analytics_state WHERE id = 1").fetchone()
         for level, bucket, dim_kind, dim, data in rows:
             by_dim = rollups.levels[level].get(bucket)
             if by_dim is None:
@@ -152,14 +177,19 @@ class SharedRollups:
         plugin.rollups = rollups
         plugin.definitions = {name: {"type": kind, "unit": unit, "description": description}
                               for name, kind, unit, description in definitions}
-        self.watermark, counted, self.gap_since, self.counted_events = state
+        self.watermark, counted, self.gap_since, self.counted_events, self.generation = state
         self.counted = orjson.loads(counted)
         self._refreshed = time.monotonic()
+        self.stale = None
 
     def refresh(self) -> None:
         """A follower's view: the cluster's buckets, at most :data:`REFRESH_S` old."""
         if not self.leader and time.monotonic() - self._refreshed >= REFRESH_S:
-            self.load()
+            try:
+                self.load()
+            except StorageError as exc:  # answer from the last buckets read, and say so in health
+                self.stale = str(exc)
+                self._refreshed = time.monotonic()
 
     def lag(self) -> int:
         """Stored events the rollups have not counted yet (an estimate from ``seq``)."""
@@ -178,33 +208,78 @@ class SharedRollups:
             return self._step()
 
     def _step(self) -> int:
+        import psycopg
+
         from vibekit_telemetry.model import event_from_row
 
         plugin = self.plugin
-        top = self.counted[-1][1] if self.counted else self.watermark
-        gaps = self._gaps()
-        where = ["seq > %s"]
-        params: list[Any] = [top]
-        for first, last in gaps:
-            where.append("seq BETWEEN %s AND %s")
-            params.extend([first, last])
-        with self.store.connection() as conn, conn.transaction():
-            rows = conn.execute(f"{self._select} WHERE {' OR '.join(where)} ORDER BY seq LIMIT %s",
-                                [*params, STEP]).fetchall()
-            seqs = [r[0] for r in rows]
-            events = []
-            for r in rows:
-                truncated = r[19]
-                events.append(event_from_row((*r[1:19], tuple(orjson.loads(truncated)) if truncated else ())))
+        # On the connection that holds the counter's lock: if it died (and another process took the lock
+        # over), this step cannot commit, so two counters never both write.
+        conn = self._lock_conn
+        dirty: set[tuple[str, int]] = set()
+        try:
+            with conn.transaction():
+                # the state row, locked: a reset (or another counter) since this one loaded means reload
+                state = conn.execute("SELECT watermark, generation FROM analytics_state WHERE id = 1 FOR UPDATE"
+                                     ).fetchone()
+                if tuple(state) != (self.watermark, self.generation):
+                    raise _Reload()
+                top = self.counted[-1][1] if self.counted else self.watermark
+                where = ["seq > %s"]
+                params: list[Any] = [top]
+                for first, last in self._gaps():
+                    where.append("seq BETWEEN %s AND %s")
+                    params.extend([first, last])
+                rows = conn.execute(f"{self._select} WHERE {' OR '.join(where)} ORDER BY seq LIMIT %s",
+                                    [*params, STEP]).fetchall()
+                events = []
+                for r in rows:
+                    truncated = r[19]
+                    events.append(event_from_row((*r[1:19], tuple(orjson.loads(truncated)) if truncated else ())))
+                if events and plugin.service is not None:
+                    events = plugin.service.decode_stored(events)  # what before_store did (encryption) undone
+                may_give_up = self._gap_closed(conn)
+                with plugin._lock:
+                    if events:
+                        plugin.rollups.add(events, plugin._lookup_session)
+                    for r in rows:
+                        self._mark(r[0])
+                    self._advance(may_give_up)
+                    dirty = self._save(conn, len(events))
+        except BaseException as exc:
+            # what is counted in memory is now ahead of what was committed: the database is the truth
+            if isinstance(exc, psycopg.Error):
+                self._resign()
             with plugin._lock:
-                if events:
-                    plugin.rollups.add(events, plugin._lookup_session)
-                for seq in seqs:
-                    self._mark(seq)
-                self._advance()
-                self._save(conn, len(events))
+                plugin.rollups.dirty |= dirty
+                try:
+                    self.load()
+                except Exception as again:  # noqa: BLE001 - the lead cannot go on from a state it could not read
+                    self.stale = str(again)
+                    self._resign()
+            if isinstance(exc, _Reload):
+                return 0
+            if isinstance(exc, psycopg.Error):
+                raise self.store._explain(exc) from exc
+            raise
         self.counted_events += len(events)
         return len(events)
+
+    def _gap_closed(self, conn: Any) -> bool:
+        """Whether the oldest gap may be given up: waited for :data:`GAP_S`, and no transaction that began before
+        it was seen is still open (one that took those seq numbers and has not committed yet)."""
+        if self.gap_since is None or time.time() - self.gap_since < GAP_S:
+            return False
+        still_open = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND xact_start < to_timestamp(%s)", [self.gap_since]).fetchone()[0]
+        if still_open:
+            if time.time() - self.gap_since > 10 * GAP_S:
+                log.warning("analytics: events seq %d.. have been missing for %.0f s while %d older transactions "
+                            "stay open; counting waits for them", self.watermark + 1, time.time() - self.gap_since,
+                            still_open)
+            return False
+        return True
 
     def _gaps(self) -> list[tuple[int, int]]:
         """The seq ranges between the watermark and the newest counted row not counted yet."""
@@ -231,7 +306,7 @@ class SharedRollups:
                 return
         ranges.append([seq, seq])
 
-    def _advance(self) -> None:
+    def _advance(self, may_give_up: bool = False) -> None:
         """Move the watermark over the counted ranges that touch it, and over a gap given up on."""
         ranges = self.counted
         while ranges:
@@ -241,18 +316,19 @@ class SharedRollups:
                 ranges.pop(0)
                 self.gap_since = None
                 continue
-            now = time.time()
             if self.gap_since is None:
-                self.gap_since = now
-            elif now - self.gap_since >= GAP_S:
+                self.gap_since = time.time()
+            elif may_give_up:
                 log.debug("analytics: seq %d..%d never committed; counting on", self.watermark + 1, first - 1)
                 self.watermark = first - 1
                 self.gap_since = None
+                may_give_up = False
                 continue
             break
 
-    def _save(self, conn: Any, counted: int) -> None:
-        """Write the changed buckets, the open sessions and the watermark (in the caller's transaction)."""
+    def _save(self, conn: Any, counted: int) -> set[tuple[str, int]]:
+        """Write the changed buckets, the open sessions and the watermark (in the caller's transaction); return
+        the buckets written (marked changed again if the transaction does not commit)."""
         rollups = self.plugin.rollups
         messages = self.plugin._persist_messages
         dirty, rollups.dirty = rollups.dirty, set()
@@ -274,6 +350,7 @@ class SharedRollups:
         conn.execute("UPDATE analytics_state SET watermark = %s, counted = %s, gap_since = %s, "
                      "counted_events = counted_events + %s WHERE id = 1",
                      [self.watermark, orjson.dumps(self.counted).decode(), self.gap_since, counted])
+        return dirty
 
     # --- maintenance -----------------------------------------------------------------------------------
 
@@ -290,15 +367,20 @@ class SharedRollups:
                          "description = excluded.description", [name, kind, unit, description])
 
     def reset(self) -> None:
-        """Forget every bucket and count the store again from its first event (``telemetry analytics rebuild``)."""
-        with self.store.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK])
-            conn.execute("DELETE FROM analytics_buckets")
-            conn.execute("DELETE FROM analytics_open_sessions")
-            conn.execute("UPDATE analytics_state SET watermark = 0, counted = '[]', gap_since = NULL, "
-                         "counted_events = 0 WHERE id = 1")
-        self.plugin.rollups = self.plugin._new_rollups()
-        self.watermark, self.counted, self.gap_since, self.counted_events = 0, [], None, 0
+        """Forget every bucket and count the store again from its first event (``telemetry analytics rebuild``).
+
+        The state's generation is bumped in the same transaction: the counter (in whichever process) finds it
+        changed at its next step, reloads the emptied state and counts from the first event."""
+        with self._step_lock:
+            with self.store.connection() as conn, conn.transaction():
+                conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
+                conn.execute("SELECT 1 FROM analytics_state WHERE id = 1 FOR UPDATE")
+                conn.execute("DELETE FROM analytics_buckets")
+                conn.execute("DELETE FROM analytics_open_sessions")
+                conn.execute("UPDATE analytics_state SET watermark = 0, counted = '[]', gap_since = NULL, "
+                             "counted_events = 0, generation = generation + 1 WHERE id = 1")
+            with self.plugin._lock:
+                self.load()
 
     def catch_up(self, timeout: float | None = None) -> bool:
         """Count until nothing stored is left uncounted (the leader), or wait for the leader to (a follower)."""
@@ -309,7 +391,7 @@ class SharedRollups:
                     while self.step():
                         if deadline is not None and time.monotonic() > deadline:
                             return False
-                    if not self._gaps():
+                    if not self._gaps() and self.lag() == 0:
                         return True
                 else:
                     self.load()
@@ -327,4 +409,5 @@ class SharedRollups:
             behind = self.lag()
         except StorageError:
             behind = None
-        return {"backend": "postgres", "leader": self.leader, "watermark": self.watermark, "lag": behind}
+        return {"backend": "postgres", "leader": self.leader, "watermark": self.watermark, "lag": behind,
+                "stale": self.stale}

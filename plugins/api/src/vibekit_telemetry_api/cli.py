@@ -134,8 +134,12 @@ def api(ctx: click.Context, port: int | None, host: str | None, auth: bool, api_
     click.echo("stopped; writing pending events", err=True)
 
 
-def _open_service(ctx: click.Context, config_path: str | None) -> TelemetryService:
-    """The configured service (exit 2 on a bad configuration), with analytics when it is installed."""
+def _open_service(ctx: click.Context, config_path: str | None, *, worker: bool = False) -> TelemetryService:
+    """The configured service (exit 2 on a bad configuration), with analytics when it is installed.
+
+    A worker of ``--workers`` on a store of one machine keeps its analytics rollups in memory: the workers
+    would otherwise all rewrite the one rollup file, each with its own counts (on PostgreSQL the rollups are
+    the cluster's, shared)."""
     from vibekit_telemetry import TelemetryService
     from vibekit_telemetry.plugins import installed_plugins
 
@@ -151,8 +155,10 @@ def _open_service(ctx: click.Context, config_path: str | None) -> TelemetryServi
     analytics = service.config.analytics or {}
     if analytics.get("enabled") is not False and "analytics" not in service.host.order \
             and "analytics" in {plugin.name for plugin in installed_plugins()}:
-        service.require_plugin("analytics", where="telemetry api",
-                               options={k: v for k, v in analytics.items() if k != "enabled"})
+        options = {k: v for k, v in analytics.items() if k != "enabled"}
+        if worker and getattr(service.storage_plugin(), "name", None) != "postgres" and not options.get("path"):
+            options["metrics"] = {**options.get("metrics", {}), "persistence": False}
+        service.require_plugin("analytics", where="telemetry api", options=options)
     return service
 
 
@@ -182,7 +188,7 @@ def _work(ctx: click.Context, config_path: str | None, fd: int) -> None:
     if not isinstance(orders, dict):
         click.echo("error: --worker-fd is for the workers `telemetry api --workers N` starts", err=True)
         sys.exit(2)
-    service = _open_service(ctx, config_path)
+    service = _open_service(ctx, config_path, worker=True)
     try:
         config = structure(orders["config"], APIConfig, where="telemetry api", path="api")
         server = APIServer(service, config)
@@ -248,9 +254,10 @@ def _supervise(service: TelemetryService, server: APIServer, config_path: str | 
     # this process only checked the configuration (and opened the storage once, so its schema is current
     # before several processes open it); the workers each have their own service
     service.shutdown()
-    if "analytics" in service.host.order:
-        click.echo("note: analytics rollups (/api/metrics, /api/insights, anomalies) are kept by each worker: each "
-                   "counts what was stored when it started plus what it stored itself since", err=True)
+    if "analytics" in service.host.order and getattr(service.storage_plugin(), "name", None) != "postgres":
+        click.echo("note: analytics rollups (/api/metrics, /api/insights, anomalies) are kept by each worker, in "
+                   "memory: each counts only what it stores itself from its start (with a PostgreSQL store they are the "
+                   "cluster's, shared)", err=True)
     if config.rate_limit.enabled and not config.rate_limit.shared:
         click.echo(f"warning: api.rate_limit.storage is \"memory://\": each of the {config.workers} workers keeps "
                    f"its own budget, so a client may make up to {config.workers} times rate_limit.max requests; "

@@ -196,9 +196,15 @@ class RateLimiter:
 class StoreWindows:
     """Fixed windows kept in the PostgreSQL store, with the ``hit``/``get_window_stats`` of a ``limits``
     strategy: one upsert per request counts it (a window that ended starts again at 1), on the database's
-    clock so every host agrees; windows older than a day are pruned now and then."""
+    clock so every host agrees; windows older than a day are pruned now and then.
+
+    The counts go through a connection of their own (requests take turns on it), never the store's pool, so
+    a burst of requests cannot starve ingest of connections; a statement slower than :attr:`TIMEOUT_MS` fails
+    (and the request passes: the limiter fails open) instead of holding the request up.
+    """
 
     TABLE = "api_rate_limits"
+    TIMEOUT_MS = 500
     _HIT = (f"INSERT INTO {TABLE} AS r (key, window_start, hits) VALUES (%(key)s, extract(epoch FROM "
             "clock_timestamp()), 1) ON CONFLICT (key) DO UPDATE SET "
             "hits = CASE WHEN r.window_start + %(seconds)s <= excluded.window_start THEN 1 ELSE r.hits + 1 END, "
@@ -207,29 +213,46 @@ class StoreWindows:
             "RETURNING hits, window_start + %(seconds)s - extract(epoch FROM clock_timestamp())")
 
     def __init__(self, store: Any) -> None:
+        import threading
+
         self.store = store
-        self._created = False
+        self._conn: Any = None
+        self._lock = threading.Lock()
         self._pruned = 0.0
         self._last: dict[str, float] = {}
 
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            kwargs = self.store._connect_kwargs()
+            kwargs["options"] = f"{kwargs.get('options', '')} -c statement_timeout={self.TIMEOUT_MS}".strip()
+            self._conn = psycopg.connect(self.store._conninfo(), autocommit=True, **kwargs)
+        return self._conn
+
     def create(self) -> None:
-        """Make the table (once per process; concurrent creators are serialised by an advisory lock)."""
-        if self._created:
-            return
-        with self.store.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vibekit_telemetry_api_rate_limits', 0))")
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key text PRIMARY KEY, "
-                         "window_start double precision NOT NULL, hits bigint NOT NULL)")
-        self._created = True
+        """Make the table (concurrent creators are serialised by an advisory lock)."""
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vibekit_telemetry_api_rate_limits:' "
+                             "|| current_schema(), 0))")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key text PRIMARY KEY, "
+                             "window_start double precision NOT NULL, hits bigint NOT NULL)")
 
     def _hit(self, key: str, limit: int, seconds: int) -> tuple[bool, float]:
-        self.create()
-        with self.store.connection() as conn:
-            hits, left = conn.execute(self._HIT, {"key": key, "seconds": seconds}).fetchone()
-            if time.monotonic() - self._pruned > 60:
-                self._pruned = time.monotonic()
-                conn.execute(f"DELETE FROM {self.TABLE} WHERE window_start < extract(epoch FROM clock_timestamp()) "
-                             "- 86400")
+        with self._lock:
+            try:
+                conn = self._connection()
+                hits, left = conn.execute(self._HIT, {"key": key, "seconds": seconds}).fetchone()
+                if time.monotonic() - self._pruned > 60:
+                    self._pruned = time.monotonic()
+                    conn.execute(f"DELETE FROM {self.TABLE} WHERE window_start < "
+                                 "extract(epoch FROM clock_timestamp()) - 86400")
+            except Exception:
+                if self._conn is not None:
+                    self._conn.close()  # a new one next time
+                raise
         return hits <= limit, left
 
     async def hit(self, item: Any, budget: str, client: str) -> bool:

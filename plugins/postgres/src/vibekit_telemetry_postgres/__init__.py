@@ -322,12 +322,19 @@ class PostgresStorage:
         try:
             with psycopg.connect(self.dsn, autocommit=True, **self._connect_kwargs()) as conn:
                 ran = migrations.apply(conn, self.config.schema)
+                # the partitions' width is the schema's: another one would make partitions that overlap
+                conn.execute("INSERT INTO vibekit_settings (key, value) VALUES ('partition_days', %s) "
+                             "ON CONFLICT (key) DO NOTHING", [str(self.config.partition_days)])
+                made = conn.execute("SELECT value FROM vibekit_settings WHERE key = 'partition_days'").fetchone()[0]
         except migrations.ForeignSchemaError as exc:
             raise StorageError(
                 f"{self.where} already has tables named {exc} that vibekit-telemetry did not create; refusing to "
                 "modify them: set the postgres storage `schema` option to another schema") from None
         except psycopg.Error as exc:
             raise self._explain(exc) from None
+        if made != str(self.config.partition_days):
+            raise ConfigError(f"partition_days: {self.where} was made with partitions of {made} day(s), not "
+                              f"{self.config.partition_days}; set partition_days = {made} (or use another schema)")
         if ran:
             log.info("%s: applied migration(s) %s", self.where, ", ".join(ran))
         self._pool = self._new_pool()
@@ -506,13 +513,14 @@ class PostgresStorage:
         with conn.cursor().copy(f"COPY events_in ({_COLUMNS}, words) FROM STDIN") as copy:
             for row in sql_rows:
                 copy.write_row(row)
-        inserted = {r[0] for r in conn.execute(
+        inserted = {(r[0], r[1]) for r in conn.execute(
             f"INSERT INTO events ({_COLUMNS}, words) SELECT {_COLUMNS}, words FROM events_in "
-            "ON CONFLICT (id, timestamp) DO NOTHING RETURNING id")}
+            "ON CONFLICT (id, timestamp) DO NOTHING RETURNING id, timestamp")}
         fresh = []
         for row in rows:
-            if row[0] in inserted:
-                inserted.discard(row[0])
+            key = (row[0], row[7])  # an event is its id and its time (the table's key)
+            if key in inserted:
+                inserted.discard(key)
                 fresh.append(row)
         return fresh
 
@@ -598,8 +606,9 @@ class PostgresStorage:
                     events = self._fetch(keys)
                     self.heard += len(events)
                     service.offer_to_streams(events)
-            except (psycopg.Error, StorageError, ValueError, KeyError) as exc:
-                log.warning("%s: listening for other processes' events failed (%s); retrying", self.where, exc)
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any one failure
+                log.warning("%s: listening for other processes' events failed (%s: %s); retrying", self.where,
+                            type(exc).__name__, exc)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()

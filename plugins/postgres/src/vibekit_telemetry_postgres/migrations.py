@@ -95,6 +95,10 @@ CREATE INDEX sessions_kind ON sessions (kind, started_at);
 -- cluster counts every stored event once, by seq) need seq alone.
 CREATE INDEX events_by_seq ON events (seq);
 """),
+    ("003_settings", """
+-- Settings the schema was made with that a later start must not change (the partitions' width).
+CREATE TABLE vibekit_settings (key text PRIMARY KEY, value text NOT NULL);
+"""),
 ]
 
 _TABLE = "vibekit_migrations"
