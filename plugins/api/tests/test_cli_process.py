@@ -15,27 +15,12 @@ import httpx
 from vibekit_telemetry import TelemetryService
 
 
-def _start(tmp_path, *args):
-    (tmp_path / "telemetry.toml").write_text('data_dir = "data"\nservice_name = "cli-api"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "vibekit_telemetry", "api", "--port", "0", *args],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1), lines
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("telemetry api did not start:\n" + "".join(lines) + proc.stderr.read())
+TOML = 'data_dir = "data"\nservice_name = "cli-api"\n'
 
 
-def test_sigterm_drains_and_every_acknowledged_event_is_stored(tmp_path):
-    proc, url, _ = _start(tmp_path, "--no-rate-limit")
+def test_sigterm_drains_and_every_acknowledged_event_is_stored(tmp_path, start_api):
+    server = start_api(TOML, "--no-rate-limit")
+    url = server.url
     acked: list[str] = []
     stop = threading.Event()
 
@@ -57,8 +42,7 @@ def test_sigterm_drains_and_every_acknowledged_event_is_stored(tmp_path):
     thread = threading.Thread(target=produce)
     thread.start()
     time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    server.stop(signal.SIGTERM, timeout=30)
     stop.set()
     thread.join(10)
     assert len(acked) >= 1000
@@ -67,26 +51,20 @@ def test_sigterm_drains_and_every_acknowledged_event_is_stored(tmp_path):
     assert stored >= set(acked), f"{len(set(acked) - stored)} acknowledged events were lost"
 
 
-def test_auth_flag_generates_a_key_and_enforces_it(tmp_path):
-    proc, url, lines = _start(tmp_path, "--auth")
-    try:
-        key = next(re.search(r"generated API key \(shown once\): (\S+)", line).group(1)
-                   for line in lines if "generated API key" in line)
-        assert httpx.get(f"{url}/api/events").status_code == 401
-        assert httpx.get(f"{url}/api/events", headers={"x-api-key": key}).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+def test_auth_flag_generates_a_key_and_enforces_it(start_api):
+    server = start_api(TOML, "--auth")
+    key = next(re.search(r"generated API key \(shown once\): (\S+)", line).group(1)
+               for line in server.lines if "generated API key" in line)
+    assert httpx.get(f"{server.url}/api/events").status_code == 401
+    assert httpx.get(f"{server.url}/api/events", headers={"x-api-key": key}).status_code == 200
+    server.stop(signal.SIGINT, timeout=30)
 
 
-def test_allowed_host_flag_adds_a_name_the_server_answers_to(tmp_path):
-    proc, url, _ = _start(tmp_path, "--allowed-host", "telemetry.internal")
-    try:
-        assert httpx.get(f"{url}/health", headers={"host": "telemetry.internal"}).status_code == 200
-        assert httpx.get(f"{url}/health", headers={"host": "evil.example"}).status_code == 421
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+def test_allowed_host_flag_adds_a_name_the_server_answers_to(start_api):
+    server = start_api(TOML, "--allowed-host", "telemetry.internal")
+    assert httpx.get(f"{server.url}/health", headers={"host": "telemetry.internal"}).status_code == 200
+    assert httpx.get(f"{server.url}/health", headers={"host": "evil.example"}).status_code == 421
+    server.stop(signal.SIGINT, timeout=30)
 
 
 def test_bad_options_fail_with_a_message(tmp_path):
