@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vibekit_telemetry import InvalidEventError, StorageError, StorageUnavailableError, TelemetryService, hookimpl
+from vibekit_telemetry import InvalidEventError, StorageError, StorageUnavailableError, TelemetryService, hookimpl, now_ms
 from vibekit_telemetry.cli import cli
 from vibekit_telemetry.journal import Journal
 from vibekit_telemetry.model import TelemetryEvent
@@ -719,3 +719,45 @@ def test_a_store_whose_start_hangs_neither_blocks_reads_for_ever_nor_outlives_sh
     time.sleep(0.3)
     assert log.count("shutdown") >= 1 and log[-1] == "shutdown"  # closed after it finally opened
     assert t._sinks["hanging"].unavailable is not None
+
+
+def _slow_sqlite(path, delay_s):
+    from vibekit_telemetry_sqlite import SQLiteStorage
+
+    class SlowToOpen(SQLiteStorage):
+        name = "slow-sqlite"
+
+        @hookimpl
+        def startup(self, service):
+            time.sleep(delay_s)  # a large file being checked on a loaded machine
+            super().startup(service)
+
+    return SlowToOpen(SQLiteStorage.Config(path=str(path)))
+
+
+def test_clean_and_reads_wait_for_a_store_still_opening_and_see_what_was_journaled(in_tmp):
+    day = 86_400_000
+    with TelemetryService(storage=[], plugins=[_slow_sqlite(in_tmp / "slow.db", 0.6)],
+                          reliability={"startup_timeout_ms": 50}) as t:
+        assert t._sinks["slow-sqlite"].unavailable is not None  # started degraded: still opening
+        old = t.track({"category": "old", "timestamp": now_ms() - 100 * day})
+        recent = t.track({"category": "recent"})
+        assert t.clean(90) == 1  # waited for the opening, stored the journal, then cleaned
+        assert [e.id for e in t.query()] == [recent] and old != recent
+
+
+def test_clean_on_a_store_that_does_not_open_in_time_is_a_clear_error_not_a_crash_inside_it(in_tmp, monkeypatch):
+    import vibekit_telemetry.service as service_module
+
+    monkeypatch.setattr(service_module, "READ_WAIT_S", 0.2)
+    with TelemetryService(storage=[], plugins=[_slow_sqlite(in_tmp / "slow.db", 1.5)],
+                          reliability={"startup_timeout_ms": 50}) as t:
+        t.track({"category": "c"})
+        with pytest.raises(StorageUnavailableError, match="cannot clean now: storage 'slow-sqlite'.*not open yet"):
+            t.clean(90)
+        with pytest.raises(StorageUnavailableError, match="not open yet"):
+            t.optimize()
+        deadline = time.monotonic() + 10
+        while t._sinks["slow-sqlite"].unavailable is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert t.clean(90) == 0 and len(t.query()) == 1  # the event journaled meanwhile was stored

@@ -1165,6 +1165,29 @@ class TelemetryService:
         """Call the handlers subscribed to ``name`` (plugins use this for their own events)."""
         self._emit(name, payload)
 
+    def _settle(self, sinks: list[GuardedSink]) -> None:
+        """Before a read or maintenance: wait for ``sinks`` still opening (a large file being checked, not for
+        retries), then flush, so what was journaled while they opened is stored in them first."""
+        for sink in sinks:
+            opening = self._opening.get(sink.name)
+            if sink.unavailable is not None and opening is not None:
+                opening.wait(READ_WAIT_S)
+        self.flush()
+
+    def _settle_for(self, hook: str) -> None:
+        """:meth:`_settle` every store that implements ``hook``; raise if one of them is still not open.
+
+        Maintenance (clean, rewrite, delete, optimize) on some stores but not others would leave them
+        disagreeing, and a plugin that is not open cannot do it: the caller gets a clear error instead.
+        """
+        names = {impl.plugin for impl in self.host.impls(hook)}
+        sinks = [sink for sink in self._sink_list if sink.name in names]
+        self._settle(sinks)
+        closed = [f"{sink.name!r} ({sink.unavailable})" for sink in sinks if sink.unavailable is not None]
+        if closed:
+            raise StorageUnavailableError(
+                f"cannot {hook} now: storage {', '.join(closed)} is not open yet; try again once it opens")
+
     def _emit(self, name: str, payload: Any) -> None:
         for handler in list(self._handlers.get(name, ())):
             try:
@@ -1176,14 +1199,11 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         _check_bounds(kwargs.get("filter"))
-        self.flush()
         impls = self.host.impls(hook)
         if not impls:
             raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
         primary = self._sink_list[0] if self._sink_list else None
-        if primary is not None and primary.unavailable is not None and primary.name in self._opening:
-            # a read may wait for the opening in progress (a large file being checked), not for retries
-            self._opening[primary.name].wait(READ_WAIT_S)
+        self._settle(self._sink_list[:1])
         if primary is not None and primary.unavailable is not None:
             raise StorageUnavailableError(
                 f"storage {primary.name!r} is not open yet ({primary.unavailable}); events tracked meanwhile are "
@@ -1291,7 +1311,7 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         _check_bounds(flt)
-        self.flush()
+        self._settle(self._sink_list[:1])
         stream = self.host.first("scan", filter=flt)[1]
         if stream is None:
             return None
@@ -1319,7 +1339,7 @@ class TelemetryService:
         impl = next((i for i in self.host.impls("scan_rows") if scanners and i.plugin == scanners[0].plugin), None)
         if impl is None:
             return None
-        self.flush()
+        self._settle(self._sink_list[:1])
         batches = impl(filter=attrs.evolve(flt, order="asc"), columns=tuple(columns))
         if batches is None:
             return None
@@ -1443,7 +1463,7 @@ class TelemetryService:
         """Delete events older than ``retention_days`` from every storage plugin; return how many went."""
         if retention_days < 0:
             raise ValueError("retention_days must be >= 0")
-        self.flush()
+        self._settle_for("clean")
         before = now_ms() - int(retention_days * 86_400_000)
         errors: list[str] = []
         results = self.host.each("clean", lambda name, exc: errors.append(f"{name}: {exc}"), before=before)
@@ -1457,7 +1477,7 @@ class TelemetryService:
 
     def optimize(self) -> None:
         """Compact every storage plugin's indexes and files."""
-        self.flush()
+        self._settle_for("optimize")
         errors: list[str] = []
         self.host.each("optimize", lambda name, exc: errors.append(f"{name}: {exc}"))
         if errors:
@@ -1833,7 +1853,7 @@ class TelemetryService:
         """
         if not self.host.impls("rewrite"):
             raise PluginError("no storage plugin can rewrite stored events (the rewrite hook)")
-        self.flush()
+        self._settle_for("rewrite")
         for impl in self.host.impls("before_store"):
             events = impl(events=events) or events
         found = [count for _, count in self.host.each("rewrite", _reraise, events=events)]
@@ -1844,7 +1864,7 @@ class TelemetryService:
         """Delete events by id from every storage plugin (and fix or drop their sessions)."""
         if not self.host.impls("delete"):
             raise PluginError("no storage plugin can delete events by id (the delete hook)")
-        self.flush()
+        self._settle_for("delete")
         counts = [count for _, count in self.host.each("delete", _reraise, event_ids=list(event_ids))]
         self.host.each("cache_invalidate", self._plugin_failure, hooks=None)
         return counts[0] if counts and counts[0] is not None else 0

@@ -763,7 +763,8 @@ class SQLiteStorage:
         deleted = 0
         with self._write_lock:
             conn = self._writer
-            assert conn is not None
+            if conn is None:
+                raise StorageUnavailableError("the sqlite storage is not open")
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 cur = conn.execute(
@@ -782,7 +783,8 @@ class SQLiteStorage:
         """Merge the full-text index, refresh planner statistics, checkpoint the WAL, and vacuum when much is free."""
         with self._write_lock:
             conn = self._writer
-            assert conn is not None
+            if conn is None:
+                raise StorageUnavailableError("the sqlite storage is not open")
             conn.execute("INSERT INTO events_fts(events_fts) VALUES ('optimize')")
             conn.execute("ANALYZE")
             conn.execute("PRAGMA optimize")
