@@ -137,11 +137,9 @@ def _prepared_store(dsn: str, schema: str, rows: list[tuple[Any, ...]]) -> Any:
 
 def sql_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Kernel rows as the store copies them: metadata and truncated as JSON text, and the tsvector of the words."""
-    import orjson
-    from vibekit_telemetry_postgres import tsvector_text
+    from vibekit_telemetry_postgres import copy_row
 
-    return [(*r[:17], orjson.dumps(r[17] or {}).decode(), orjson.dumps(list(r[18])).decode() if r[18] else None,
-             tsvector_text(r[10], r[12])) for r in rows]
+    return [copy_row(r) for r in rows]
 
 
 def ingest_copy(server: Server, rows: list[tuple[Any, ...]], prepared: list[tuple[Any, ...]], *,

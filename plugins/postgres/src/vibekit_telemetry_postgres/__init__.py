@@ -109,16 +109,16 @@ _DELTA = (("id", "text"), ("agent", "text"), ("agent_given", "bool"), ("mode", "
           ("error_count", "bigint"), ("metadata", "jsonb"), ("input_tokens", "bigint"), ("output_tokens", "bigint"),
           ("cache_read_tokens", "bigint"), ("cache_creation_tokens", "bigint"), ("reasoning_tokens", "bigint"),
           ("last_error", "text"), ("has_start", "bool"))
-#: New sessions first get an empty row (in id order: two writers creating the same sessions never deadlock) ...
-_NEW_SESSIONS = ("INSERT INTO sessions (id, status) SELECT id, 'active' FROM jsonb_array_elements_text(%s::jsonb) "
-                 "AS id ORDER BY id ON CONFLICT (id) DO NOTHING")
-#: ... then every session of the batch is locked in id order ...
+#: ``(name, SQL type)`` of the label columns, which a new session's row carries from its fold
+_LABELS = tuple((name, "text") for name in SESSION_LABELS)
+#: A session not stored yet is inserted whole: its fold over the batch is its row (in id order: two writers
+#: creating the same sessions wait for each other and never deadlock); the ids that were new come back ...
+_NEW_SESSIONS = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM jsonb_to_recordset("
+                 f"%s::jsonb) AS d({', '.join(f'{n} {t}' for n, t in _DELTA + _LABELS if not n.endswith('_given'))}) "
+                 "ORDER BY id ON CONFLICT (id) DO NOTHING RETURNING id")
+#: ... the others, stored already (by an earlier batch or another writer), are locked in id order ...
 _LOCK_SESSIONS = ("SELECT 1 FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
                   "FOR UPDATE")
-#: ... and its fold is added to the stored row: counts and tokens add up, first times take the least, last
-#: times the greatest, the latest end decides the status, metadata merges (newer keys win), a start event
-#: names the agent and the prompt.  The same merge as ``fold_session_rows`` with the stored row as its prior,
-#: so any number of writers can add their batches in any order and lose nothing.
 _ADD_TO_SESSIONS = f"""
 UPDATE sessions AS s SET
     agent = CASE WHEN d.agent_given THEN d.agent ELSE coalesce(s.agent, d.agent) END,
@@ -186,6 +186,13 @@ def tsvector_text(*texts: str | None) -> str | None:
             break
         out.append(f"'{word}'")
     return " ".join(out) or None
+
+
+def copy_row(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A kernel event row as ``COPY`` takes it: metadata and ``truncated`` as JSON text, and its words."""
+    metadata = r[17]
+    return (*r[:17], metadata if type(metadata) is str else _dumps(metadata) if metadata else "{}",
+            _dumps(list(r[18])) if r[18] else None, tsvector_text(r[10], r[12]))
 
 
 def _tsquery(text: str) -> str:
@@ -476,25 +483,34 @@ class PostgresStorage:
         if not starts <= self._partitions:
             self._ensure_partitions(starts)
         self._ensure_ahead()
-        dumps = _dumps
-        sql_rows = [(*r[:17], r[17] if type(r[17]) is str else dumps(r[17]) if r[17] else "{}",
-                     dumps(list(r[18])) if r[18] else None, tsvector_text(r[10], r[12])) for r in rows]
+        sql_row = copy_row
+        sql_rows: list[tuple[Any, ...]] = []
         for attempt in (1, 2):
             try:
                 with self._connection() as conn:
                     try:
                         with conn.transaction():
                             with conn.cursor().copy(_COPY_EVENTS) as copy:
-                                for row in sql_rows:
-                                    copy.write_row(row)
-                            self._add_to_sessions(conn, rows)
-                            self._announce(conn, rows)
+                                # each row formatted as it goes in: the server parses the first rows while the
+                                # later ones are made, and folds the sessions while the server finishes
+                                sql_rows = []  # kept for the replay path below
+                                keep, write = sql_rows.append, copy.write_row
+                                for r in rows:
+                                    row = sql_row(r)
+                                    keep(row)
+                                    write(row)
+                                deltas = self._session_deltas(rows)
+                                notes = self._notes(rows)
+                            self._add_to_sessions(conn, deltas)
+                            self._notify(conn, notes)
                     except errors.UniqueViolation:
                         # some ids are stored already (a retried batch, a replayed journal): only the new ones
+                        if len(sql_rows) != len(rows):  # refused before every row was written
+                            sql_rows = [copy_row(r) for r in rows]
                         with conn.transaction():
                             fresh = self._insert_new(conn, rows, sql_rows)
-                            self._add_to_sessions(conn, fresh)
-                            self._announce(conn, fresh)
+                            self._add_to_sessions(conn, self._session_deltas(fresh))
+                            self._notify(conn, self._notes(fresh))
                 return
             except StorageError as exc:
                 cause = exc.__cause__
@@ -525,51 +541,70 @@ class PostgresStorage:
         return fresh
 
     @staticmethod
-    def _add_to_sessions(conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Fold the rows into one delta per session and add the deltas to the stored sessions."""
-        deltas = fold_session_rows(rows, {})
-        if not deltas:
-            return
+    def _session_deltas(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """The batch folded into one record per session (in id order): its row as if new, plus whether a
+        start event of the batch gave the agent and the prompt (a fold falls back to the category and to any
+        event's prompt, which a stored session's own values must then outrank)."""
+        folds = fold_session_rows(rows, {})
+        if not folds:
+            return []
         given: dict[str, list[bool]] = {}
         for r in rows:
             if r[2] == "start" and r[1]:
                 flags = given.setdefault(r[1], [False, False])
                 flags[0] |= r[8] is not None
                 flags[1] |= r[10] is not None
-        ids = sorted(deltas)
-        names = [n for n, _ in _DELTA]
         records = []
-        for sid in ids:
-            d = deltas[sid]
+        for sid in sorted(folds):
+            d = folds[sid]
             agent_given, prompt_given = given.get(sid, (False, False))
-            # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
-            records.append(dict(zip(names, (
-                sid, d[1], agent_given, d[2], d[3], prompt_given, d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
-                d[12], d[13], d[14] or {}, d[15], d[16], d[17], d[18], d[19], d[20], bool(d[21]))), strict=True))
-        keys = orjson.dumps(ids).decode()
-        conn.execute(_NEW_SESSIONS, [keys])
-        conn.execute(_LOCK_SESSIONS, [keys])
-        conn.execute(_ADD_TO_SESSIONS, [orjson.dumps(records).decode()])
+            records.append({
+                "id": sid, "agent": d[1], "agent_given": agent_given, "mode": d[2], "prompt": d[3],
+                "prompt_given": prompt_given, "status": d[4], "parent_id": d[5], "started_at": d[6],
+                "ended_at": d[7], "first_event_at": d[8], "last_event_at": d[9], "first_stream_at": d[10],
+                "event_count": d[11], "stream_count": d[12], "error_count": d[13], "metadata": d[14] or {},
+                "input_tokens": d[15], "output_tokens": d[16], "cache_read_tokens": d[17],
+                "cache_creation_tokens": d[18], "reasoning_tokens": d[19], "last_error": d[20],
+                "has_start": bool(d[21]), "kind": d[22], "model": d[23], "conversation_id": d[24],
+                "user_id": d[25]})
+        return records
 
-    def _announce(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """NOTIFY the keys of the batch's events on the schema's channel, in payloads under PostgreSQL's 8000
-        bytes; delivered when (and only if) the transaction commits."""
-        if not self.config.notify or not rows:
+    @staticmethod
+    def _add_to_sessions(conn: Any, records: list[dict[str, Any]]) -> None:
+        """Insert the batch's new sessions whole and add the others' folds to their stored rows."""
+        if not records:
             return
+        # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
+        new = {sid for (sid,) in conn.execute(_NEW_SESSIONS, [orjson.dumps(records).decode()])}
+        if len(new) == len(records):
+            return
+        stored = [r for r in records if r["id"] not in new]
+        conn.execute(_LOCK_SESSIONS, [orjson.dumps([r["id"] for r in stored]).decode()])
+        conn.execute(_ADD_TO_SESSIONS, [orjson.dumps(stored).decode()])
+
+    def _notes(self, rows: list[tuple[Any, ...]]) -> str | None:
+        """The NOTIFY payloads announcing the batch's event keys (under PostgreSQL's 8000 bytes each), as one
+        JSON array, or ``None`` when this store does not announce."""
+        if not self.config.notify or not rows:
+            return None
         payloads: list[str] = []
         keys: list[list[Any]] = []
         size = 0
         for r in rows:
-            key = [r[7], r[0]]
             n = len(r[0].encode()) + 20
             if keys and size + n > _NOTIFY_BYTES:
                 payloads.append(orjson.dumps({"o": self.origin, "k": keys}).decode())
                 keys, size = [], 0
-            keys.append(key)
+            keys.append([r[7], r[0]])
             size += n
         payloads.append(orjson.dumps({"o": self.origin, "k": keys}).decode())
-        conn.execute("SELECT pg_notify(%s, p) FROM jsonb_array_elements_text(%s::jsonb) AS p",
-                     [self.channel, orjson.dumps(payloads).decode()])
+        return orjson.dumps(payloads).decode()
+
+    def _notify(self, conn: Any, notes: str | None) -> None:
+        """Send :meth:`_notes` on the schema's channel; delivered when (and only if) the transaction commits."""
+        if notes is not None:
+            conn.execute("SELECT pg_notify(%s, p) FROM jsonb_array_elements_text(%s::jsonb) AS p",
+                         [self.channel, notes])
 
     def _start_listening(self) -> None:
         if not self.config.listen or self._listener is not None:

@@ -99,6 +99,19 @@ CREATE INDEX events_by_seq ON events (seq);
 -- Settings the schema was made with that a later start must not change (the partitions' width).
 CREATE TABLE vibekit_settings (key text PRIMARY KEY, value text NOT NULL);
 """),
+    ("004_partial_label_indexes", """
+-- Most sessions have no parent, conversation, user or kind: those indexes hold only the sessions that do (a
+-- filter on a value implies it is set; roots are found through sessions_started), so writing a new session
+-- touches four indexes fewer.
+DROP INDEX sessions_parent;
+DROP INDEX sessions_conversation;
+DROP INDEX sessions_user;
+DROP INDEX sessions_kind;
+CREATE INDEX sessions_parent ON sessions (parent_id, started_at) WHERE parent_id IS NOT NULL;
+CREATE INDEX sessions_conversation ON sessions (conversation_id, started_at) WHERE conversation_id IS NOT NULL;
+CREATE INDEX sessions_user ON sessions (user_id, started_at) WHERE user_id IS NOT NULL;
+CREATE INDEX sessions_kind ON sessions (kind, started_at) WHERE kind IS NOT NULL;
+"""),
 ]
 
 _TABLE = "vibekit_migrations"
