@@ -630,7 +630,8 @@ def postgres_figures(results: dict[str, Any], quick: bool) -> None:
     runs = 1 if quick else 3
     print(f"PostgreSQL: raw COPY, COPY + sessions, executemany INSERT, the service, SQLite; {n:,} events x {runs} "
           "runs; reads ...", flush=True)
-    r = postgres_bench.run(n, runs=runs, repeat=100 if quick else 300, insert_n=n // 4)
+    r = postgres_bench.run(n, runs=runs, repeat=100 if quick else 300, insert_n=n // 4,
+                           metrics_n=100_000 if quick else 1_000_000, scale_duration=10.0 if quick else 30.0)
     results["postgres"] = r
     if "skipped" in r:
         print(f"  skipped: {r['skipped']}", flush=True)
@@ -649,6 +650,17 @@ def postgres_figures(results: dict[str, Any], quick: bool) -> None:
         figures[f"pg_{name}_sqlite_p50_us"] = {"median": lite["p50"], "min": lite["p50"], "max": lite["p99"],
                                                "runs": 1}
         figures[f"pg_{name}_vs_sqlite_ratio"] = {"median": ours["p50"] / lite["p50"]}
+    metrics = r.get("metrics")
+    if metrics:
+        figures["pg_rollups_catch_up_events_per_s"] = single(metrics["catch_up_events_per_s"])
+        for name, key in (("get_metrics", "pg_get_metrics_p50_us"), ("sql_aggregate", "pg_metrics_sql_p50_us")):
+            figures[key] = {"median": metrics[name]["p50"], "min": metrics[name]["p50"], "max": metrics[name]["p99"],
+                            "runs": 1}
+    scale = r.get("scale_out")
+    if scale:
+        for count in (1, 2):
+            figures[f"pg_api_{count}_process_events_per_s"] = single(scale[f"{count}_process"]["events_per_s"])
+        figures["pg_api_two_vs_one_ratio"] = single(scale["two_vs_one"])
 
 
 GOALS = [
@@ -885,10 +897,37 @@ def _postgres_section(pg: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {label} | {_fmt(ours)} | {_fmt(lite)} | {ours / lite:.2f} |")
         (faster if ours < lite else slower).append(short)
     (faster if ratios["service_vs_sqlite"]["median"] > 1 else slower).insert(0, "ingest")
+    metrics = pg.get("metrics")
+    if metrics:
+        lines.append(f"| get_metrics('24h') over {metrics['n']:,} stored events (shared rollups), p50 µs | "
+                     f"{_fmt(metrics['get_metrics']['p50'])} | | the same figures as one SQL aggregate: "
+                     f"{_fmt(metrics['sql_aggregate']['p50'])} µs |")
     lines += ["", f"In this run PostgreSQL was ahead on: {', '.join(faster) or 'nothing'}; SQLite on: "
               f"{', '.join(slower) or 'nothing'}. Each PostgreSQL call pays a round trip to the server, where SQLite reads "
               "pages inside the process; "
               "what PostgreSQL adds is one store that several processes and hosts write and read at once."]
+    if metrics:
+        lines += ["", f"Shared rollups: a service with analytics opened over {metrics['n']:,} events already stored "
+                  f"(loaded by raw COPY in {metrics['load_s']:.0f} s) returned from its constructor in "
+                  f"{metrics['constructor_s']:.2f} s; the cluster's counter counted the store in within "
+                  f"{metrics['catch_up_s']:.0f} s ({_fmt(metrics['catch_up_events_per_s'])} events/s), in the "
+                  "background."]
+    scale = pg.get("scale_out")
+    if scale:
+        lines += ["", f"API scale-out: the {scale['clients']}-client load test of `benchmarks.api_load` "
+                  f"({scale['duration_s']:.0f} s, batches of 100) against `telemetry api` processes on one database.",
+                  "", "| API processes | events/s | p50 ms | p99 ms | 5xx | acknowledged, not stored |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for count in (1, 2):
+            r = scale[f"{count}_process"]
+            lines.append(f"| {count} | {_fmt(r['events_per_s'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                         f"{r['server_errors']} | {r['lost']} of {r['acked']:,} |")
+        verdict = ("so a second process adds no throughput here" if scale["two_vs_one"] < 1.15 else
+                   "and a second process still adds throughput")
+        lines += ["", f"Two processes / one: {scale['two_vs_one']:.2f}. On this machine the database server, "
+                  f"the clients and the API processes share the same {os.cpu_count()} cores, {verdict}; on separate "
+                  "hosts each server brings its own cores, and the database (one COPY per batch) is what they "
+                  "share."]
     return lines
 
 

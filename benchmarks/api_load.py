@@ -42,9 +42,10 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """``telemetry api`` in a fresh directory, as a subprocess."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: str = "") -> None:
+        """``config``: more of ``telemetry.toml`` (a storage plugin), after the data directory and name."""
         self.workdir = workdir
-        (workdir / "telemetry.toml").write_text('data_dir = "data"\nservice_name = "api-bench"\n')
+        (workdir / "telemetry.toml").write_text('data_dir = "data"\nservice_name = "api-bench"\n' + config)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
         self.proc = subprocess.Popen([sys.executable, "-m", "vibekit_telemetry", "api", "--port", "0", "--no-rate-limit"],
                                      cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
@@ -55,11 +56,18 @@ class Server:
             if match:
                 self.url = match.group(1)
                 self.ps = psutil.Process(self.proc.pid)
+                # keep reading what it logs: a full stderr pipe would stop the server mid-test
+                self.log: list[str] = []
+                threading.Thread(target=self._drain_log, daemon=True).start()
                 return
             if self.proc.poll() is not None:
                 break
         self.proc.kill()
         raise RuntimeError("telemetry api did not start: " + self.proc.stderr.read())
+
+    def _drain_log(self) -> None:
+        for line in self.proc.stderr:
+            self.log = [*self.log[-49:], line]
 
     def stop(self) -> float:
         """SIGTERM, then wait for the drain (everything accepted is written before the server exits); its seconds."""
@@ -73,13 +81,14 @@ class Server:
             return {e.id for e in service.iter_events(order="asc")}
 
 
-def _batches(batch: int, session_every: int = 12) -> Any:
-    """Realistic event dicts: sessions of a start, ten chunks and an end, sent ``batch`` at a time."""
+def _batches(batch: int, session_every: int = 12, prefix: str = "s") -> Any:
+    """Realistic event dicts: sessions of a start, ten chunks and an end, sent ``batch`` at a time (the session
+    ids start with ``prefix``: each client has sessions of its own)."""
     n = 0
     while True:
         out = []
         for _ in range(batch):
-            sid = f"s{n // session_every}"
+            sid = f"{prefix}{n // session_every}"
             kind = n % session_every
             event = {"category": "claude", "session_id": sid, "timestamp": now_ms()}
             if kind == 0:
@@ -95,12 +104,13 @@ def _batches(batch: int, session_every: int = 12) -> Any:
         yield orjson.dumps(out)
 
 
-def post_batches(url: str, seconds: float, batch: int = 100, sample: Any = None) -> dict[str, Any]:
+def post_batches(url: str, seconds: float, batch: int = 100, sample: Any = None, prefix: str = "s"
+                 ) -> dict[str, Any]:
     """Post batches for ``seconds``; events/s, request latency, status counts and the acknowledged ids."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     acked: list[str] = []
-    source = _batches(batch)
+    source = _batches(batch, prefix=prefix)
     with httpx.Client(base_url=url, timeout=30, headers={"content-type": "application/json"}) as client:
         started = time.perf_counter()
         last_sample = 0.0
@@ -122,13 +132,19 @@ def post_batches(url: str, seconds: float, batch: int = 100, sample: Any = None)
             "p99_ms": percentile(latencies, 0.99), "statuses": statuses, "acked": acked}
 
 
-def post_concurrently(url: str, seconds: float, clients: int, sample: Any = None) -> dict[str, Any]:
-    """``clients`` threads, each with its own connection, posting batches for ``seconds``; merged figures."""
+def post_concurrently(url: str | list[str], seconds: float, clients: int, sample: Any = None) -> dict[str, Any]:
+    """``clients`` threads, each with its own connection, posting batches for ``seconds``; merged figures.
+
+    With several ``url``s the clients take them in turn (client ``i`` posts to ``url[i % len(url)]``), as a
+    load balancer in front of several servers would share them out.
+    """
+    urls = [url] if isinstance(url, str) else url
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
 
     def one(index: int) -> None:
-        result = post_batches(url, seconds, sample=sample if index == 0 else None)
+        result = post_batches(urls[index % len(urls)], seconds, sample=sample if index == 0 else None,
+                              prefix=f"c{index}-s")
         with lock:
             results.append(result)
 

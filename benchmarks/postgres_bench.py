@@ -267,7 +267,122 @@ def sqlite_reads(service: TelemetryService, session_id: str, repeat: int) -> dic
     return out
 
 
-def run(n: int, *, runs: int = 3, repeat: int = 300, insert_n: int | None = None) -> dict[str, Any]:
+def _load_raw(server: Server, schema: str, n: int, end: int) -> None:
+    """``n`` events of the workload over the last 24 h into a new ``schema`` the quickest way there is: raw
+    ``COPY`` and one sessions UPSERT per batch (the honest baseline), made in slices so memory stays small."""
+    import itertools
+
+    import psycopg
+    from vibekit_telemetry.model import TelemetryEvent
+    from vibekit_telemetry_postgres import copy_row
+
+    from vibekit_telemetry_postgres import PostgresStorage
+
+    store = PostgresStorage.open(server.dsn, schema=schema, listen=False)
+    store._ensure_partitions({t - t % store.span_ms for t in (end - 24 * 3_600_000, end)})
+    store.close()
+    copy_sql = f"COPY events ({_COLUMNS}, words) FROM STDIN"
+    source = event_dicts(n, span_ms=24 * 3_600_000, end_ms=end)
+    with psycopg.connect(server.dsn, options=f"-c search_path={schema}") as conn:
+        while batch := [copy_row(TelemetryEvent.from_dict(d).to_row()) for d in itertools.islice(source, BATCH)]:
+            with conn.transaction():
+                last, called = conn.execute("SELECT last_value, is_called FROM events_seq").fetchone()
+                with conn.cursor().copy(copy_sql) as copy:
+                    for row in batch:
+                        copy.write_row(row)
+                conn.execute(_HONEST_SESSIONS, [batch[0][7], batch[-1][7], last if called else 0])
+        conn.execute("ANALYZE")
+
+
+def metrics_at_scale(server: Server, n: int, repeat: int) -> dict[str, Any]:
+    """Shared rollups over a store that already holds ``n`` events: how long the cluster's counter (one process,
+    by ``seq``) takes to count them in, and ``get_metrics("24h")`` next to the same figures as one SQL
+    aggregate over the events."""
+    import psycopg
+
+    schema = _fresh_schema("metrics")
+    end = now_ms()
+    try:
+        started = time.perf_counter()
+        _load_raw(server, schema, n, end)
+        load_s = time.perf_counter() - started
+        with tempfile.TemporaryDirectory(prefix="vibekit-pg-metrics-") as tmp:
+            started = time.perf_counter()
+            service = TelemetryService(storage=[{"type": "postgres", "options": {"dsn": server.dsn, "schema": schema}}],
+                                       data_dir=tmp, analytics={"enabled": True})
+            constructor_s = time.perf_counter() - started
+            try:
+                analytics = service.host.meta["analytics"]["object"]
+                if not analytics.wait_for_catch_up(900):
+                    raise RuntimeError("the shared rollups did not count the store in within 900 s")
+                catch_up_s = time.perf_counter() - started
+                counted = service.get_metrics("48h").events.total
+                if counted != n:
+                    raise RuntimeError(f"the shared rollups counted {counted:,} of {n:,} events")
+                day_ago = now_ms() - 86_400_000
+                scan_sql = ("SELECT category, event_type, count(*) FROM events WHERE timestamp >= %s "
+                            "GROUP BY category, event_type")
+                durations_sql = ("SELECT ended_at - started_at FROM sessions WHERE ended_at >= %s AND has_start "
+                                 "ORDER BY ended_at - started_at")
+                with psycopg.connect(server.dsn, options=f"-c search_path={schema}", autocommit=True) as conn:
+                    ours, raw = _paired_us(lambda: service.get_metrics("24h"),
+                                           lambda: (conn.execute(scan_sql, [day_ago]).fetchall(),
+                                                    conn.execute(durations_sql, [day_ago]).fetchall()), repeat)
+            finally:
+                service.shutdown()
+    finally:
+        server.drop(schema)
+    return {"n": n, "load_s": load_s, "constructor_s": constructor_s, "catch_up_s": catch_up_s,
+            "catch_up_events_per_s": n / catch_up_s, "get_metrics": ours, "sql_aggregate": raw}
+
+
+def _stored_ids(server: Server, schema: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(server.dsn) as conn:
+        return {r[0] for r in conn.execute(f"SELECT id FROM {schema}.events")}
+
+
+def scale_out(server: Server, duration: float) -> dict[str, Any]:
+    """The 4-client HTTP load test of ``benchmarks.api_load`` against one ``telemetry api`` process on a
+    PostgreSQL store, then against two processes on the same database (the clients shared out between them,
+    as a load balancer would): events/s, latency, and that every acknowledged event was stored."""
+    import json
+
+    from benchmarks import api_load
+
+    out: dict[str, Any] = {"duration_s": duration, "clients": 4}
+    with tempfile.TemporaryDirectory(prefix="vibekit-pg-scale-") as tmp:
+        for count in (1, 2):
+            print(f"  the 4-client load test on {count} API process(es), {duration:.0f} s ...", flush=True)
+            schema = _fresh_schema(f"api{count}")
+            config = (f'\n[[storage]]\ntype = "postgres"\n[storage.options]\ndsn = {json.dumps(server.dsn)}\n'
+                      f'schema = "{schema}"\n')
+            servers = []
+            try:
+                for index in range(count):
+                    workdir = Path(tmp) / f"{count}-{index}"
+                    workdir.mkdir()
+                    servers.append(api_load.Server(workdir, config))
+                load = api_load.post_concurrently([srv.url for srv in servers], duration, clients=4)
+            finally:
+                for srv in servers:
+                    srv.stop()
+            try:
+                stored = _stored_ids(server, schema)
+            finally:
+                server.drop(schema)
+            out[f"{count}_process"] = {
+                "events_per_s": load["events_per_s"], "p50_ms": load["p50_ms"], "p99_ms": load["p99_ms"],
+                "requests": load["requests"], "acked": len(load["acked"]), "lost": len(set(load["acked"]) - stored),
+                "server_errors": sum(c for status, c in load["statuses"].items() if status >= 500),
+                "statuses": load["statuses"]}
+    out["two_vs_one"] = out["2_process"]["events_per_s"] / out["1_process"]["events_per_s"]
+    return out
+
+
+def run(n: int, *, runs: int = 3, repeat: int = 300, insert_n: int | None = None, metrics_n: int | None = None,
+        scale_duration: float | None = None) -> dict[str, Any]:
     """Every PostgreSQL figure at ``n`` events, or ``{"skipped": reason}`` when no server is available.
 
     ``insert_n``: how many rows the (slow) row-by-row baseline inserts, once; its rate is what is compared.
@@ -277,7 +392,13 @@ def run(n: int, *, runs: int = 3, repeat: int = 300, insert_n: int | None = None
     if reason is not None:
         return {"skipped": reason}
     try:
-        return _run(server, n, runs, repeat, insert_n or n)
+        result = _run(server, n, runs, repeat, insert_n or n)
+        if metrics_n:
+            print(f"  shared rollups over {metrics_n:,} stored events: counting them in, get_metrics ...", flush=True)
+            result["metrics"] = metrics_at_scale(server, metrics_n, max(20, repeat // 5))
+        if scale_duration:
+            result["scale_out"] = scale_out(server, scale_duration)
+        return result
     finally:
         server.stop()
 
@@ -362,9 +483,24 @@ def summary(result: dict[str, Any]) -> str:
     for name in ("get_session", "latest_100", "text_common", "text_prompt"):
         lines.append(f"  {name:12} p50 {reads[name]['p50']:8.0f} µs  raw SQL {reads[name + '_raw']['p50']:8.0f} µs  "
                      f"SQLite service {lite[name]['p50']:8.0f} µs")
+    metrics = result.get("metrics")
+    if metrics:
+        lines.append(f"  shared rollups over {metrics['n']:,} stored events: counted in {metrics['catch_up_s']:.1f} s "
+                     f"({metrics['catch_up_events_per_s']:,.0f} events/s, constructor {metrics['constructor_s']:.2f} s); "
+                     f"get_metrics('24h') p50 {metrics['get_metrics']['p50']:,.0f} µs, the SQL aggregate "
+                     f"{metrics['sql_aggregate']['p50']:,.0f} µs")
+    scale = result.get("scale_out")
+    if scale:
+        for count in (1, 2):
+            r = scale[f"{count}_process"]
+            lines.append(f"  {count} API process(es), 4 clients: {r['events_per_s']:,.0f} events/s, p50 {r['p50_ms']:.1f} ms, "
+                         f"p99 {r['p99_ms']:.1f} ms, 5xx {r['server_errors']}, lost {r['lost']} of {r['acked']:,}")
+        lines.append(f"  two processes / one: {scale['two_vs_one']:.2f}")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    print(summary(run(size, runs=1, repeat=100, insert_n=min(size, 10_000))))
+    extra = sys.argv[2:] == ["--all"]
+    print(summary(run(size, runs=1, repeat=100, insert_n=min(size, 10_000), metrics_n=size if extra else None,
+                      scale_duration=10.0 if extra else None)))

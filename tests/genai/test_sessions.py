@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,30 @@ def _run(name: str, out: Path) -> dict[str, Any]:
     return json.loads((out / "calls.json").read_text())
 
 
+#: the scenario runs, started together when the first one is needed (each is a subprocess that mostly
+#: imports and waits on its servers, so two at a time take about half as long as one after the other)
+_RUNS: dict[str, tuple[Future[dict[str, Any]], Path]] = {}
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _start_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    global _POOL
+    if _POOL is not None:
+        return
+    _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="genai-scenario")
+    wanted = {item.callspec.params["live"] for item in request.session.items
+              if hasattr(item, "callspec") and "live" in item.callspec.params}
+    for name in [s.name for s in SCENARIOS if s.name in wanted]:  # in the order the tests use them
+        out = tmp_path_factory.mktemp(name)
+        _RUNS[name] = (_POOL.submit(_run, name, out), out)
+    _POOL.shutdown(wait=False)
+
+
 @pytest.fixture(scope="module", params=[s.name for s in SCENARIOS])
 def live(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    return request.param, _run(request.param, out), out
+    _start_runs(request, tmp_path_factory)
+    future, out = _RUNS[request.param]
+    return request.param, future.result(), out
 
 
 def _calls(recorded: dict[str, Any]) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ def test_round_trip_then_a_second_run_does_nothing(tmp_path, postgres_dsn, pg_sc
     assert "events: 1,200 moved" in first.stdout
     assert "sessions: 40, equal to the source's" in first.stdout
     assert "analytics rollups: not copied" in first.stdout and "recounts them" in first.stdout
-    assert "audit trail: none next to the source" in first.stdout
+    assert "audit trail: none beside the source" in first.stdout
     assert_same_store(db, postgres_dsn, pg_schema)
     [(source, _seq, events, finished)] = progress_rows(postgres_dsn, pg_schema)
     assert source == str(db.resolve()) and events == 1200 and finished
@@ -293,3 +293,92 @@ class socket_without_server:
 @pytest.fixture(autouse=True)
 def _no_configured_dsn(monkeypatch):
     monkeypatch.delenv("TELEMETRY_POSTGRES_DSN", raising=False)
+
+
+def _file_entries(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT ts, actor, action, target, details, hash FROM entries ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+def _pg_entries(dsn: str, schema: str) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(f"SELECT ts, actor, action, target, details, hash FROM {schema}.audit_entries "
+                            "ORDER BY seq").fetchall()
+
+
+def test_the_audit_trail_moves_into_one_verified_chain_after_the_targets_own_entries(tmp_path, postgres_dsn,
+                                                                                      pg_schema):
+    import json
+
+    from vibekit_telemetry import TelemetryService
+    from vibekit_telemetry_audit.postgres import connect, verify
+
+    data = tmp_path / ".vibekit"
+    with TelemetryService(data_dir=str(data), security={"audit": {"enabled": True}}) as t:
+        sid = t.track_start("planner", "plan", "ship it")
+        t.track_end(sid)
+        t.audit("access", "user:alice", {"why": "support ticket"})
+    trail = data / "audit.db"
+    local = _file_entries(trail)
+    assert len(local) >= 2
+    # services already run on the target: its trail has entries of its own, which the move must not disturb
+    pg_storage = [{"type": "postgres", "options": {"dsn": postgres_dsn, "schema": pg_schema}}]
+    with TelemetryService(storage=pg_storage, data_dir=str(tmp_path / "team"), security={"audit": {"enabled": True}}) as t:
+        t.audit("access", "user:bob", {"why": "the team's own"})
+    own = _pg_entries(postgres_dsn, pg_schema)
+    assert own
+
+    first = migrate(tmp_path, "--from", ".vibekit/telemetry.db", "--to", postgres_dsn, "--schema", pg_schema)
+    assert first.returncode == 0, first.stderr
+    assert f"audit trail: {len(local)} entries of {trail.resolve()} moved into" in first.stdout
+    after = _pg_entries(postgres_dsn, pg_schema)
+    assert after[:len(own)] == own  # the target's entries are untouched
+    marker, copies = after[len(own)], after[len(own) + 1:]
+    assert [c[:5] for c in copies] == [e[:5] for e in local]  # time, actor, action, target and details kept
+    assert marker[2] == "migrate" and marker[3] == f"audit:{trail.resolve()}"
+    details = json.loads(marker[4])
+    assert details["entries"] == len(local) and details["source_head_hash"] == local[-1][5]
+    with connect(postgres_dsn, pg_schema) as conn:
+        report = verify(conn)
+    assert report.ok, report.problems
+    assert report.entries == len(after)
+
+    again = migrate(tmp_path, "--from", str(data / "telemetry.db"), "--to", postgres_dsn, "--schema", pg_schema)
+    assert again.returncode == 0, again.stderr
+    assert f"audit trail: nothing to do, the {len(local)} entries of" in again.stdout
+    assert _pg_entries(postgres_dsn, pg_schema) == after
+
+    with TelemetryService(data_dir=str(data), security={"audit": {"enabled": True}}) as t:
+        t.audit("delete", "user:carol", {"why": "erasure request"})
+    grown = _file_entries(trail)
+    more = migrate(tmp_path, "--from", str(data / "telemetry.db"), "--to", postgres_dsn, "--schema", pg_schema)
+    assert more.returncode == 0, more.stderr
+    added = len(grown) - len(local)
+    assert f"audit trail: {added} entries of" in more.stdout
+    assert [c[:5] for c in _pg_entries(postgres_dsn, pg_schema)[-added:]] == [e[:5] for e in grown[-added:]]
+    with connect(postgres_dsn, pg_schema) as conn:
+        assert verify(conn).ok
+
+    # a trail changed outside the service is refused, and nothing of it is written
+    conn = sqlite3.connect(trail)
+    conn.execute("DROP TRIGGER entries_no_update")
+    conn.execute("UPDATE entries SET details = '{\"why\": \"nothing to see\"}' WHERE seq = 1")
+    conn.commit()
+    conn.close()
+    before = _pg_entries(postgres_dsn, pg_schema)
+    refused = migrate(tmp_path, "--from", str(data / "telemetry.db"), "--to", postgres_dsn, "--schema", pg_schema)
+    assert refused.returncode == 1
+    assert "does not verify" in refused.stderr and "it is not moved" in refused.stderr
+    assert _pg_entries(postgres_dsn, pg_schema) == before
+
+
+def test_an_audit_trail_named_but_missing_is_a_usage_error(tmp_path, postgres_dsn, pg_schema):
+    db = tmp_path / "telemetry.db"
+    make_store(db, 10)
+    result = migrate(tmp_path, "--from", str(db), "--to", postgres_dsn, "--schema", pg_schema,
+                     "--audit-trail", str(tmp_path / "nope.db"))
+    assert result.returncode == 2 and "--audit-trail" in result.stderr and "does not exist" in result.stderr
+    assert progress_rows(postgres_dsn, pg_schema) == []  # refused before anything was moved

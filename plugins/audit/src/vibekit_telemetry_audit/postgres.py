@@ -15,9 +15,13 @@ on the postgres plugin.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from vibekit_telemetry import StorageUnavailableError, TelemetryError, now_ms
 from vibekit_telemetry.config import redact_url
@@ -269,3 +273,69 @@ def _trigger_problems(conn: Any, *, head_table: bool) -> list[str]:
         problems.append("the function audit_refuse of the append-only triggers was replaced: the triggers may "
                         "no longer refuse anything")
     return problems
+
+
+#: the action of the entry that records a move of a SQLite trail into this one (``telemetry migrate``)
+MOVE_ACTION = "migrate"
+
+
+def move_trail(path: Path, conn: Any, actor: str = "telemetry migrate") -> tuple[int, int]:
+    """Append the entries of the SQLite trail at ``path`` to the trail in ``conn``'s schema; return ``(entries
+    moved now, entries moved by earlier runs)``.
+
+    The file must verify first (a damaged trail is refused, nothing is written).  Its entries keep their time,
+    actor, action, target and details, and are chained anew after the entries already here (services on this
+    database may have written some), so this trail stays one chain that ``verify`` checks; a ``migrate`` entry
+    before them records the source, the range of its entries and its own head hash, which ties the copies to
+    the file's chain.  One transaction under the trail's lock: all of a run's entries or none.  Runs again
+    move only the entries the file gained since (the ``migrate`` entries say how far earlier runs got).
+    """
+    from . import verify as verify_file
+
+    report = verify_file(path)
+    if not report.ok:
+        raise TrailDamagedError(f"the audit trail {path} does not verify ({'; '.join(report.problems)}): it is "
+                                "not moved")
+    source = str(path.resolve())
+    migrate(conn)
+    with conn.transaction():
+        conn.execute(LOCK_SQL)
+        earlier = through = 0
+        reached = None
+        for (text,) in conn.execute("SELECT details FROM audit_entries WHERE action = %s AND target = %s",
+                                    [MOVE_ACTION, f"audit:{source}"]):
+            done = orjson.loads(text)
+            earlier += done["entries"]
+            if done["through_seq"] > through:
+                through, reached = done["through_seq"], done["source_head_hash"]
+        lite = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if through and lite.execute("SELECT hash FROM entries WHERE seq = ?", [through]).fetchone() != (reached,):
+                through = 0  # another trail at that path now (the one moved before ended otherwise): all of it
+            rows = lite.execute("SELECT seq, ts, actor, action, target, details, hash FROM entries WHERE seq > ? "
+                                "ORDER BY seq", [through]).fetchall()
+        finally:
+            lite.close()
+        if not rows:
+            return 0, earlier
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        if head is None:
+            raise TrailDamagedError(f"the audit trail in {describe(conn)} lost its head record: nothing is moved "
+                                    "into it; `telemetry audit verify` says what else changed")
+        seq, prev = head
+        marker = orjson.dumps({"source": source, "from_seq": rows[0][0], "through_seq": rows[-1][0],
+                               "entries": len(rows), "source_head_hash": rows[-1][6]},
+                              option=orjson.OPT_SORT_KEYS).decode()
+        entries = [(now_ms(), actor, MOVE_ACTION, f"audit:{source}", marker)]
+        entries += [(ts, who, action, target, details) for _, ts, who, action, target, details, _ in rows]
+        values = []
+        for ts, who, action, target, details in entries:
+            seq += 1
+            digest = entry_hash(prev, ts, who, action, target, details)
+            values.append((seq, ts, who, action, target, details, prev, digest))
+            prev = digest
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO audit_entries (seq, ts, actor, action, target, details, prev_hash, hash) "
+                               "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", values)
+        conn.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", [seq, prev])
+    return len(rows), earlier

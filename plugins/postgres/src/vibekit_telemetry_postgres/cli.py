@@ -54,28 +54,36 @@ def register(cli: click.Group) -> None:
     @click.option("--restart", is_flag=True,
                   help="Ignore the recorded progress and read the source from its first event again (events "
                        "already stored are skipped).")
+    @click.option("--audit-trail", "trail_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                  default=None,
+                  help="The audit trail to move with the store (default: audit.db beside --from, where the audit "
+                       "plugin keeps it).")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def migrate(source_path: Path, dsn: str | None, schema: str, batch_size: int, restart: bool,
-                quiet: bool) -> None:
+                trail_path: Path | None, quiet: bool) -> None:
         """Move a local SQLite store's events and sessions into a PostgreSQL store, resumably.
 
         Progress is recorded in the target (table vibekit_migrate_progress) after every batch: run the same
         command again after an interruption and it goes on where it stopped; run it after a complete run and
         it moves only events added to the source since.  The analytics rollups are not copied (the analytics
-        plugin recounts them from the events); the audit trail is not moved (it stays in its file).
+        plugin recounts them from the events).  The audit trail beside the store (or --audit-trail) is
+        verified and its entries appended to the trail in the target schema, chained after the entries
+        already there, with a "migrate" entry recording the source's head hash; a run again moves only the
+        entries added since.
         """
         if not dsn:
             raise click.UsageError(f"--to: give the PostgreSQL connection string (or set {DSN_ENV})")
         _check_dsn(dsn)
-        run(source_path, dsn, schema, batch_size, restart=restart, quiet=quiet)
+        run(source_path, dsn, schema, batch_size, restart=restart, quiet=quiet, trail_path=trail_path)
 
 
-def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: bool, quiet: bool) -> None:
+def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: bool, quiet: bool,
+        trail_path: Path | None = None) -> None:
     """The migration itself, printing what it moved and what it did not; exits with the status above."""
     import psycopg
 
     from . import PostgresStorage
-    from .migrate import Mark, Progress, Source, audit_trail_of, differing_sessions, open_source, take_sessions
+    from .migrate import Mark, Progress, Source, differing_sessions, open_source, take_sessions
 
     try:
         PostgresStorage.Config(dsn=dsn, schema=schema)
@@ -136,13 +144,7 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
         else:
             click.echo(f"sessions: {compared:,}, equal to the source's")
         click.echo(ANALYTICS_NOTE)
-        trail = audit_trail_of(source.path)
-        if trail is None:
-            click.echo(f"audit trail: none next to the source ({source.path.parent / 'audit.db'})")
-        else:
-            entries = "unreadable" if trail[1] is None else f"{trail[1]:,} entries"
-            click.echo(f"audit trail: {trail[0]} ({entries}) NOT moved: telemetry migrate does not copy audit "
-                       "trails; keep the file (`telemetry audit verify --path` still checks it)")
+        _move_trail(trail_path, source.path, target)
     except psycopg.Error as exc:  # from the progress connection (the store explains its own)
         _fail(f"the target failed: {target._explain(exc) if target else exc}; run the same command again to "
               "resume", 1)
@@ -153,6 +155,38 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
             target.close()
         source.close()
         lite.close()
+
+
+def _move_trail(trail_path: Path | None, source: Path, target) -> None:
+    """Move the audit trail (``--audit-trail``, or ``audit.db`` beside the store) into the target's schema."""
+    import psycopg
+
+    from vibekit_telemetry import TelemetryError
+
+    path = trail_path or source.parent / "audit.db"
+    if not path.is_file():  # an --audit-trail that does not exist is refused before anything is moved
+        click.echo(f"audit trail: none beside the source ({path})")
+        return
+    try:
+        from vibekit_telemetry_audit.postgres import move_trail
+    except ImportError:
+        _fail(f"audit trail: {path} NOT moved: the audit plugin is not installed (pip install "
+              "vibekit-telemetry-audit), then run the same command again (what is moved already stays)", 1)
+    try:
+        with target.connection() as conn:
+            moved, earlier = move_trail(path, conn)
+    except TelemetryError as exc:
+        _fail(f"audit trail: {exc}", 1)
+    except psycopg.Error as exc:
+        _fail(f"audit trail: the target failed ({target._explain(exc)}); run the same command again", 1)
+    if moved:
+        click.echo(f"audit trail: {moved:,} entries of {path} moved into {target.where}, chained after the entries "
+                   "already there (a 'migrate' entry records the file's head hash); `telemetry audit verify` "
+                   "checks the chain")
+    elif earlier:
+        click.echo(f"audit trail: nothing to do, the {earlier:,} entries of {path} were moved by an earlier run")
+    else:
+        click.echo(f"audit trail: {path} has no entries")
 
 
 def _move_events(source, target, progress, mark, remaining: int, batch_size: int, quiet: bool) -> int:

@@ -205,18 +205,3 @@ def take_sessions(target: PostgresStorage, sessions: list[Session]) -> None:
         with conn.cursor() as cur:
             cur.executemany(_REPLACE_SESSION, [_sql_session_row(session_to_row(s)) for s in ordered])
 
-
-def audit_trail_of(path: Path) -> tuple[Path, int | None] | None:
-    """The audit trail next to the store (``audit.db``, where the audit plugin keeps it by default) and how
-    many entries it holds (``None`` if it cannot be read), or ``None`` without one."""
-    trail = path.resolve().parent / "audit.db"
-    if not trail.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"{trail.as_uri()}?mode=ro", uri=True)
-        try:
-            return trail, conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return trail, None
