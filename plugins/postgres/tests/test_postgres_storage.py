@@ -163,7 +163,8 @@ def test_two_processes_starting_at_once_migrate_once(tmp_path, postgres_dsn, pg_
         assert out.strip() == "ok", err[-2000:]
     with psycopg.connect(postgres_dsn) as conn:
         assert conn.execute(f"SELECT name FROM {pg_schema}.vibekit_migrations ORDER BY name").fetchall() == [
-            ("001_events_and_sessions",), ("002_events_by_seq",), ("003_settings",), ("004_partial_label_indexes",)]
+            ("001_events_and_sessions",), ("002_events_by_seq",), ("003_settings",), ("004_partial_label_indexes",),
+            ("005_binary_collation",)]
 
 
 # --- partitions and retention -----------------------------------------------------------------------------
@@ -360,4 +361,5 @@ def test_the_password_of_a_dsn_is_never_printed(tmp_path, pg_options):
     with _service(tmp_path, pg_options) as t:
         report = t.get_health_status().components["postgres"]
         assert report["healthy"] and report["dsn"] == redact_dsn(pg_options["dsn"])
-        assert report["migrations"] == ["001_events_and_sessions", "002_events_by_seq", "003_settings", "004_partial_label_indexes"] and report["partitions"] >= 3
+        assert report["migrations"] == ["001_events_and_sessions", "002_events_by_seq", "003_settings", "004_partial_label_indexes",
+                                     "005_binary_collation"] and report["partitions"] >= 3

@@ -112,6 +112,22 @@ CREATE INDEX sessions_conversation ON sessions (conversation_id, started_at) WHE
 CREATE INDEX sessions_user ON sessions (user_id, started_at) WHERE user_id IS NOT NULL;
 CREATE INDEX sessions_kind ON sessions (kind, started_at) WHERE kind IS NOT NULL;
 """),
+    ("005_binary_collation", """
+-- Ids, names and labels compare and sort by their bytes, as SQLite's BINARY collation has them: the same
+-- order in every store whatever the database's locale, and index comparisons without the locale's rules.
+-- (Rewrites the indexes on these columns: on a large existing table, run it at a quiet hour.)
+ALTER TABLE events
+    ALTER COLUMN id TYPE text COLLATE "C", ALTER COLUMN session_id TYPE text COLLATE "C",
+    ALTER COLUMN event_type TYPE text COLLATE "C", ALTER COLUMN category TYPE text COLLATE "C",
+    ALTER COLUMN agent TYPE text COLLATE "C", ALTER COLUMN mode TYPE text COLLATE "C",
+    ALTER COLUMN status TYPE text COLLATE "C";
+ALTER TABLE sessions
+    ALTER COLUMN id TYPE text COLLATE "C", ALTER COLUMN agent TYPE text COLLATE "C",
+    ALTER COLUMN mode TYPE text COLLATE "C", ALTER COLUMN status TYPE text COLLATE "C",
+    ALTER COLUMN parent_id TYPE text COLLATE "C", ALTER COLUMN kind TYPE text COLLATE "C",
+    ALTER COLUMN model TYPE text COLLATE "C", ALTER COLUMN conversation_id TYPE text COLLATE "C",
+    ALTER COLUMN user_id TYPE text COLLATE "C";
+"""),
 ]
 
 _TABLE = "vibekit_migrations"
