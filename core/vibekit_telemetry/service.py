@@ -105,6 +105,7 @@ EVENT_NAMES = frozenset({
     "shutdown",  # the service has shut down
     "memory:high",  # {"rss", "limit", "percentage"}: over reliability.memory_limit
     "storage:available",  # {"plugin"}: a store that could not open at start is open
+    "stream:open",  # an EventStream: a live stream was opened (a shared store starts listening for others' events)
     "connection:error",  # a StorageError: one attempt to store a batch failed (it is retried)
     "circuit:open", "circuit:half_open", "circuit:close",  # {"plugin", ...}: a store's circuit breaker
     "anomaly",  # an Anomaly found by a detector
@@ -1134,7 +1135,7 @@ class TelemetryService:
 
         Names: ``error`` (an exception), ``flush`` (``{"count"}``), ``drop``
         (``{"reason", "count"}``), ``shutdown``, ``initialized``, ``memory:high``,
-        ``storage:available``, ``connection:error``, ``circuit:open|half_open|close``,
+        ``storage:available``, ``stream:open``, ``connection:error``, ``circuit:open|half_open|close``,
         ``anomaly`` (see :data:`EVENT_NAMES`); plugins add theirs with :meth:`register_event`.
         Any other name is an :class:`~vibekit_telemetry.UnknownEventError` listing these, since a
         handler for a name nothing emits would never be called.  A handler that raises is
@@ -1935,6 +1936,7 @@ class TelemetryService:
                 # a live subscriber wants events promptly: flush at least every LIVE_FLUSH_INTERVAL while one listens
                 self._live_interval = self._pipeline.flush_interval
                 self._pipeline.flush_interval = min(self._live_interval, LIVE_FLUSH_INTERVAL)
+        self._emit("stream:open", stream)
         return stream
 
     def storage_plugin(self, type_name: str | None = None) -> Any:

@@ -39,8 +39,7 @@ def test_two_servers_on_one_database_answer_alike_and_share_live_events(start_ap
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    assert subscribed.wait(30)
-    time.sleep(0.5)  # B is listening on the channel once its stream is open
+    assert subscribed.wait(30)  # B answers once its stream is open, and it opens once B listens on the channel
     sent_at = time.monotonic()
     batch = [{"category": "crossing", "action": f"step {i}", "value": i} for i in range(3)]
     assert httpx.post(f"{a.url}/api/events", json=batch, timeout=10).status_code == 202

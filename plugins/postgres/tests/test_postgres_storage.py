@@ -363,3 +363,23 @@ def test_the_password_of_a_dsn_is_never_printed(tmp_path, pg_options):
         assert report["healthy"] and report["dsn"] == redact_dsn(pg_options["dsn"])
         assert report["migrations"] == ["001_events_and_sessions", "002_events_by_seq", "003_settings", "004_partial_label_indexes",
                                      "005_binary_collation"] and report["partitions"] >= 3
+
+
+def test_a_live_stream_hears_other_processes_from_the_moment_it_is_open(tmp_path, pg_options):
+    """Opening the first stream waits until this process LISTENs: what another service stores right after
+    reaches it (no gap while the listener wakes up and connects), once, and its own events only once too."""
+    storage = [{"type": "postgres", "options": pg_options}]
+    with TelemetryService(storage=storage, data_dir=str(tmp_path / "a")) as a, \
+            TelemetryService(storage=storage, data_dir=str(tmp_path / "b")) as b:
+        for attempt in range(3):  # the first open connects; later ones find the listener lingering
+            stream = b.create_event_stream(category="live")
+            try:
+                a.track({"category": "live", "value": attempt})  # at once: no time for a polling listener
+                a.flush()
+                b.track({"category": "live", "value": 100 + attempt})
+                b.flush()
+                got = [stream.get(timeout=5), stream.get(timeout=5)]
+                assert sorted(e.value for e in got if e is not None) == [attempt, 100 + attempt]
+                assert stream.get(timeout=0.5) is None  # nothing twice
+            finally:
+                stream.close()

@@ -237,7 +237,8 @@ class _MetricsFeed:
 async def sse(request: Request) -> StreamingResponse:
     """``GET /api/stream``: new events as Server-Sent Events (``event:`` is the event type, ``id:`` its id)."""
     ctx: APIContext = request.app.state.ctx
-    stream, query = ctx.live.open(dict(request.query_params))
+    # in a thread: opening may wait (briefly) for a shared store to start listening for other servers' events
+    stream, query = await asyncio.to_thread(ctx.live.open, dict(request.query_params))
     gauge = ctx.metrics.stream_clients.labels("sse")
 
     async def body() -> AsyncIterator[bytes]:
@@ -283,7 +284,7 @@ async def websocket_events(websocket: WebSocket) -> None:
     """
     ctx: APIContext = websocket.app.state.ctx
     try:
-        stream, query = ctx.live.open(dict(websocket.query_params))
+        stream, query = await asyncio.to_thread(ctx.live.open, dict(websocket.query_params))
     except APIError as exc:
         await websocket.close(code=1008 if exc.status < 500 else 1013, reason=exc.message[:120])
         return

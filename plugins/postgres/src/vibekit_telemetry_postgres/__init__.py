@@ -82,6 +82,10 @@ _MAX_WORD_BYTES = 2046
 _MAX_WORDS_BYTES = 900_000
 #: event keys per NOTIFY payload, in bytes (PostgreSQL refuses a payload of 8000 bytes or more)
 _NOTIFY_BYTES = 7_000
+#: how long opening a live stream waits for the listener to LISTEN (connect and one statement)
+LISTEN_READY_S = 1.0
+#: how long the listener keeps listening after the last live stream closed (a subscriber reconnecting)
+LISTEN_LINGER_S = 30.0
 
 _COLUMNS = ", ".join(ROW_FIELDS)
 _COPY_EVENTS = f"COPY events ({_COLUMNS}, words) FROM STDIN"
@@ -283,6 +287,8 @@ class PostgresStorage:
         self._service: Callable[[], TelemetryService | None] = lambda: None
         self._listener: threading.Thread | None = None
         self._stop_listening = threading.Event()
+        #: set when a live stream opens (the listener starts at once); set by the listener while it listens
+        self._wake, self._listening = threading.Event(), threading.Event()
         self.heard = 0
 
     # --- opening ---------------------------------------------------------------------------------------
@@ -307,6 +313,8 @@ class PostgresStorage:
         """Connect, migrate the schema under an advisory lock, open the pool, create the coming partitions."""
         self._open()
         self._service = weakref.ref(service)
+        if self.config.listen:
+            service.on("stream:open", self._on_stream_open)
         self._start_listening()
 
     def _conninfo(self) -> str:
@@ -613,23 +621,44 @@ class PostgresStorage:
         self._listener = threading.Thread(target=self._listen, name="vibekit-telemetry-postgres-listen", daemon=True)
         self._listener.start()
 
+    def _on_stream_open(self, stream: Any) -> None:
+        """A live stream opened in this process: have the listener LISTEN now, and wait (up to
+        ``LISTEN_READY_S``) until it does, so what other processes store from then on reaches the stream."""
+        if self._closed or not self.config.listen:
+            return
+        self._wake.set()
+        if not self._listening.wait(LISTEN_READY_S):
+            log.warning("%s: not listening for other processes' events yet; a new live stream may miss what they "
+                        "store until it is", self.where)
+
     def _listen(self) -> None:
-        """While this process has live streams: LISTEN on the channel and offer them what others stored."""
+        """While this process has live streams (and for ``LISTEN_LINGER_S`` after the last one closed, as a
+        reconnecting subscriber comes back): LISTEN on the channel and offer them what others stored."""
         import psycopg
 
         conn = None
+        idle_since = None
         while not self._stop_listening.is_set():
             service = self._service()
             if service is None or service.live_stream_count == 0 or self._closed:
-                if conn is not None:
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if conn is not None and (self._closed or now - idle_since >= LISTEN_LINGER_S):
+                    self._listening.clear()
                     conn.close()
                     conn = None
-                self._stop_listening.wait(0.2)
-                continue
+                if conn is None:
+                    service = None
+                    self._wake.wait(0.2)  # a stream opening wakes this at once
+                    self._wake.clear()
+                    continue
+            else:
+                idle_since = None
             try:
                 if conn is None:
                     conn = psycopg.connect(self._conninfo(), autocommit=True, **self._connect_kwargs())
                     conn.execute(f"LISTEN {self.channel}")
+                    self._listening.set()
                 keys: list[list[Any]] = []
                 for note in conn.notifies(timeout=0.2):
                     message = orjson.loads(note.payload)
@@ -637,13 +666,14 @@ class PostgresStorage:
                         keys.extend(message["k"])
                     if len(keys) >= 10_000:
                         break
-                if keys:
+                if keys and service is not None and service.live_stream_count:  # lingering: heard, not fetched
                     events = self._fetch(keys)
                     self.heard += len(events)
                     service.offer_to_streams(events)
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any one failure
                 log.warning("%s: listening for other processes' events failed (%s: %s); retrying", self.where,
                             type(exc).__name__, exc)
+                self._listening.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
@@ -651,6 +681,7 @@ class PostgresStorage:
                 self._stop_listening.wait(1.0)
             finally:
                 service = None
+        self._listening.clear()
         if conn is not None:
             conn.close()
 
@@ -881,6 +912,7 @@ class PostgresStorage:
         if not self._closed and self.dsn is not None:
             self._pool = self._new_pool()
             self._listener = None  # the parent's thread is not in this process
+            self._wake, self._listening = threading.Event(), threading.Event()
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self._start_listening()
 
