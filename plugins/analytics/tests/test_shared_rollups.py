@@ -182,3 +182,40 @@ def test_two_stores_in_one_database_each_elect_a_counter(tmp_path, postgres_dsn)
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             for name in schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def test_retention_counts_the_hour_it_cuts_through_again_for_the_cluster(tmp_path, pg_options):
+    """clean() drops the older buckets and counts the hour the cut-off falls in again from what is left, under
+    the counter's state lock: every process answers with only the events still stored."""
+    day, hour = 86_400_000, 3_600_000
+    now = now_ms()
+    start = (now - day) - (now - day) % hour  # an hour of yesterday; the cut-off goes through its middle
+    cut = start + hour // 2
+    a = _service(tmp_path, "a", pg_options)
+    b = _service(tmp_path, "b", pg_options)
+    try:
+        for offset, agent in ((60_000, "gone"), (hour // 2 + 60_000, "kept")):  # one either side of the cut
+            sid = a.track_start(agent, "chat", "p", timestamp=start + offset)
+            a.track_end(sid, timestamp=start + offset + 1000)
+        _sessions(a, 3, "recent", now - 60_000)
+        for t in (a, b):
+            assert _analytics(t).wait_for_catch_up(30)
+        window = (start - hour, now + 60_000)
+        assert a.get_metrics(window).events.total == 4 + 9
+        deleted = b.clean((now_ms() - cut) / day)  # through the follower: the cut is the whole cluster's
+        assert deleted == 2
+        for t in (a, b):
+            assert _analytics(t).wait_for_catch_up(30)
+        _sessions(b, 1, "after", now - 30_000)  # counting goes on from the recounted buckets
+        for t in (a, b):
+            assert _analytics(t).wait_for_catch_up(30)
+        time.sleep(1.1)  # a follower's buckets are at most a second old
+        ma, mb = a.get_metrics(window), b.get_metrics(window)
+        assert ma.to_dict() == mb.to_dict()
+        assert ma.events.total == 2 + 9 + 3
+        assert set(ma.by_category) == {"kept", "recent", "after"}
+        hourly = a.get_metrics((start, start + hour))
+        assert hourly.events.total == 2 and hourly.sessions.completed == 1
+    finally:
+        for t in (a, b):
+            t.shutdown()

@@ -378,14 +378,16 @@ class AnalyticsPlugin:
     def clean(self, before: int) -> int | None:
         """Forget what retention cleaning deleted: drop older buckets, recount the hour that straddles ``before``.
 
-        With shared rollups the older buckets go for the whole cluster; the straddling hour keeps the counts of
-        the events deleted from it (recounting it would race the cluster's counter)."""
+        With shared rollups the older buckets go for the whole cluster, and the straddling hour is counted again
+        under the state row's lock, so the cluster's counter neither runs meanwhile nor goes on from the
+        buckets it had (:meth:`SharedRollups.recount_hour`)."""
         if self.shared is not None:
             with self._lock:
                 for level, width in (("m", MINUTE), ("h", HOUR)):
                     cutoff = before - before % width
                     self.rollups.drop_before(level, cutoff)
                     self.shared.delete_before(level, cutoff)
+            self.shared.recount_hour(before - before % HOUR)
             return None
         paused = self._pause()  # a catch-up under way goes on afterwards, reading what storage still holds
         try:

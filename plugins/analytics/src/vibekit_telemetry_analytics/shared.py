@@ -28,7 +28,7 @@ import orjson
 
 from vibekit_telemetry import StorageError
 
-from .rollup import Agg, Bucket, OpenSession, Rollups
+from .rollup import HOUR, Agg, Bucket, OpenSession, Rollups
 
 if TYPE_CHECKING:
     from . import AnalyticsPlugin
@@ -358,6 +358,52 @@ class SharedRollups:
         """Remove buckets of ``level`` older than ``cutoff`` (retention)."""
         with self.store.connection() as conn:
             conn.execute("DELETE FROM analytics_buckets WHERE level = %s AND bucket < %s", [level, cutoff])
+
+    def recount_hour(self, hour: int) -> int:
+        """After retention cleaning: count the hour starting at ``hour`` (the one the cut-off falls in) again from
+        what the store still holds, and replace its hour and minute buckets for the cluster; return the events
+        counted.
+
+        Only the events the counter has counted already are read (``seq`` up to the watermark, or in its counted
+        ranges): the rest it counts at its next steps as usual, into the new buckets.  One transaction holding
+        the state row, so no step of any process runs meanwhile; the generation moves on, so the counter (in
+        whichever process) reloads the cluster's buckets before its next step."""
+        from vibekit_telemetry.model import event_from_row
+
+        plugin = self.plugin
+        end = hour + HOUR
+        messages = plugin._persist_messages
+        with self._step_lock:
+            with self.store.connection() as conn, conn.transaction():
+                conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
+                watermark, counted = conn.execute(
+                    "SELECT watermark, counted::text FROM analytics_state WHERE id = 1 FOR UPDATE").fetchone()
+                seen = ["seq <= %s"]
+                params: list[Any] = [watermark]
+                for first, last in orjson.loads(counted):
+                    seen.append("seq BETWEEN %s AND %s")
+                    params.extend([first, last])
+                rows = conn.execute(f"{self._select} WHERE timestamp >= %s AND timestamp < %s "
+                                    f"AND ({' OR '.join(seen)}) ORDER BY seq", [hour, end, *params]).fetchall()
+                events = [event_from_row((*r[1:19], tuple(orjson.loads(r[19])) if r[19] else ())) for r in rows]
+                if events and plugin.service is not None:
+                    events = plugin.service.decode_stored(events)
+                fresh = plugin._new_rollups()
+                if events:
+                    fresh.add(events, plugin._lookup_session)
+                conn.execute("DELETE FROM analytics_buckets WHERE (level = 'h' AND bucket = %s) "
+                             "OR (level = 'm' AND bucket >= %s AND bucket < %s)", [hour, hour, end])
+                out = [(level, bucket, kind, dim, orjson.dumps(agg.to_json(messages=messages)).decode())
+                       for level in ("m", "h") for bucket, by_dim in fresh.levels[level].items()
+                       if hour <= bucket < end for (kind, dim), agg in by_dim.items()]
+                if out:
+                    with conn.cursor() as cur:
+                        cur.executemany("INSERT INTO analytics_buckets (level, bucket, dim_kind, dim, data) "
+                                        "VALUES (%s, %s, %s, %s, %s)", out)
+                conn.execute("UPDATE analytics_state SET generation = generation + 1 WHERE id = 1")
+            with plugin._lock:
+                self.load()
+        return len(events)
 
     def save_definition(self, name: str, kind: str, unit: str | None, description: str | None) -> None:
         """Remember a custom metric's definition for the whole cluster."""
