@@ -761,3 +761,18 @@ def test_clean_on_a_store_that_does_not_open_in_time_is_a_clear_error_not_a_cras
         while t._sinks["slow-sqlite"].unavailable is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert t.clean(90) == 0 and len(t.query()) == 1  # the event journaled meanwhile was stored
+
+
+def test_scans_and_exports_of_a_store_that_does_not_open_in_time_are_a_clear_error(in_tmp, monkeypatch):
+    import vibekit_telemetry.service as service_module
+
+    monkeypatch.setattr(service_module, "READ_WAIT_S", 0.2)
+    with TelemetryService(storage=[], plugins=[_slow_sqlite(in_tmp / "slow.db", 1.5)],
+                          reliability={"startup_timeout_ms": 50}) as t:
+        t.track({"category": "c"})
+        with pytest.raises(StorageUnavailableError, match="'slow-sqlite' is not open yet"):
+            list(t.iter_events())
+        deadline = time.monotonic() + 10
+        while t._sinks["slow-sqlite"].unavailable is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e.category for e in t.iter_events()] == ["c"]

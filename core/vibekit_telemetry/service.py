@@ -257,6 +257,13 @@ class _Staged:
 #: seconds a read waits for a storage plugin's attempt to open that is in progress (a large file being checked)
 READ_WAIT_S = 30.0
 
+
+def _unless_given_up(reason: str) -> str:
+    """What to add to "try again once it opens" for a store whose opening stopped for good (``cannot open``)."""
+    if reason.startswith("cannot open"):
+        return " (it will not open by itself: fix what the reason says, then restart the application)"
+    return ""
+
 #: most points ``metric_series`` computes in one call (a year and more per minute)
 MAX_SERIES_POINTS = 600_000
 
@@ -1175,6 +1182,15 @@ class TelemetryService:
                 opening.wait(READ_WAIT_S)
         self.flush()
 
+    def _settle_primary(self) -> None:
+        """:meth:`_settle` the primary store before a read; raise if it is still not open."""
+        primary = self._sink_list[0] if self._sink_list else None
+        self._settle(self._sink_list[:1])
+        if primary is not None and primary.unavailable is not None:
+            raise StorageUnavailableError(
+                f"storage {primary.name!r} is not open yet ({primary.unavailable}); events tracked meanwhile are "
+                f"journaled and will be stored once it opens{_unless_given_up(primary.unavailable)}")
+
     def _settle_for(self, hook: str) -> None:
         """:meth:`_settle` every store that implements ``hook``; raise if one of them is still not open.
 
@@ -1184,10 +1200,11 @@ class TelemetryService:
         names = {impl.plugin for impl in self.host.impls(hook)}
         sinks = [sink for sink in self._sink_list if sink.name in names]
         self._settle(sinks)
-        closed = [f"{sink.name!r} ({sink.unavailable})" for sink in sinks if sink.unavailable is not None]
+        closed = [sink for sink in sinks if sink.unavailable is not None]
         if closed:
             raise StorageUnavailableError(
-                f"cannot {hook} now: storage {', '.join(closed)} is not open yet; try again once it opens")
+                f"cannot {hook} now: storage {', '.join(f'{s.name!r} ({s.unavailable})' for s in closed)} is not "
+                f"open yet; try again once it opens{_unless_given_up(closed[0].unavailable)}")
 
     def _emit(self, name: str, payload: Any) -> None:
         for handler in list(self._handlers.get(name, ())):
@@ -1203,12 +1220,7 @@ class TelemetryService:
         impls = self.host.impls(hook)
         if not impls:
             raise PluginError(f"no installed storage plugin answers {hook}; configure one, e.g. storage = [{{type = 'sqlite'}}]")
-        primary = self._sink_list[0] if self._sink_list else None
-        self._settle(self._sink_list[:1])
-        if primary is not None and primary.unavailable is not None:
-            raise StorageUnavailableError(
-                f"storage {primary.name!r} is not open yet ({primary.unavailable}); events tracked meanwhile are "
-                "journaled and will be stored once it opens")
+        self._settle_primary()
         key = None
         if self._read_cache:
             cached, key = self._cache_lookup(hook, kwargs)
@@ -1312,7 +1324,7 @@ class TelemetryService:
         if self._closed:
             raise ServiceClosedError("the telemetry service is shut down")
         _check_bounds(flt)
-        self._settle(self._sink_list[:1])
+        self._settle_primary()
         stream = self.host.first("scan", filter=flt)[1]
         if stream is None:
             return None
@@ -1340,7 +1352,7 @@ class TelemetryService:
         impl = next((i for i in self.host.impls("scan_rows") if scanners and i.plugin == scanners[0].plugin), None)
         if impl is None:
             return None
-        self._settle(self._sink_list[:1])
+        self._settle_primary()
         batches = impl(filter=attrs.evolve(flt, order="asc"), columns=tuple(columns))
         if batches is None:
             return None

@@ -10,8 +10,8 @@ stored or raises (the kernel retries, journals, dead-letters), batches are writt
 returns after the commit.  The store's work runs on another core while the application keeps its own.
 
 The child is told what to open by an *opener*: ``"module:function"``, a function taking the options (plain
-JSON) and returning an open store with ``store_rows(rows)`` and ``close()``.  The sqlite and postgres plugins
-each name their own.
+JSON) and returning an open store with ``store_rows(rows)`` and ``close()``.  The sqlite plugin names its
+own (``writer = "process"``); another storage plugin gets the same by naming one.
 
 Failure modes: the child exits (killed, out of memory) -> the batch in flight raises
 :class:`StorageUnavailableError` (its transaction was rolled back, or committed before the answer was lost,

@@ -73,6 +73,8 @@ def _start_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         out = tmp_path_factory.mktemp(name)
         _RUNS[name] = (_POOL.submit(_run, name, out), out)
     _POOL.shutdown(wait=False)
+    # a run stopped early (-x, Ctrl-C) does not start the scenarios still queued
+    request.config.add_cleanup(lambda: [future.cancel() for future, _ in _RUNS.values()])
 
 
 @pytest.fixture(scope="module", params=[s.name for s in SCENARIOS])

@@ -382,3 +382,41 @@ def test_an_audit_trail_named_but_missing_is_a_usage_error(tmp_path, postgres_ds
                      "--audit-trail", str(tmp_path / "nope.db"))
     assert result.returncode == 2 and "--audit-trail" in result.stderr and "does not exist" in result.stderr
     assert progress_rows(postgres_dsn, pg_schema) == []  # refused before anything was moved
+
+
+def test_a_trail_made_anew_at_the_same_path_is_moved_once_and_a_service_keeps_its_own_configuration_entry(
+        tmp_path, postgres_dsn, pg_schema):
+    from vibekit_telemetry import TelemetryService
+
+    pg_storage = [{"type": "postgres", "options": {"dsn": postgres_dsn, "schema": pg_schema}}]
+    security = {"audit": {"enabled": True}}
+    with TelemetryService(storage=pg_storage, data_dir=str(tmp_path / "team"), security=security) as t:
+        t.audit("access", "user:bob", {})
+    data = tmp_path / ".vibekit"
+    with TelemetryService(data_dir=str(data), security=security, service_name="laptop") as t:
+        for i in range(5):
+            t.audit("access", f"user:{i}", {})
+    db = str(data / "telemetry.db")
+    first = migrate(tmp_path, "--from", db, "--to", postgres_dsn, "--schema", pg_schema)
+    assert first.returncode == 0, first.stderr
+    # the laptop's store is made anew: a shorter trail at the same path
+    shutil.rmtree(data)
+    with TelemetryService(data_dir=str(data), security=security, service_name="laptop") as t:
+        t.audit("access", "user:new", {})
+    fresh = len(_file_entries(data / "audit.db"))
+    second = migrate(tmp_path, "--from", db, "--to", postgres_dsn, "--schema", pg_schema)
+    assert second.returncode == 0, second.stderr
+    assert f"audit trail: {fresh} entries of" in second.stdout
+    moved = len(_pg_entries(postgres_dsn, pg_schema))
+    third = migrate(tmp_path, "--from", db, "--to", postgres_dsn, "--schema", pg_schema)
+    assert third.returncode == 0, third.stderr
+    assert f"audit trail: nothing to do, the {fresh} entries of" in third.stdout
+    assert len(_pg_entries(postgres_dsn, pg_schema)) == moved  # nothing moved twice
+    # the team's service starts again with its configuration unchanged: no configuration entry is written,
+    # though the newest configuration entry in the trail is now the laptop's
+    with TelemetryService(storage=pg_storage, data_dir=str(tmp_path / "team"), security=security):
+        pass
+    assert len(_pg_entries(postgres_dsn, pg_schema)) == moved
+
+    skipped = migrate(tmp_path, "--from", db, "--to", postgres_dsn, "--schema", pg_schema, "--no-audit-trail")
+    assert skipped.returncode == 0 and "audit trail: left where it is (--no-audit-trail)" in skipped.stdout

@@ -80,6 +80,15 @@ CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $${_REFUSE_BO
 ]
 
 _MIGRATIONS_TABLE = "audit_migrations"
+
+#: the action of the entry that records a move of a SQLite trail into this one (``telemetry migrate``)
+MOVE_ACTION = "migrate"
+#: the newest entry of an action written here, not copied in by a move: a service's configuration entry is
+#: compared with its own last one, never with the one of a laptop whose trail was moved after it
+_LAST_OWN_ENTRY = (
+    "SELECT details FROM audit_entries e WHERE action = %s AND NOT EXISTS (SELECT 1 FROM audit_entries m "
+    f"WHERE m.action = '{MOVE_ACTION}' AND m.target LIKE 'audit:%%' AND e.seq > m.seq "
+    "AND e.seq <= m.seq + (m.details::jsonb ->> 'entries')::bigint) ORDER BY seq DESC LIMIT 1")
 #: the oid of the connection's schema (the store's), in catalog queries
 _HERE = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -145,8 +154,7 @@ class PostgresTrail:
             self.open_when_ready()
         with self.store.connection() as conn, conn.transaction():
             conn.execute(LOCK_SQL)
-            last = conn.execute("SELECT details FROM audit_entries WHERE action = %s ORDER BY seq DESC LIMIT 1",
-                                [action]).fetchone()
+            last = conn.execute(_LAST_OWN_ENTRY, [action]).fetchone()
             text = details(last[0] if last else None)
             if text is None:
                 return False
@@ -275,8 +283,6 @@ def _trigger_problems(conn: Any, *, head_table: bool) -> list[str]:
     return problems
 
 
-#: the action of the entry that records a move of a SQLite trail into this one (``telemetry migrate``)
-MOVE_ACTION = "migrate"
 
 
 def move_trail(path: Path, conn: Any, actor: str = "telemetry migrate") -> tuple[int, int]:
@@ -296,24 +302,23 @@ def move_trail(path: Path, conn: Any, actor: str = "telemetry migrate") -> tuple
     if not report.ok:
         raise TrailDamagedError(f"the audit trail {path} does not verify ({'; '.join(report.problems)}): it is "
                                 "not moved")
+    verified = report.recorded or 0  # entries a service appends from now on wait for the next run
     source = str(path.resolve())
     migrate(conn)
     with conn.transaction():
         conn.execute(LOCK_SQL)
-        earlier = through = 0
-        reached = None
-        for (text,) in conn.execute("SELECT details FROM audit_entries WHERE action = %s AND target = %s",
-                                    [MOVE_ACTION, f"audit:{source}"]):
-            done = orjson.loads(text)
-            earlier += done["entries"]
-            if done["through_seq"] > through:
-                through, reached = done["through_seq"], done["source_head_hash"]
+        markers = [orjson.loads(text) for (text,) in conn.execute(
+            "SELECT details FROM audit_entries WHERE action = %s AND target = %s", [MOVE_ACTION, f"audit:{source}"])]
         lite = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            if through and lite.execute("SELECT hash FROM entries WHERE seq = ?", [through]).fetchone() != (reached,):
-                through = 0  # another trail at that path now (the one moved before ended otherwise): all of it
-            rows = lite.execute("SELECT seq, ts, actor, action, target, details, hash FROM entries WHERE seq > ? "
-                                "ORDER BY seq", [through]).fetchall()
+            # the earlier runs that moved *this* trail: the entry each ended on is still in the file as it was
+            # (another trail at that path since, a laptop's store made anew, has other entries there)
+            ours = [m for m in markers if lite.execute("SELECT hash FROM entries WHERE seq = ?",
+                                                       [m["through_seq"]]).fetchone() == (m["source_head_hash"],)]
+            earlier = sum(m["entries"] for m in ours)
+            through = max((m["through_seq"] for m in ours), default=0)
+            rows = lite.execute("SELECT seq, ts, actor, action, target, details, hash FROM entries "
+                                "WHERE seq > ? AND seq <= ? ORDER BY seq", [through, verified]).fetchall()
         finally:
             lite.close()
         if not rows:

@@ -121,7 +121,7 @@ _NEW_SESSIONS = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_CO
                  f"%s::jsonb) AS d({', '.join(f'{n} {t}' for n, t in _DELTA + _LABELS if not n.endswith('_given'))}) "
                  "ORDER BY id ON CONFLICT (id) DO NOTHING RETURNING id")
 #: ... the others, stored already (by an earlier batch or another writer), are locked in id order ...
-_LOCK_SESSIONS = ("SELECT 1 FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
+_LOCK_SESSIONS = ("SELECT id FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
                   "FOR UPDATE")
 _ADD_TO_SESSIONS = f"""
 UPDATE sessions AS s SET
@@ -580,15 +580,22 @@ class PostgresStorage:
     @staticmethod
     def _add_to_sessions(conn: Any, records: list[dict[str, Any]]) -> None:
         """Insert the batch's new sessions whole and add the others' folds to their stored rows."""
-        if not records:
-            return
-        # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
-        new = {sid for (sid,) in conn.execute(_NEW_SESSIONS, [orjson.dumps(records).decode()])}
-        if len(new) == len(records):
-            return
-        stored = [r for r in records if r["id"] not in new]
-        conn.execute(_LOCK_SESSIONS, [orjson.dumps([r["id"] for r in stored]).decode()])
-        conn.execute(_ADD_TO_SESSIONS, [orjson.dumps(stored).decode()])
+        pending = records
+        for _ in range(10):
+            if not pending:
+                return
+            # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
+            new = {sid for (sid,) in conn.execute(_NEW_SESSIONS, [orjson.dumps(pending).decode()])}
+            stored = [r for r in pending if r["id"] not in new]
+            if not stored:
+                return
+            locked = {sid for (sid,) in conn.execute(_LOCK_SESSIONS, [orjson.dumps([r["id"] for r in stored]).decode()])}
+            if locked:
+                conn.execute(_ADD_TO_SESSIONS, [orjson.dumps([r for r in stored if r["id"] in locked]).decode()])
+            # a session deleted between the two (a delete or rewrite dropping it) is inserted whole next round
+            pending = [r for r in stored if r["id"] not in locked]
+        raise StorageUnavailableError("sessions kept changing under this batch (created and deleted by other "
+                                      "writers); the batch is retried")
 
     def _notes(self, rows: list[tuple[Any, ...]]) -> str | None:
         """The NOTIFY payloads announcing the batch's event keys (under PostgreSQL's 8000 bytes each), as one
@@ -645,6 +652,11 @@ class PostgresStorage:
                 idle_since = idle_since or now
                 if conn is not None and (self._closed or now - idle_since >= LISTEN_LINGER_S):
                     self._listening.clear()
+                    # a stream that opened since the check found the listener set: it is kept listening for
+                    if service is not None and service.live_stream_count and not self._closed:
+                        self._listening.set()
+                        idle_since = None
+                        continue
                     conn.close()
                     conn = None
                 if conn is None:

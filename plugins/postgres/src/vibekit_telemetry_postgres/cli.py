@@ -58,9 +58,11 @@ def register(cli: click.Group) -> None:
                   default=None,
                   help="The audit trail to move with the store (default: audit.db beside --from, where the audit "
                        "plugin keeps it).")
+    @click.option("--no-audit-trail", "skip_trail", is_flag=True,
+                  help="Leave the audit trail where it is (it is then neither verified nor moved).")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def migrate(source_path: Path, dsn: str | None, schema: str, batch_size: int, restart: bool,
-                trail_path: Path | None, quiet: bool) -> None:
+                trail_path: Path | None, skip_trail: bool, quiet: bool) -> None:
         """Move a local SQLite store's events and sessions into a PostgreSQL store, resumably.
 
         Progress is recorded in the target (table vibekit_migrate_progress) after every batch: run the same
@@ -73,12 +75,15 @@ def register(cli: click.Group) -> None:
         """
         if not dsn:
             raise click.UsageError(f"--to: give the PostgreSQL connection string (or set {DSN_ENV})")
+        if skip_trail and trail_path is not None:
+            raise click.UsageError("--audit-trail and --no-audit-trail: give one of them")
         _check_dsn(dsn)
-        run(source_path, dsn, schema, batch_size, restart=restart, quiet=quiet, trail_path=trail_path)
+        run(source_path, dsn, schema, batch_size, restart=restart, quiet=quiet, trail_path=trail_path,
+            skip_trail=skip_trail)
 
 
 def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: bool, quiet: bool,
-        trail_path: Path | None = None) -> None:
+        trail_path: Path | None = None, skip_trail: bool = False) -> None:
     """The migration itself, printing what it moved and what it did not; exits with the status above."""
     import psycopg
 
@@ -144,7 +149,10 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
         else:
             click.echo(f"sessions: {compared:,}, equal to the source's")
         click.echo(ANALYTICS_NOTE)
-        _move_trail(trail_path, source.path, target)
+        if skip_trail:
+            click.echo("audit trail: left where it is (--no-audit-trail)")
+        else:
+            _move_trail(trail_path, source.path, target)
     except psycopg.Error as exc:  # from the progress connection (the store explains its own)
         _fail(f"the target failed: {target._explain(exc) if target else exc}; run the same command again to "
               "resume", 1)
@@ -171,7 +179,8 @@ def _move_trail(trail_path: Path | None, source: Path, target) -> None:
         from vibekit_telemetry_audit.postgres import move_trail
     except ImportError:
         _fail(f"audit trail: {path} NOT moved: the audit plugin is not installed (pip install "
-              "vibekit-telemetry-audit), then run the same command again (what is moved already stays)", 1)
+              "vibekit-telemetry-audit), then run the same command again (what is moved already stays); "
+              "--no-audit-trail leaves it where it is", 1)
     try:
         with target.connection() as conn:
             moved, earlier = move_trail(path, conn)
