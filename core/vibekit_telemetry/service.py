@@ -256,16 +256,19 @@ class _Staged:
 
 #: seconds a read waits for a storage plugin's attempt to open that is in progress (a large file being checked)
 READ_WAIT_S = 30.0
-
-
-def _unless_given_up(reason: str) -> str:
-    """What to add to "try again once it opens" for a store whose opening stopped for good (``cannot open``)."""
-    if reason.startswith("cannot open"):
-        return " (it will not open by itself: fix what the reason says, then restart the application)"
-    return ""
+#: how the reason of a store whose opening stopped for good begins (it failed for a reason other than
+#: being unavailable for now: only fixing it and restarting helps)
+GAVE_UP = "cannot open"
 
 #: most points ``metric_series`` computes in one call (a year and more per minute)
 MAX_SERIES_POINTS = 600_000
+
+
+def _unless_given_up(reason: str) -> str:
+    """What to add to "try again once it opens" for a store whose opening stopped for good."""
+    if reason.startswith(GAVE_UP):
+        return " (it will not open by itself: fix what the reason says, then restart the application)"
+    return ""
 
 
 class TelemetryService:
@@ -592,7 +595,7 @@ class TelemetryService:
                 self._pipeline.wake()
                 return
             if not isinstance(error, StorageUnavailableError):
-                sink.mark_unavailable(f"cannot open: {type(error).__name__}: {error}")
+                sink.mark_unavailable(f"{GAVE_UP}: {type(error).__name__}: {error}")
                 log.error("storage %s cannot open (%s); events stay journaled until the problem is fixed and the "
                           "application restarts", impl.plugin, error)
                 self._emit("error", error if isinstance(error, TelemetryError) else PluginError(

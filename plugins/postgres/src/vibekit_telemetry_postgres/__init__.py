@@ -123,6 +123,10 @@ _NEW_SESSIONS = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_CO
 #: ... the others, stored already (by an earlier batch or another writer), are locked in id order ...
 _LOCK_SESSIONS = ("SELECT id FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
                   "FOR UPDATE")
+#: ... and their folds are added to the stored rows: counts and tokens add up, first times take the least,
+#: last times the greatest, the latest end decides the status, metadata merges (newer keys win), a start
+#: event names the agent and the prompt.  The same merge as ``fold_session_rows`` with the stored row as its
+#: prior, so any number of writers can add their batches in any order and lose nothing.
 _ADD_TO_SESSIONS = f"""
 UPDATE sessions AS s SET
     agent = CASE WHEN d.agent_given THEN d.agent ELSE coalesce(s.agent, d.agent) END,
@@ -564,17 +568,11 @@ class PostgresStorage:
                 flags[1] |= r[10] is not None
         records = []
         for sid in sorted(folds):
-            d = folds[sid]
-            agent_given, prompt_given = given.get(sid, (False, False))
-            records.append({
-                "id": sid, "agent": d[1], "agent_given": agent_given, "mode": d[2], "prompt": d[3],
-                "prompt_given": prompt_given, "status": d[4], "parent_id": d[5], "started_at": d[6],
-                "ended_at": d[7], "first_event_at": d[8], "last_event_at": d[9], "first_stream_at": d[10],
-                "event_count": d[11], "stream_count": d[12], "error_count": d[13], "metadata": d[14] or {},
-                "input_tokens": d[15], "output_tokens": d[16], "cache_read_tokens": d[17],
-                "cache_creation_tokens": d[18], "reasoning_tokens": d[19], "last_error": d[20],
-                "has_start": bool(d[21]), "kind": d[22], "model": d[23], "conversation_id": d[24],
-                "user_id": d[25]})
+            record = dict(zip(SESSION_ROW_FIELDS, folds[sid], strict=True))
+            record["metadata"] = record["metadata"] or {}
+            record["has_start"] = bool(record["has_start"])
+            record["agent_given"], record["prompt_given"] = given.get(sid, (False, False))
+            records.append(record)
         return records
 
     @staticmethod

@@ -749,7 +749,7 @@ class SQLiteStorage:
     @hookimpl
     def count_sessions(self, filter: SessionFilter) -> int:
         """How many sessions match (limit and offset aside)."""
-        where, params = _session_where(filter)
+        where, params = session_where(filter)
         sql = "SELECT count(*) FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
         try:
             with self._reader() as conn:
@@ -873,7 +873,7 @@ def session_page_sql(filter: SessionFilter) -> tuple[str, list[Any]]:
     sorting whole rows, whose prompts and metadata make them wide.  NULLs sort
     first ascending and last descending, as ``SessionFilter.sort_key`` has it.
     """
-    where, params = _session_where(filter)
+    where, params = session_where(filter)
     direction = "DESC" if filter.order == "desc" else "ASC"
     condition = " WHERE " + " AND ".join(where) if where else ""
     params.extend([-1 if filter.limit is None else filter.limit, filter.offset])
@@ -884,11 +884,6 @@ def session_page_sql(filter: SessionFilter) -> tuple[str, list[Any]]:
     return (f"{_SELECT_SESSION} JOIN (SELECT rowid AS row_id, {column} AS sort_key, started_at AS start, id AS sid "
             f"FROM sessions{condition} ORDER BY {keys.replace('page.', '')} LIMIT ? OFFSET ?) AS page "
             f"ON sessions.rowid = page.row_id ORDER BY {keys}"), params
-
-
-def _session_where(filter: SessionFilter) -> tuple[list[str], list[Any]]:
-    # a substring of the prompt, case-insensitive for ASCII as in SQLite's lower()
-    return session_where(filter)
 
 
 def _json_each_value(value: Any) -> Any:
