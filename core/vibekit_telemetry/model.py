@@ -28,12 +28,16 @@ SESSION_STATUSES = ("active", "completed", "failed", "cancelled", "timeout")
 _sequence = itertools.count()
 _time_ns = time.time_ns
 _salt = 0
+#: the millisecond the last clock-made id was made in, and its bits above the counter (one tuple: read and
+#: replaced whole, so a thread never pairs one millisecond with another's bits)
+_current: tuple[int, int] = (-1, 0)
 
 
 def _new_salt() -> None:
     """Draw this process's 32 random bits of every id (again in a forked child, which must not share them)."""
-    global _salt
-    _salt = int.from_bytes(os.urandom(4), "big") << 32
+    global _salt, _current
+    _salt = int.from_bytes(os.urandom(4), "big") << 48
+    _current = (-1, 0)
 
 
 _new_salt()
@@ -44,18 +48,27 @@ if hasattr(os, "register_at_fork"):
 def new_id(timestamp_ms: int | None = None) -> str:
     """A 32-hex-digit id that sorts by creation time.
 
-    48 bits of milliseconds, then the low 16 bits of a per-process counter
-    (ids made within one millisecond stay in order), 32 random bits drawn once
-    per process (ids of different processes never collide), and the next 32
-    bits of the counter (ids of one process never collide, even if the clock
-    steps back).  One integer written out once (``int.to_bytes().hex()``, twice
-    as fast as ``%x`` formatting): ``track()`` makes one per event.
-    Time-ordered keys also keep SQLite appends cheap.
+    48 bits of milliseconds, 32 random bits drawn once per process (ids of different processes never
+    collide), and 48 bits of a per-process counter (ids of one process never collide, even if the clock
+    steps back, and those made within one millisecond stay in order).  Time-ordered keys also keep SQLite
+    appends cheap.  ``track()`` makes one per event, so the bits above the counter are worked out once per
+    millisecond and the id is one integer written out once (``int.to_bytes().hex()``, twice as fast as
+    ``%x`` formatting).
     """
-    count = next(_sequence)
-    ms = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
-    return (((ms & 0xFFFFFFFFFFFF) << 80) | ((count & 0xFFFF) << 64) | _salt | ((count >> 16) & 0xFFFFFFFF)
-            ).to_bytes(16, "big").hex()
+    if timestamp_ms is None:
+        ms = _time_ns() // 1_000_000
+        current = _current
+        if current[0] != ms:
+            current = _set_current(ms)
+        return (current[1] | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16).hex()
+    return ((timestamp_ms & 0xFFFFFFFFFFFF) << 80 | _salt | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16, "big").hex()
+
+
+def _set_current(ms: int) -> tuple[int, int]:
+    global _current
+    # the clock's milliseconds fit in 48 bits until the year 10889
+    _current = current = (ms, ms << 80 | _salt)
+    return current
 
 
 # Not slotted: attrs initialises a frozen dict-backed class by writing its __dict__ directly, which
@@ -318,7 +331,25 @@ def checked_row(data: Mapping[str, Any], convert: bool = True, pack: bool = Fals
     form) holds flat metadata (string keys, scalar values) as its JSON text: the row is then a tuple of atoms,
     which the garbage collector stops tracking at its first look, where a dict would keep it tracked (and
     the JSON is what a store writes anyway).
+
+    A plain dict goes first through the checker compiled for its keys in their order (:func:`_shape_checker`,
+    made the first time a shape is seen): it returns the same row for what it is sure of, without a loop over
+    the keys, and hands anything else to the general checker, which converts or explains what is wrong.
     """
+    if type(data) is dict:
+        try:
+            fast = _SHAPES[pack][tuple(data)]
+        except KeyError:
+            fast = _learn_shape(data, pack)
+        if fast is not None:
+            row = fast(data)
+            if row is not None:
+                return row
+    return _general_row(data, convert, pack)
+
+
+def _general_row(data: Mapping[str, Any], convert: bool, pack: bool) -> tuple[Any, ...]:
+    """:func:`checked_row` for any mapping, one key at a time (what the compiled checkers fall back on)."""
     slots: list[Any] = [None] * 19
     index = _ROW_INDEX
     rules = _ROW_RULES
@@ -437,6 +468,135 @@ def checked_row(data: Mapping[str, Any], convert: bool = True, pack: bool = Fals
     if slots[18] is None:
         slots[18] = ()
     return tuple(slots)
+
+
+#: The checkers compiled so far, by ``pack`` and then by a dict's keys in their order (``None``: a shape of known
+#: fields that only the general checker takes, e.g. one with ``truncated``).  Shapes with an unknown key are
+#: never kept (they are errors, and a hostile client could make endless ones); past the limit nothing new is.
+_SHAPES: dict[bool, dict[tuple[Any, ...], Callable[[dict[str, Any]], tuple[Any, ...] | None] | None]] = {
+    False: {}, True: {}}
+_SHAPE_LIMIT = 512
+#: The metadata values the compiled checkers take as they are, besides finite floats (a subclass, a container or
+#: anything else goes to the general checker).
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
+
+
+#: Names and ids that passed the checks lately (a session's id and its category come with every event of it):
+#: looked up, not checked again.  Never the empty string (a name may be empty, a category may not).  Emptied
+#: when full, so a stream of distinct ids costs memory no more than this many.
+_NAMES_SEEN: set[str] = set()
+_IDS_SEEN: set[str] = set()
+_SEEN_LIMIT = 4096
+
+
+def _new_name(value: str) -> bool:
+    """Whether ``value`` (a str) is a name the compiled checkers may take as it is; kept in :data:`_NAMES_SEEN`."""
+    if not (0 < len(value) <= MAX_NAME_LENGTH and value.isascii() and value.isprintable()):
+        return False
+    if len(_NAMES_SEEN) >= _SEEN_LIMIT:
+        _NAMES_SEEN.clear()
+    _NAMES_SEEN.add(value)
+    return True
+
+
+def _new_id_text(value: str) -> bool:
+    """Whether ``value`` (a str) is an id the compiled checkers may take as it is; kept in :data:`_IDS_SEEN`."""
+    if not (0 < len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value):
+        return False
+    if len(_IDS_SEEN) >= _SEEN_LIMIT:
+        _IDS_SEEN.clear()
+    _IDS_SEEN.add(value)
+    return True
+
+
+def _learn_shape(data: dict[str, Any], pack: bool) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:
+    """The compiled checker for ``data``'s shape, made and kept the first time it is seen (see :data:`_SHAPES`)."""
+    keys = tuple(data)
+    if not all(type(key) is str and key in _ROW_INDEX for key in keys):
+        return None
+    shapes = _SHAPES[pack]
+    if len(shapes) >= _SHAPE_LIMIT:
+        return None
+    checker = _shape_checker(keys, pack)
+    shapes[keys] = checker
+    return checker
+
+
+def _shape_checker(keys: tuple[str, ...], pack: bool) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:
+    """A function that checks a dict with exactly these keys, in this order, without a loop over them.
+
+    It returns the row :func:`checked_row`'s general path would return, for the values it is sure of: plain
+    ASCII names and ids (those seen lately looked up, not checked again), valid text, integer timestamps in range, finite numbers, flat metadata of plain
+    scalars (ASCII, integers within 53 bits, finite floats, ``None``).  For anything else (a field given as
+    ``None``, a subclass, a long or non-ASCII name, nested metadata, a number near a limit) it returns ``None`` and the
+    general path decides, so both always agree; ``tests/test_shapes.py`` holds them to it.  ``None`` when
+    the shape itself needs the general path (a missing category, two names of one field, ``truncated``).
+    """
+    slots = [_ROW_INDEX[key] for key in keys]
+    if len(set(slots)) != len(slots) or 3 not in slots or 18 in slots:
+        return None
+    names = [f"v{j}" for j in range(len(keys))]
+    at = dict(zip(slots, names))
+    tests = []
+    for slot, name in zip(slots, names):
+        rule = _ROW_RULES[slot]
+        if slot == 2:  # event_type: one of the five (all short ASCII names)
+            tests.append(f"type({name}) is str and {name} in EVENT_TYPES")
+            if 1 not in at:
+                tests.append(f"{name} not in _SESSION_TYPES")
+        elif rule == 0:
+            tests.append(f"type({name}) is str and ({name}.isascii() or not _not_utf8({name}))")
+        elif rule == 1:
+            tests.append(f"type({name}) is str and ({name} in _NAMES_SEEN or _new_name({name}))")
+        elif rule == 2:
+            tests.append(f"type({name}) is str and ({name} in _IDS_SEEN or _new_id_text({name}))")
+        elif rule == 3:
+            tests.append(f"(type({name}) is float and _isfinite({name}) or type({name}) is int and "
+                         f"{INT64_MIN} <= {name} <= {INT64_MAX})")
+        elif rule == 4:
+            tests.append(f"type({name}) is int and {MIN_TIMESTAMP_MS} <= {name} <= {MAX_TIMESTAMP_MS}")
+        elif rule == 5:
+            tests.append(f"type({name}) is dict")
+    lines = ["def check(data):",
+             "    try:",
+             f"        {', '.join(names)}, = data.values()",
+             "    except ValueError:  # the dict changed meanwhile (another thread)",
+             "        return None",
+             f"    if not ({' and '.join(tests)}):",
+             "        return None"]
+    metadata = at.get(17)
+    if metadata is not None:
+        lines += [f"    if {metadata}:",
+                  f"        for item in {metadata}.values():",
+                  "            kind = type(item)",
+                  "            if kind not in _FLAT_TYPES and (kind is not float or not _isfinite(item)):",
+                  "                return None",
+                  "        try:",
+                  f"            text = _dumps({metadata}, option={orjson.OPT_STRICT_INTEGER})  # beyond 53 bits: raises",
+                  "        except TypeError:  # a key that is not a str, a lone surrogate, a big integer",
+                  "            return None",
+                  "        if not text.isascii():",
+                  "            return None"]
+        if pack:  # the queue's form: flat metadata as its JSON text
+            lines += ["        meta = text.decode()", "    else:", "        meta = '{}'"]
+        else:  # the caller's dict itself, as the general path keeps it
+            lines += [f"    meta = {metadata}"]
+    if 0 not in at:  # new_id(), written out: one call less per event
+        lines += ["    ms = _time_ns() // 1000000",
+                  "    current = _current",
+                  "    if current[0] != ms:",
+                  "        current = _set_current(ms)",
+                  "    made = (current[1] | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16).hex()"]
+    # the row: the given values in their slots, the defaults elsewhere (a fresh {} for each event)
+    defaults = {0: "made", 2: "'custom'", 7: "_time_ns() // 1000000" if 0 in at else "ms",
+                17: "'{}'" if pack else "{}", 18: "()"}
+    row = ["meta" if slot == 17 and metadata is not None else at.get(slot) or defaults.get(slot, "None")
+           for slot in range(19)]
+    lines.append(f"    return ({', '.join(row)})")
+    made: dict[str, Any] = {}
+    # defined with this module's globals: the id's state (_current, _sequence) is read live, as new_id reads it
+    exec(compile("\n".join(lines), f"<checked_row {', '.join(keys)}>", "exec"), globals(), made)  # noqa: S102
+    return made["check"]  # type: ignore[no-any-return]
 
 
 def _timestamp(value: Any) -> int:

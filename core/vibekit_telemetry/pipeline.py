@@ -105,6 +105,8 @@ class Pipeline:
         self._room = threading.Condition()
         self._waiting = 0
         self._wake = threading.Event()
+        #: put()'s hint that it set ``_wake`` already this round (``Event.is_set`` is a Python call per event)
+        self._woken = False
         self._write_lock = threading.Lock()
         self._writing: int | None = None
         self._stopping = False
@@ -188,7 +190,8 @@ class Pipeline:
                 self._on_drop("queue_full", 1)
                 return False
         queue.append(item)
-        if len(queue) >= self._batch_size and not self._wake.is_set():
+        if len(queue) >= self._batch_size and not self._woken:
+            self._woken = True
             self._wake.set()
         return True
 
@@ -273,7 +276,10 @@ class Pipeline:
     def _run(self) -> None:
         while not self._stopping:
             self._wake.wait(self._interval)
+            # cleared before the hint: a put() that still sees the old hint queued its event before this
+            # round's drain, and every later one sees the hint down and wakes the flusher itself
             self._wake.clear()
+            self._woken = False
             if self._stopping:
                 break
             try:

@@ -221,7 +221,8 @@ async def post_events(request: Request) -> Response:
         try:
             if not isinstance(item, dict):
                 raise InvalidEventError("event", f"expected a mapping, got {type(item).__name__}")
-            events.append((index, checked_row(item)))  # checked once: the service takes it as it is
+            # checked once, in the queue's form: the service takes it as it is
+            events.append((index, checked_row(item, True, True)))
         except InvalidEventError as exc:
             details.append({"index": index, "field": f"events[{index}].{exc.field}",
                             "message": str(exc).split(": ", 2)[-1]})
