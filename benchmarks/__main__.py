@@ -382,39 +382,7 @@ def run(quick: bool) -> dict[str, Any]:
     figures = results["figures"]
     with tempfile.TemporaryDirectory(prefix="vibekit-bench-") as tmp:
         workdir = Path(tmp)
-        print(f"track() latency, {sizes['latency_n']:,} calls x {sizes['latency_runs']} runs ...", flush=True)
-        ours, peer = [], []
-        for _ in range(sizes["latency_runs"]):
-            ours.append(track_latency(sizes["latency_n"], workdir))
-            span = otel_span_latency(sizes["latency_n"])
-            if span is not None:
-                peer.append(span)
-        figures["track_p50_us"] = stats([r["p50"] for r in ours])
-        figures["track_p99_us"] = stats([r["p99"] for r in ours])
-        figures["track_p999_us"] = stats([r["p999"] for r in ours])
-        if peer:
-            figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
-            figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
-            figures["otel_span_p999_us"] = stats([r["p999"] for r in peer])
-            figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer, strict=True)])
-        try:
-            import vibekit_telemetry_pii  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            print("track() latency with PII redaction ...", flush=True)
-            redacted = [track_latency(sizes["latency_n"] // 2, workdir, security={"pii": {"enabled": True}})
-                        for _ in range(sizes["latency_runs"])]
-            figures["track_pii_p50_us"] = stats([r["p50"] for r in redacted])
-            from benchmarks import pii_eval
-
-            corpora = pii_eval.run()
-            if corpora is not None:
-                results["pii"] = corpora
-            from vibekit_telemetry_pii import PIIRedactor
-
-            redactor = PIIRedactor()
-            figures["pii_scan_us"] = stats([pii_eval.typical_event_us(redactor.before_track, 3000) for _ in range(5)])
+        latency_figures(results, quick, workdir)
 
         end = now_ms()
         from vibekit_telemetry_sqlite import event_row
@@ -553,6 +521,59 @@ def run(quick: bool) -> dict[str, Any]:
             figures["analytics_constructor_s"] = single(analytics["constructor_s"])
     print("anomaly detection on NAB ...", flush=True)
     results["nab"] = nab_results()
+    http_figures(results, quick)
+    genai_figures(results, quick)
+    instrument_figures(results, quick)
+    postgres_figures(results, quick)
+    return results
+
+
+def latency_figures(results: dict[str, Any], quick: bool, workdir: Path | None = None) -> None:
+    """track() latency beside an OpenTelemetry span, and with PII redaction on."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="vibekit-bench-") as tmp:
+            latency_figures(results, quick, Path(tmp))
+        return
+    sizes = results["sizes"]
+    figures = results["figures"]
+    print(f"track() latency, {sizes['latency_n']:,} calls x {sizes['latency_runs']} runs ...", flush=True)
+    ours, peer = [], []
+    for _ in range(sizes["latency_runs"]):
+        ours.append(track_latency(sizes["latency_n"], workdir))
+        span = otel_span_latency(sizes["latency_n"])
+        if span is not None:
+            peer.append(span)
+    figures["track_p50_us"] = stats([r["p50"] for r in ours])
+    figures["track_p99_us"] = stats([r["p99"] for r in ours])
+    figures["track_p999_us"] = stats([r["p999"] for r in ours])
+    if peer:
+        figures["otel_span_p50_us"] = stats([r["p50"] for r in peer])
+        figures["otel_span_p99_us"] = stats([r["p99"] for r in peer])
+        figures["otel_span_p999_us"] = stats([r["p999"] for r in peer])
+        figures["track_vs_otel_p50_speedup"] = stats([p["p50"] / o["p50"] for o, p in zip(ours, peer, strict=True)])
+    try:
+        import vibekit_telemetry_pii  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        print("track() latency with PII redaction ...", flush=True)
+        redacted = [track_latency(sizes["latency_n"] // 2, workdir, security={"pii": {"enabled": True}})
+                    for _ in range(sizes["latency_runs"])]
+        figures["track_pii_p50_us"] = stats([r["p50"] for r in redacted])
+        from benchmarks import pii_eval
+
+        corpora = pii_eval.run()
+        if corpora is not None:
+            results["pii"] = corpora
+        from vibekit_telemetry_pii import PIIRedactor
+
+        redactor = PIIRedactor()
+        figures["pii_scan_us"] = stats([pii_eval.typical_event_us(redactor.before_track, 3000) for _ in range(5)])
+
+
+def http_figures(results: dict[str, Any], quick: bool) -> None:
+    """HTTP ingest into `telemetry api`: batched and single-event throughput, then the load test."""
+    figures = results["figures"]
     duration = 10.0 if quick else 60.0
     print(f"HTTP API: throughput, then a {duration:.0f} s load test against `telemetry api` ...", flush=True)
     from benchmarks import api_load
@@ -569,10 +590,6 @@ def run(quick: bool) -> dict[str, Any]:
     figures["http_load_peak_rss_mb"] = one(load["peak_rss_mb"])
     figures["http_load_lost"] = one(load["lost"] + load["server_errors"])
     figures["http_load_shutdown_drain_s"] = one(load["shutdown_drain_s"])
-    genai_figures(results, quick)
-    instrument_figures(results, quick)
-    postgres_figures(results, quick)
-    return results
 
 
 def genai_figures(results: dict[str, Any], quick: bool) -> None:
@@ -1008,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
-    parser.add_argument("--only", choices=["genai", "instrument", "postgres"],
+    parser.add_argument("--only", choices=["genai", "http", "instrument", "latency", "postgres"],
                         help="re-run one group and merge its figures into the existing JSON (same machine only)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -1016,8 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.json.read_text(encoding="utf-8"))
         if results["machine"]["cpu"] != machine()["cpu"] or results["machine"]["cores"] != machine()["cores"]:
             parser.error(f"{args.json} was measured on another machine: run every benchmark")
-        {"genai": genai_figures, "instrument": instrument_figures,
-         "postgres": postgres_figures}[args.only](results, args.quick)
+        {"genai": genai_figures, "http": http_figures, "instrument": instrument_figures,
+         "latency": latency_figures, "postgres": postgres_figures}[args.only](results, args.quick)
         results.setdefault("partial_reruns", []).append({"group": args.only, "date": machine()["date"]})
     else:
         results = run(args.quick)
