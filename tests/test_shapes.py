@@ -50,7 +50,8 @@ _GOOD = {"id": _GOOD_IDS, "session_id": _GOOD_IDS, "parent_session_id": _GOOD_ID
          "error_type": _GOOD_NAMES, "prompt": _GOOD_TEXT, "stream_data": _GOOD_TEXT, "error_message": _GOOD_TEXT,
          "error_stack": _GOOD_TEXT, "value": st.sampled_from([0, 1.5, -3]), "timestamp": st.just(1_790_000_000_000),
          "metadata": st.dictionaries(st.sampled_from(["model", "chunk", "k\u00e9", "temperature"]),
-                                     st.sampled_from(["m", 1, 0.2, True, None, "caf\u00e9", 2**53, 2**63, math.nan]), max_size=3),
+                                     st.sampled_from(["m", 1, 0.2, True, None, "caf\u00e9", 2**53, 2**63, math.nan]),
+                                     max_size=3),
          "truncated": st.just(()), "sessionId": _GOOD_IDS, "eventType": st.just("custom"), "bogus": st.just(1)}
 _VALUES = {"id": _STRINGS, "session_id": _STRINGS, "parent_session_id": _STRINGS, "event_type": _STRINGS,
            "category": _STRINGS, "action": _STRINGS, "label": _STRINGS, "agent": _STRINGS, "mode": _STRINGS,

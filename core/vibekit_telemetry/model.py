@@ -61,10 +61,11 @@ def new_id(timestamp_ms: int | None = None) -> str:
         if current[0] != ms:
             current = _set_current(ms)
         return (current[1] | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16).hex()
-    return ((timestamp_ms & 0xFFFFFFFFFFFF) << 80 | _salt | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16, "big").hex()
+    return ((timestamp_ms & 0xFFFFFFFFFFFF) << 80 | _salt | next(_sequence) & 0xFFFFFFFFFFFF).to_bytes(16).hex()
 
 
 def _set_current(ms: int) -> tuple[int, int]:
+    """The id bits above the counter for millisecond ``ms``, kept as :data:`_current` (once per millisecond)."""
     global _current
     # the clock's milliseconds fit in 48 bits until the year 10889
     _current = current = (ms, ms << 80 | _salt)
@@ -337,10 +338,11 @@ def checked_row(data: Mapping[str, Any], convert: bool = True, pack: bool = Fals
     the keys, and hands anything else to the general checker, which converts or explains what is wrong.
     """
     if type(data) is dict:
+        packed = True if pack else False
         try:
-            fast = _SHAPES[pack][tuple(data)]
+            fast = _SHAPES[packed][tuple(data)]
         except KeyError:
-            fast = _learn_shape(data, pack)
+            fast = _learn_shape(data, packed)
         if fast is not None:
             row = fast(data)
             if row is not None:
@@ -526,11 +528,12 @@ def _shape_checker(keys: tuple[str, ...], pack: bool) -> Callable[[dict[str, Any
     """A function that checks a dict with exactly these keys, in this order, without a loop over them.
 
     It returns the row :func:`checked_row`'s general path would return, for the values it is sure of: plain
-    ASCII names and ids (those seen lately looked up, not checked again), valid text, integer timestamps in range, finite numbers, flat metadata of plain
-    scalars (ASCII, integers within 53 bits, finite floats, ``None``).  For anything else (a field given as
-    ``None``, a subclass, a long or non-ASCII name, nested metadata, a number near a limit) it returns ``None`` and the
-    general path decides, so both always agree; ``tests/test_shapes.py`` holds them to it.  ``None`` when
-    the shape itself needs the general path (a missing category, two names of one field, ``truncated``).
+    ASCII names and ids (those seen lately looked up, not checked again), valid text, integer timestamps in
+    range, finite numbers, flat metadata of plain scalars (ASCII, integers within 53 bits, finite floats,
+    ``None``).  For anything else (a field given as ``None``, a subclass, a long or non-ASCII name, nested
+    metadata, a number near a limit) it returns ``None`` and the general path decides, so both always agree;
+    ``tests/test_shapes.py`` holds them to it.  ``None`` when the shape itself needs the general path (a
+    missing category, two names of one field, ``truncated``).
     """
     slots = [_ROW_INDEX[key] for key in keys]
     if len(set(slots)) != len(slots) or 3 not in slots or 18 in slots:
@@ -572,7 +575,7 @@ def _shape_checker(keys: tuple[str, ...], pack: bool) -> Callable[[dict[str, Any
                   "            if kind not in _FLAT_TYPES and (kind is not float or not _isfinite(item)):",
                   "                return None",
                   "        try:",
-                  f"            text = _dumps({metadata}, option={orjson.OPT_STRICT_INTEGER})  # beyond 53 bits: raises",
+                  f"            text = _dumps({metadata}, option={orjson.OPT_STRICT_INTEGER})  # > 53 bits: raises",
                   "        except TypeError:  # a key that is not a str, a lone surrogate, a big integer",
                   "            return None",
                   "        if not text.isascii():",
