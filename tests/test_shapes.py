@@ -157,6 +157,24 @@ def test_a_dict_changed_by_another_thread_meanwhile_is_still_checked():
     data["action"] = "a"  # the shape the checker was chosen for is gone
     assert check(data) is None  # the general path decides
     assert checked_row(data, True, True)[3:6] == ("c", "a", "l")
+    # as many keys, other ones: never a value in another field's place
+    ended = {"category": "c", "event_type": "end", "session_id": "s1"}
+    checked_row(ended, True, True)
+    check = model._SHAPES[True][tuple(ended)]
+    assert check({"category": "c", "event_type": "end", "label": "l"}) is None
+    with pytest.raises(InvalidEventError, match="session_id"):
+        checked_row({"category": "c", "event_type": "end", "label": "l"}, True, True)
+
+
+def test_error_shapes_do_not_fill_the_cache():
+    for keys in [("session_id", "label"), ("label", "session_id"), ("category", "sessionId", "session_id"),
+                 ("category", "truncated")]:
+        data = dict.fromkeys(keys, "x")
+        try:
+            checked_row(data, True, True)
+        except InvalidEventError:
+            pass
+    assert model._SHAPES[True] == {}  # a client sending error shapes leaves room for real ones
 
 
 def test_ids_are_unique_and_in_order_across_threads():

@@ -472,10 +472,10 @@ def _general_row(data: Mapping[str, Any], convert: bool, pack: bool) -> tuple[An
     return tuple(slots)
 
 
-#: The checkers compiled so far, by ``pack`` and then by a dict's keys in their order (``None``: a shape of known
-#: fields that only the general checker takes, e.g. one with ``truncated``).  Shapes with an unknown key are
-#: never kept (they are errors, and a hostile client could make endless ones); past the limit nothing new is.
-_SHAPES: dict[bool, dict[tuple[Any, ...], Callable[[dict[str, Any]], tuple[Any, ...] | None] | None]] = {
+#: The checkers compiled so far, by ``pack`` and then by a dict's keys in their order.  Only shapes a checker
+#: can be made for are kept: not those with an unknown key, a missing category or a field named twice (errors,
+#: which a hostile client could make endlessly), nor those with ``truncated``; past the limit nothing new is.
+_SHAPES: dict[bool, dict[tuple[Any, ...], Callable[[dict[str, Any]], tuple[Any, ...] | None]]] = {
     False: {}, True: {}}
 _SHAPE_LIMIT = 512
 #: The metadata values the compiled checkers take as they are, besides finite floats (a subclass, a container or
@@ -520,7 +520,8 @@ def _learn_shape(data: dict[str, Any], pack: bool) -> Callable[[dict[str, Any]],
     if len(shapes) >= _SHAPE_LIMIT:
         return None
     checker = _shape_checker(keys, pack)
-    shapes[keys] = checker
+    if checker is not None:  # a shape only the general path takes costs little to find again, and is not kept
+        shapes[keys] = checker
     return checker
 
 
@@ -560,12 +561,16 @@ def _shape_checker(keys: tuple[str, ...], pack: bool) -> Callable[[dict[str, Any
             tests.append(f"type({name}) is int and {MIN_TIMESTAMP_MS} <= {name} <= {MAX_TIMESTAMP_MS}")
         elif rule == 5:
             tests.append(f"type({name}) is dict")
+    # keys and values taken in one step (unpacking runs in C, no other thread runs in between), and the keys
+    # compared with the shape's: a dict another thread changed meanwhile goes to the general path
+    pairs = ", ".join(f"(k{j}, {name})" for j, name in enumerate(names))
+    same_keys = " and ".join(f"k{j} == {key!r}" for j, key in enumerate(keys))
     lines = ["def check(data):",
              "    try:",
-             f"        {', '.join(names)}, = data.values()",
-             "    except ValueError:  # the dict changed meanwhile (another thread)",
+             f"        {pairs}, = data.items()",
+             "    except ValueError:",
              "        return None",
-             f"    if not ({' and '.join(tests)}):",
+             f"    if not ({same_keys} and {' and '.join(tests)}):",
              "        return None"]
     metadata = at.get(17)
     if metadata is not None:
