@@ -427,6 +427,23 @@ class PostgresStorage:
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._explain(exc) from exc
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A pooled connection for reads, each statement on its own (autocommit): one round trip a read, not
+        ``BEGIN``, the statement and ``COMMIT``.  Under READ COMMITTED each statement had a snapshot of its
+        own anyway, so what a read sees is unchanged."""
+        import psycopg
+
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                # the pool lends it to writers next, whose blocks are transactions (a broken connection is
+                # discarded by the pool whatever this says)
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False
+
     def connection(self) -> contextlib.AbstractContextManager[Any]:
         """A pooled psycopg connection of the store for one ``with`` block (committed at its end; psycopg
         errors come out as the kernel's storage errors), its ``search_path`` the store's schema.
@@ -465,7 +482,7 @@ class PostgresStorage:
 
     def partitions(self) -> list[tuple[str, int, int]]:
         """``(name, from, to)`` of every events partition, oldest first."""
-        with self._connection() as conn:
+        with self._reading() as conn:
             rows = conn.execute(
                 "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
                 "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass").fetchall()
@@ -697,7 +714,7 @@ class PostgresStorage:
 
     def _fetch(self, keys: list[list[Any]]) -> list[TelemetryEvent]:
         """The events of these ``[timestamp, id]`` keys, in time order."""
-        with self._connection() as conn:
+        with self._reading() as conn:
             return [_event_from_sql(r) for r in conn.execute(
                 f"{_SELECT_EVENT} WHERE (id, timestamp) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])) "
                 "ORDER BY timestamp, seq", [[k[1] for k in keys], [k[0] for k in keys]])]
@@ -786,7 +803,7 @@ class PostgresStorage:
     @hookimpl
     def query(self, filter: QueryFilter) -> list[TelemetryEvent]:
         """Matching events via parameterized SQL."""
-        with self._connection() as conn:
+        with self._reading() as conn:
             sql, params = self._event_sql(conn, filter)
             return [_event_from_sql(r) for r in conn.execute(sql, params)]
 
@@ -847,7 +864,7 @@ class PostgresStorage:
     def count(self, filter: QueryFilter | None = None) -> int:
         """How many events match (all of them without a filter)."""
         f = attrs.evolve(filter or QueryFilter(), limit=None, offset=0)
-        with self._connection() as conn:
+        with self._reading() as conn:
             sql, params = self._event_sql(conn, f)
             inner = sql.replace(_SELECT_EVENT, "SELECT 1 FROM events", 1)
             return conn.execute(f"SELECT count(*) FROM ({inner}) AS matching", params).fetchone()[0]
@@ -855,7 +872,7 @@ class PostgresStorage:
     @hookimpl
     def get_session(self, session_id: str) -> Session | None:
         """The session row with this id."""
-        with self._connection() as conn:
+        with self._reading() as conn:
             row = conn.execute(f"{_SELECT_SESSION} WHERE id = %s", [session_id]).fetchone()
         return _session_from_sql(row) if row else None
 
@@ -871,7 +888,7 @@ class PostgresStorage:
             order = f"{column} {direction} {nulls}, {order}"
         sql = (f"{_SELECT_SESSION}{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY {order} "
                "LIMIT %s OFFSET %s")
-        with self._connection() as conn:
+        with self._reading() as conn:
             return [_session_from_sql(r) for r in conn.execute(sql, [*params, filter.limit, filter.offset])]
 
     @hookimpl
@@ -879,7 +896,7 @@ class PostgresStorage:
         """How many sessions match (limit and offset aside)."""
         where, params = _session_where(filter)
         sql = "SELECT count(*) FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
-        with self._connection() as conn:
+        with self._reading() as conn:
             return conn.execute(sql, params).fetchone()[0]
 
     @hookimpl
@@ -890,7 +907,7 @@ class PostgresStorage:
         report: dict[str, Any] = {"healthy": True, "issues": [], "dsn": redact_dsn(self.dsn or ""),
                                   "schema": self.config.schema}
         try:
-            with self._connection() as conn:
+            with self._reading() as conn:
                 report["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
                 report["migrations"] = migrations.applied(conn, self.config.schema)
                 report["size_bytes"] = conn.execute(
