@@ -891,11 +891,14 @@ def session_to_row(s: Session) -> tuple[Any, ...]:
             s.kind, s.model, s.conversation_id, s.user_id)
 
 
-def session_from_row(row: tuple[Any, ...]) -> Session:
-    """The session a row (:data:`SESSION_ROW_FIELDS` order, ``metadata`` a mapping) holds."""
+def session_from_row(row: tuple[Any, ...], *, metadata_json: bool = False) -> Session:
+    """The session a row (:data:`SESSION_ROW_FIELDS` order, ``metadata`` a mapping) holds; with
+    ``metadata_json`` the row's metadata is JSON text (as a SQL column keeps it), parsed here."""
     (id_, agent, mode, prompt, status, parent_id, started_at, ended_at, first_event_at, last_event_at,
      first_stream_at, event_count, stream_count, error_count, metadata, tin, tout, tcr, tcc, treas, last_error,
      has_start, kind, model, conversation_id, user_id) = row
+    if metadata_json:
+        metadata = orjson.loads(metadata) if metadata else None
     return Session(
         id=id_, agent=agent, mode=mode, prompt=prompt, status=status, parent_id=parent_id, started_at=started_at,
         ended_at=ended_at, first_event_at=first_event_at, last_event_at=last_event_at,
