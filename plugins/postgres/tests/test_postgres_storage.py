@@ -383,3 +383,24 @@ def test_a_live_stream_hears_other_processes_from_the_moment_it_is_open(tmp_path
                 assert stream.get(timeout=0.5) is None  # nothing twice
             finally:
                 stream.close()
+
+
+def test_reads_run_in_autocommit_and_give_the_connection_back_as_a_transaction_block(tmp_path, pg_options):
+    """A read is one round trip (no BEGIN/COMMIT around it), and the connection it used goes back to the pool
+    as it came: the next ``connection()`` block (the audit trail's, the shared rollups') is one transaction."""
+    with _service(tmp_path, {**pg_options, "pool_size": 1}) as t:
+        sid = t.track_start("agent", "chat", "p")
+        t.track_end(sid)
+        t.flush()
+        store = t.storage_plugin("postgres")
+        with store._reading() as conn:
+            assert conn.autocommit
+        assert t.get_session(sid).status == "completed"
+        with pytest.raises(StorageError):
+            t.get_session("nul \x00 in an id")  # refused by the server: a read that fails gives its connection back too
+        with store.connection() as conn:
+            assert not conn.autocommit
+            conn.execute("CREATE TABLE in_one_block (x int)")
+            conn.execute("INSERT INTO in_one_block VALUES (1)")
+            conn.rollback()  # both statements were one transaction: both undone
+            assert conn.execute("SELECT to_regclass('in_one_block')").fetchone() == (None,)
