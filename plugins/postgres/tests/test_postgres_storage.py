@@ -397,7 +397,7 @@ def test_reads_run_in_autocommit_and_give_the_connection_back_as_a_transaction_b
             assert conn.autocommit
         assert t.get_session(sid).status == "completed"
         with pytest.raises(StorageError):
-            t.get_session("nul \x00 in an id")  # refused by the server: a read that fails gives its connection back too
+            t.get_session("nul \x00 in an id")  # refused (psycopg's text dumper): a read that fails gives its connection back too
         with store.connection() as conn:
             assert not conn.autocommit
             conn.execute("CREATE TABLE in_one_block (x int)")

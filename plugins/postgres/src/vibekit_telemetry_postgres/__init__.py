@@ -439,10 +439,12 @@ class PostgresStorage:
             try:
                 yield conn
             finally:
-                # the pool lends it to writers next, whose blocks are transactions (a broken connection is
-                # discarded by the pool whatever this says)
-                with contextlib.suppress(psycopg.Error):
+                # the pool lends it to writers next, whose blocks are transactions: one that cannot be set
+                # back (not idle) is closed, and the pool replaces it
+                try:
                     conn.autocommit = False
+                except psycopg.Error:
+                    conn.close()
 
     def connection(self) -> contextlib.AbstractContextManager[Any]:
         """A pooled psycopg connection of the store for one ``with`` block (committed at its end; psycopg
