@@ -222,7 +222,7 @@ async def post_events(request: Request) -> Response:
             if not isinstance(item, dict):
                 raise InvalidEventError("event", f"expected a mapping, got {type(item).__name__}")
             # checked once, in the queue's form: the service takes it as it is
-            events.append((index, checked_row(item, True, True)))
+            events.append((index, checked_row(item, pack=True)))
         except InvalidEventError as exc:
             details.append({"index": index, "field": f"events[{index}].{exc.field}",
                             "message": str(exc).split(": ", 2)[-1]})

@@ -216,8 +216,7 @@ def _sql_session_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _session_from_sql(row: tuple[Any, ...]) -> Session:
-    metadata = row[14]
-    return session_from_row((*row[:14], orjson.loads(metadata) if metadata else {}, *row[15:]))
+    return session_from_row(row, metadata_json=True)
 
 
 def _event_from_sql(row: tuple[Any, ...]) -> TelemetryEvent:
