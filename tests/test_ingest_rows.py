@@ -162,3 +162,56 @@ def test_sqlite_rows_path_and_the_memory_store_agree_on_sessions(tmp_path_factor
             t.flush()
             sessions.append({s.id: s for s in t.get_sessions(limit=10)})
     assert sessions[0] == sessions[1]
+
+
+_varied_events = st.lists(
+    st.fixed_dictionaries({
+        "event_type": st.sampled_from(["start", "stream", "end", "error", "custom"]),
+        "session_id": st.sampled_from(["a", "b", "c"]),
+        "category": st.sampled_from(["cat-1", "cat-2"]),
+        "timestamp": st.integers(1_700_000_000_000, 1_700_000_000_020),  # few values: ties between ends
+        "agent": st.sampled_from([None, "agent-1", "agent-2"]),
+        "mode": st.sampled_from([None, "code", "chat"]),
+        "parent_session_id": st.sampled_from([None, "p1"]),
+        "metadata": st.dictionaries(st.sampled_from(["model", "input_tokens", "output_tokens", "kind", "x",
+                                                     "user_id"]),
+                                    st.one_of(st.integers(0, 1000), st.sampled_from(["llm", "gpt", "tool"])),
+                                    max_size=3),
+        "status": st.sampled_from([None, "completed", "failed"]),
+        "prompt": st.sampled_from([None, "hello", "again"]),
+        "error_message": st.sampled_from([None, "boom", ""]),
+        "error_type": st.sampled_from([None, "Timeout"]),
+    }),
+    min_size=1, max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_varied_events, st.data())
+def test_a_delta_folded_apart_and_merged_into_the_stored_rows_equals_folding_it_in(items, data):
+    """What the SQLite writer process (the parent folds, the child merges) and PostgreSQL (merged in SQL)
+    rely on: merge_session_rows(fold_session_deltas(later), stored) == fold_session_rows(later, stored)."""
+    from vibekit_telemetry.model import fold_session_deltas, merge_session_rows
+
+    rows = [checked_row({k: v for k, v in item.items() if v is not None or k == "metadata"}, pack=data.draw(
+        st.booleans())) for item in items]
+    cut = data.draw(st.integers(0, len(rows)))
+    stored = fold_session_rows(rows[:cut], {})
+    expected = fold_session_rows(rows[cut:], stored)
+    got = merge_session_rows(fold_session_deltas(rows[cut:]), stored)
+    assert got.keys() == expected.keys()
+    for sid in expected:
+        assert got[sid][:14] == expected[sid][:14] and got[sid][15:] == expected[sid][15:], sid
+        assert got[sid][14] == expected[sid][14] and list(got[sid][14]) == list(expected[sid][14])
+
+
+def test_a_later_batch_s_end_at_the_same_millisecond_decides_the_status_as_folding_does():
+    from vibekit_telemetry.model import fold_session_deltas, merge_session_rows
+
+    first = [checked_row({"category": "c", "session_id": "s", "event_type": "end", "status": "completed",
+                          "timestamp": 1_700_000_000_000})]
+    later = [checked_row({"category": "c", "session_id": "s", "event_type": "end", "status": "failed",
+                          "timestamp": 1_700_000_000_000})]
+    stored = fold_session_rows(first, {})
+    assert fold_session_rows(later, stored)["s"][4] == "failed"
+    assert merge_session_rows(fold_session_deltas(later), stored)["s"][4] == "failed"

@@ -928,6 +928,78 @@ def fold_session_rows(rows: Iterable[tuple[Any, ...]], existing: Mapping[str, tu
     return {sid: _fold(sid, batch, existing.get(sid)) for sid, batch in grouped.items()}
 
 
+def fold_session_deltas(rows: Iterable[tuple[Any, ...]]) -> dict[str, tuple[tuple[Any, ...], bool, bool]]:
+    """A batch's sessions folded as if new (``fold_session_rows(rows, {})``), each with whether a start event
+    of the batch gave its agent and its prompt: what :func:`merge_session_rows` needs to add the batch to the
+    stored rows later, elsewhere (another process, or the database server), exactly as
+    :func:`fold_session_rows` with those rows as ``existing`` would.
+
+    A fold falls back to the category for the agent and to any event's prompt; a stored session's own values
+    outrank those fallbacks but not a start event's, hence the two flags.
+    """
+    rows = rows if isinstance(rows, list) else list(rows)
+    folds = fold_session_rows(rows, {})
+    given: dict[str, list[bool]] = {}
+    for r in rows:
+        if r[2] == "start" and r[1]:
+            flags = given.get(r[1])
+            if flags is None:
+                flags = given[r[1]] = [False, False]
+            flags[0] = flags[0] or r[8] is not None
+            flags[1] = flags[1] or r[10] is not None
+    return {sid: (row, *given.get(sid, (False, False))) for sid, row in folds.items()}  # type: ignore[misc]
+
+
+def merge_session_rows(deltas: Mapping[str, tuple[tuple[Any, ...], bool, bool]],
+                       existing: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """The session rows after adding each delta (:func:`fold_session_deltas`) to its stored row in ``existing``
+    (a session not there is its delta).  Equal to :func:`fold_session_rows` over the delta's events with
+    ``existing`` as the prior: counts and tokens add up, first times take the least and last times the
+    greatest, the latest end decides the status, metadata merges (newer keys win), a start names the agent and
+    the prompt.  The PostgreSQL plugin runs the same merge in SQL."""
+    merged: dict[str, tuple[Any, ...]] = {}
+    for sid, (delta, agent_given, prompt_given) in deltas.items():
+        prior = existing.get(sid)
+        merged[sid] = delta if prior is None else _merge(prior, delta, agent_given, prompt_given)
+    return merged
+
+
+def _least(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None or a <= b else b
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None or a >= b else b
+
+
+def _merge(prior: tuple[Any, ...], delta: tuple[Any, ...], agent_given: bool, prompt_given: bool) -> tuple[Any, ...]:
+    (sid, p_agent, p_mode, p_prompt, p_status, p_parent, p_started, p_ended, p_first, p_last, p_first_stream,
+     p_events, p_streams, p_errors, p_metadata, p_tin, p_tout, p_tcr, p_tcc, p_treas, p_error, p_has_start,
+     *_labels) = prior
+    (_, d_agent, d_mode, d_prompt, d_status, d_parent, d_started, d_ended, d_first, d_last, d_first_stream,
+     d_events, d_streams, d_errors, d_metadata, d_tin, d_tout, d_tcr, d_tcc, d_treas, d_error, d_has_start,
+     *_labels) = delta
+    if d_ended is not None and (p_ended is None or d_ended >= p_ended):
+        ended, status = d_ended, d_status
+    else:
+        ended, status = p_ended, p_status
+    first = _least(p_first, d_first)
+    if p_has_start and d_has_start:
+        started = _least(p_started, d_started)
+    else:
+        started = d_started if d_has_start else p_started if p_has_start else first
+    metadata = {**p_metadata, **d_metadata} if p_metadata else dict(d_metadata or {})
+    return (sid, d_agent if agent_given or p_agent is None else p_agent,
+            d_mode if d_mode is not None else p_mode,
+            d_prompt if prompt_given or p_prompt is None else p_prompt,
+            status, d_parent or p_parent, started, ended, first, _greatest(p_last, d_last),
+            _least(p_first_stream, d_first_stream), (p_events or 0) + d_events, (p_streams or 0) + d_streams,
+            (p_errors or 0) + d_errors, metadata, (p_tin or 0) + d_tin, (p_tout or 0) + d_tout,
+            (p_tcr or 0) + d_tcr, (p_tcc or 0) + d_tcc, (p_treas or 0) + d_treas, d_error or p_error,
+            bool(p_has_start or d_has_start), _label(metadata, "kind"), _label(metadata, "model"),
+            _label(metadata, "conversation_id"), _label(metadata, "user_id"))
+
+
 def _fold(sid: str, rows: list[tuple[Any, ...]], prior: tuple[Any, ...] | None) -> tuple[Any, ...]:
     if prior is None:
         agent = mode = prompt = parent_id = started = ended = first = last = first_stream = last_error = None

@@ -3,36 +3,53 @@
 On one interpreter the writer thread and the application share the GIL, so a busy application and the
 store's Python work take turns: wall time is the caller's time plus the writer's.  With a writer process the
 plugin starts one child (``python -c``, the parent's ``sys.path``) that opens its own store and owns the write
-connection; each batch of rows goes to it through a pipe as one length-prefixed frame (orjson; pickle for
-what orjson refuses), and :meth:`WriterProcess.store` returns once the child answers that the batch is
-committed.  So everything ``docs/reliability.md`` promises holds as it does with the thread: a batch is
-stored or raises (the kernel retries, journals, dead-letters), batches are written in order, ``flush()``
-returns after the commit.  The store's work runs on another core while the application keeps its own.
+connection.  :meth:`WriterProcess.store` returns once the child answers that the batch is committed, so
+everything ``docs/reliability.md`` promises holds as it does with the thread: a batch is stored or raises
+(the kernel retries, journals, dead-letters), batches are written in order, ``flush()`` returns after the
+commit.  The store's work runs on another core while the application keeps its own.
+
+A batch travels as *parts* of :attr:`WriterProcess.part_rows` rows, each one length-prefixed frame (marshal,
+the fastest codec for tuples of atoms, between two processes of the same interpreter; pickle for what
+marshal refuses), every part but the last flagged "more follows".  The child starts on a part as soon as it
+arrives, inside the batch's one transaction, while the parent encodes the next: the parent's work for a
+batch overlaps the child's instead of preceding it.  The child commits after the last part and answers
+once; a batch the parent could not finish sending (it died) is rolled back, never committed in part.
 
 The child is told what to open by an *opener*: ``"module:function"``, a function taking the options (plain
-JSON) and returning an open store with ``store_rows(rows)`` and ``close()``.  The sqlite plugin names its
-own (``writer = "process"``); another storage plugin gets the same by naming one.
+JSON) and returning an open store with ``store_rows(rows)`` and ``close()``, and optionally
+``store_parts(parts)``: the batch as an iterable of parts, consumed as they arrive, in one transaction.  A
+plugin may also give ``prepare``, run in the parent on each part before it is encoded (the sqlite plugin
+turns kernel rows into its SQL rows there, so the child binds them as they come).  The sqlite plugin names
+its own (``writer = "process"``); another storage plugin gets the same by naming one.
 
 Failure modes: the child exits (killed, out of memory) -> the batch in flight raises
 :class:`StorageUnavailableError` (its transaction was rolled back, or committed before the answer was lost,
 which the store's id check on the retry absorbs) and the next batch starts a new child.  The parent exits,
-even by ``kill -9`` -> the child reads the end of its pipe, finishes the batch in hand and exits.  A forked
-application child starts a writer of its own on its first batch.
+even by ``kill -9`` -> the child reads the end of its pipe, rolls back a batch it got only part of, and
+exits.  A forked application child starts a writer of its own on its first batch.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
+import marshal
 import os
 import pickle
 import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import orjson
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigError, EventsRejectedError, StorageError, StorageUnavailableError
 
@@ -40,7 +57,13 @@ log = logging.getLogger("vibekit_telemetry.writer")
 
 #: a frame: payload length, then its kind
 _FRAME = struct.Struct("!IB")
-_JSON, _PICKLE, _REPLY = 1, 2, 3
+_JSON, _PICKLE, _REPLY, _MARSHAL = 1, 2, 3, 4
+#: added to a part's kind when more frames of the same batch follow
+_MORE = 0x80
+#: added to the kind of a batch's last frame when it is the batch's summary rather than rows
+_SUMMARY = 0x40
+#: rows per part of a batch (small enough that the child starts soon, large enough that framing costs nothing)
+PART_ROWS = 1000
 #: errors the child reports that the parent raises as the same class (the kernel's retry and dead-letter
 #: decisions depend on the class)
 _ERRORS: dict[str, type[Exception]] = {
@@ -73,8 +96,39 @@ def _read_frame(stream: BinaryIO) -> tuple[int, bytes] | None:
 
 
 def _write_frame(stream: BinaryIO, kind: int, payload: bytes) -> None:
-    stream.write(_FRAME.pack(len(payload), kind) + payload)
+    stream.write(_FRAME.pack(len(payload), kind))
+    stream.write(payload)
     stream.flush()
+
+
+def _widen(stream: BinaryIO) -> None:
+    """Let the pipe hold a whole batch (Linux: up to ``/proc/sys/fs/pipe-max-size``, 1 MiB by default), so the
+    parent sends every part while the child works on the first instead of waiting for it to read."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is None:
+        return
+    for size in (1 << 22, 1 << 20):
+        try:
+            fcntl.fcntl(stream.fileno(), set_size, size)
+            return
+        except OSError:
+            continue
+
+
+def _encode(rows: list[Any]) -> tuple[int, bytes]:
+    """A part as (kind, payload): marshal for tuples of atoms, pickle for anything else it refuses."""
+    try:
+        return _MARSHAL, marshal.dumps(rows)
+    except ValueError:
+        return _PICKLE, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode(kind: int, payload: bytes) -> Any:
+    return marshal.loads(payload) if kind == _MARSHAL else pickle.loads(payload)
+
+
+class _Truncated(Exception):
+    """The parent stopped sending in the middle of a batch (it died): what arrived of it must not commit."""
 
 
 class WriterProcess:
@@ -84,10 +138,19 @@ class WriterProcess:
     messages call the child (``"the SQLite writer process for /path/telemetry.db"``).
     """
 
-    def __init__(self, opener: str, options: dict[str, Any], name: str) -> None:
+    def __init__(self, opener: str, options: dict[str, Any], name: str, *,
+                 prepare: Callable[[list[tuple[Any, ...]]], list[Any]] | None = None,
+                 summarize: Callable[[list[tuple[Any, ...]]], Any] | None = None,
+                 part_rows: int = PART_ROWS) -> None:
         self.opener = opener
         self.options = options
         self.name = name
+        #: run on each part in the parent before it is encoded (``None``: the rows go as they are)
+        self.prepare = prepare
+        #: run on the whole batch in the parent after its parts are sent (while the child inserts them); what it
+        #: returns reaches the child's ``store_parts`` as :attr:`Batch.summary`
+        self.summarize = summarize
+        self.part_rows = max(1, part_rows)
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = False
         self._lock = threading.Lock()
@@ -111,6 +174,7 @@ class WriterProcess:
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       close_fds=True)
         assert self._proc.stdin is not None
+        _widen(self._proc.stdin)
         hello = orjson.dumps({"opener": self.opener, "options": self.options})
         self._proc.stdin.write(orjson.dumps([p for p in sys.path if p]) + b"\n")
         _write_frame(self._proc.stdin, _JSON, hello)
@@ -139,11 +203,7 @@ class WriterProcess:
                 self._raise_if_error(reply)
                 self._ready = True
             try:
-                payload, kind = orjson.dumps(rows), _JSON
-            except (TypeError, orjson.JSONEncodeError):
-                payload, kind = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), _PICKLE
-            try:
-                _write_frame(proc.stdin, kind, payload)
+                self._send(proc, rows)
             except (BrokenPipeError, OSError) as exc:
                 proc.kill()
                 proc.wait()
@@ -151,6 +211,20 @@ class WriterProcess:
                 raise StorageUnavailableError(f"{self.name} is gone ({exc}); the batch is retried with a new "
                                               "one") from None
             self._raise_if_error(self._await_reply(proc))
+
+    def _send(self, proc: subprocess.Popen[bytes], rows: list[tuple[Any, ...]]) -> None:
+        """The batch as parts; each is encoded while the child works on the one before."""
+        stdin = proc.stdin
+        assert stdin is not None
+        prepare, step = self.prepare, self.part_rows
+        size, summarize = len(rows), self.summarize
+        for start in range(0, max(size, 1), step):  # an empty batch is one empty part
+            part = rows[start:start + step]
+            kind, payload = _encode(prepare(part) if prepare is not None else part)
+            _write_frame(stdin, kind if start + step >= size and summarize is None else kind | _MORE, payload)
+        if summarize is not None:
+            kind, payload = _encode(summarize(rows))
+            _write_frame(stdin, kind | _SUMMARY, payload)
 
     @staticmethod
     def _raise_if_error(reply: dict[str, Any]) -> None:
@@ -192,15 +266,64 @@ def serve() -> None:
         _write_frame(stdout, _REPLY, orjson.dumps({"error": type(exc).__name__, "message": str(exc)}))
         return
     _write_frame(stdout, _REPLY, b'{"ready":true}')
+    store_parts = getattr(store, "store_parts", None)
     try:
         while (frame := _read_frame(stdin)) is not None:
-            kind, payload = frame
+            batch = Batch(stdin, frame)
             try:
-                rows = pickle.loads(payload) if kind == _PICKLE else orjson.loads(payload)
-                store.store_rows(rows)
+                if store_parts is not None:
+                    store_parts(batch)
+                else:
+                    store.store_rows(list(itertools.chain.from_iterable(batch)))
                 answer = {"ok": True}
+            except _Truncated:
+                return  # the parent is gone: the batch was rolled back, nobody waits for the answer
             except Exception as exc:
                 answer = {"error": type(exc).__name__, "message": str(exc)}
+            try:
+                batch.skip_rest()  # what the store did not read of the batch (it stopped at an error)
+            except _Truncated:
+                return
             _write_frame(stdout, _REPLY, orjson.dumps(answer))
     finally:
         store.close()
+
+
+class Batch:
+    """One batch in the child: iterate for its parts (lists of rows, each read from the pipe as the store asks
+    for it), then read :attr:`summary` (what the parent's ``summarize`` made of the batch, or ``None``).
+
+    Iterating raises :class:`_Truncated` (inside the store's transaction, which rolls it back) when the pipe
+    ends before the batch does.
+    """
+
+    def __init__(self, stdin: BinaryIO, first: tuple[int, bytes]) -> None:
+        self._stdin = stdin
+        #: the frame read and not yet handed out, and whether frames of this batch remain in the pipe
+        self._frame: tuple[int, bytes] | None = first
+        self._more = False
+        self.summary: Any = None
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        while True:
+            frame = self._frame
+            if frame is None:
+                if not self._more:
+                    return
+                # read only when the store asks: the parent is still sending it while the store works
+                frame = _read_frame(self._stdin)
+                if frame is None:
+                    self._more = False
+                    raise _Truncated
+            self._frame = None
+            kind, payload = frame
+            self._more = bool(kind & _MORE)
+            if kind & _SUMMARY:
+                self.summary = _decode(kind & ~(_MORE | _SUMMARY), payload)
+            else:
+                yield _decode(kind & ~_MORE, payload)
+
+    def skip_rest(self) -> None:
+        """Read what is left of the batch from the pipe (the next batch starts after it)."""
+        for _ in self:
+            pass

@@ -130,3 +130,113 @@ def test_a_forked_child_writes_through_a_writer_of_its_own(tmp_path):
         assert _writer_pid(t) == parent_writer
         assert len(t.query(category="parent", limit=10)) == 2
         assert len(t.query(category="child", limit=100)) == 50
+
+
+# -- a batch in parts: the parent encodes part k+1 while the child inserts part k ------------------------
+
+
+def _rows(n, *, sessions=7, start=0):
+    from vibekit_telemetry.model import checked_row
+
+    kinds = ("start", "stream", "stream", "error", "end")
+    return [checked_row({"category": "parts", "session_id": f"s{i % sessions}", "event_type": kinds[i % 5],
+                         "agent": "a" if i % 5 == 0 else None, "prompt": f"p{i}" if i % 5 == 0 else None,
+                         "status": "failed" if i % 10 == 4 else None, "error_message": "boom" if i % 5 == 3 else None,
+                         "stream_data": f"chunk {i}", "timestamp": 1_700_000_000_000 + start + i,
+                         "metadata": {"input_tokens": 3, "model": f"m{i % 3}"} if i % 5 == 4 else {"chunk": i}},
+                        pack=True) for i in range(start, start + n)]
+
+
+def _open_store(path, **options):
+    from vibekit_telemetry_sqlite import SQLiteStorage
+
+    store = SQLiteStorage(SQLiteStorage.Config(path=str(path), **options))
+    store._open(path, integrity=False)
+    return store
+
+
+def _tables(path):
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT * FROM events ORDER BY id").fetchall(),
+                conn.execute("SELECT * FROM sessions ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("part_rows", [1, 7, 1000])
+def test_batches_in_parts_store_exactly_what_the_thread_stores(tmp_path, part_rows):
+    """Sessions spread over many batches and parts (the parent folds each batch, the child merges the folds
+    into the stored rows), a retried batch whose rows are partly stored (the child folds the new ones itself),
+    an empty batch: the file ends up row for row what the writer thread writes."""
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    rows = _rows(600)
+    batches = [rows[:5], rows[5:230], [], rows[230:600], rows[200:260] + _rows(40, start=600)]
+    thread = _open_store(tmp_path / "thread.db")
+    for batch in batches:
+        thread.store_rows(batch)
+    thread.close()
+    _open_store(tmp_path / "process.db").close()
+    writer = WriterProcess(tmp_path / "process.db", {"path": str(tmp_path / "process.db")})
+    writer.part_rows = part_rows
+    try:
+        for batch in batches:
+            writer.store(batch)
+        assert writer.started == 1
+    finally:
+        writer.close()
+    thread_events, thread_sessions = _tables(tmp_path / "thread.db")
+    process_events, process_sessions = _tables(tmp_path / "process.db")
+    assert len(process_events) == 640
+    # seq is the file's own counter and the text index its own business: everything else is the same
+    assert [r[1:] for r in process_events] == [r[1:] for r in thread_events]
+    assert process_sessions == thread_sessions
+    assert sum(r[11] for r in process_sessions) == 640  # every event counted once, the retried ones too
+
+
+def test_a_batch_the_parent_stops_sending_halfway_commits_nothing(tmp_path):
+    """The parent dies between two parts of a batch: the child rolls back what it inserted of it and exits."""
+    from vibekit_telemetry import writer as kernel_writer
+    from vibekit_telemetry_sqlite import sql_rows
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    _open_store(tmp_path / "p.db").close()
+    writer = WriterProcess(tmp_path / "p.db", {"path": str(tmp_path / "p.db")})
+    writer.store(_rows(10))
+    proc = writer._proc
+    kind, payload = kernel_writer._encode(sql_rows(_rows(500, start=10)))
+    kernel_writer._write_frame(proc.stdin, kind | kernel_writer._MORE, payload)  # "more follows" ... never
+    time.sleep(0.3)  # the child inserts the part inside the batch's transaction
+    proc.stdin.close()
+    assert proc.wait(30) == 0
+    events, sessions = _tables(tmp_path / "p.db")
+    assert len(events) == 10 and sum(r[11] for r in sessions) == 10
+    writer._proc = None
+
+
+def test_a_batch_refused_before_its_first_part_is_read_keeps_the_pipe_in_step(tmp_path):
+    """The store fails at the start of a batch (the file is locked by another writer): the child still reads
+    the batch's other parts and its summary before it answers, so the same child stores the retry."""
+    from vibekit_telemetry import StorageUnavailableError
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    _open_store(tmp_path / "l.db").close()
+    writer = WriterProcess(tmp_path / "l.db", {"path": str(tmp_path / "l.db"), "busy_timeout_ms": 50})
+    writer.part_rows = 100
+    rows = _rows(450)
+    try:
+        writer.store(rows[:10])
+        other = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageUnavailableError, match="locked"):
+            writer.store(rows[10:])
+        other.execute("ROLLBACK")
+        other.close()
+        pid = writer.pid
+        writer.store(rows[10:])
+        assert writer.pid == pid and writer.started == 1
+    finally:
+        writer.close()
+    events, sessions = _tables(tmp_path / "l.db")
+    assert len(events) == 450 and sum(r[11] for r in sessions) == 450

@@ -57,7 +57,7 @@ from vibekit_telemetry.model import (
     SESSION_LABELS,
     SESSION_ROW_FIELDS,
     event_from_row,
-    fold_session_rows,
+    fold_session_deltas,
     session_from_row,
     session_to_row,
 )
@@ -125,8 +125,8 @@ _LOCK_SESSIONS = ("SELECT id FROM sessions WHERE id IN (SELECT jsonb_array_eleme
                   "FOR UPDATE")
 #: ... and their folds are added to the stored rows: counts and tokens add up, first times take the least,
 #: last times the greatest, the latest end decides the status, metadata merges (newer keys win), a start
-#: event names the agent and the prompt.  The same merge as ``fold_session_rows`` with the stored row as its
-#: prior, so any number of writers can add their batches in any order and lose nothing.
+#: event names the agent and the prompt.  The kernel's ``merge_session_rows`` in SQL, the stored row as the prior,
+#: so any number of writers can add their batches in any order and lose nothing.
 _ADD_TO_SESSIONS = f"""
 UPDATE sessions AS s SET
     agent = CASE WHEN d.agent_given THEN d.agent ELSE coalesce(s.agent, d.agent) END,
@@ -575,21 +575,14 @@ class PostgresStorage:
         """The batch folded into one record per session (in id order): its row as if new, plus whether a
         start event of the batch gave the agent and the prompt (a fold falls back to the category and to any
         event's prompt, which a stored session's own values must then outrank)."""
-        folds = fold_session_rows(rows, {})
-        if not folds:
-            return []
-        given: dict[str, list[bool]] = {}
-        for r in rows:
-            if r[2] == "start" and r[1]:
-                flags = given.setdefault(r[1], [False, False])
-                flags[0] |= r[8] is not None
-                flags[1] |= r[10] is not None
         records = []
-        for sid in sorted(folds):
-            record = dict(zip(SESSION_ROW_FIELDS, folds[sid], strict=True))
+        deltas = fold_session_deltas(rows)
+        for sid in sorted(deltas):
+            row, agent_given, prompt_given = deltas[sid]
+            record = dict(zip(SESSION_ROW_FIELDS, row, strict=True))
             record["metadata"] = record["metadata"] or {}
             record["has_start"] = bool(record["has_start"])
-            record["agent_given"], record["prompt_given"] = given.get(sid, (False, False))
+            record["agent_given"], record["prompt_given"] = agent_given, prompt_given
             records.append(record)
         return records
 

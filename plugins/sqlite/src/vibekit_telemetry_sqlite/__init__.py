@@ -16,7 +16,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +37,14 @@ from vibekit_telemetry import (
     search_words,
     summarize_sessions,
 )
-from vibekit_telemetry.model import ROW_FIELDS, SESSION_ROW_FIELDS, fold_session_rows, session_from_row, session_to_row
+from vibekit_telemetry.model import (
+    ROW_FIELDS,
+    SESSION_ROW_FIELDS,
+    fold_session_rows,
+    merge_session_rows,
+    session_from_row,
+    session_to_row,
+)
 from vibekit_telemetry.sqlfilter import EVENT_EQUAL_COLUMNS, equal_and_range, session_where
 
 from .schema import APPLICATION_ID, EVENT_COLUMNS, MIGRATION_SET, SESSION_COLUMNS
@@ -90,6 +97,16 @@ def _sql_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     metadata, truncated = row[17], row[18]
     return (*row[:17], metadata if type(metadata) is str else _dumps(metadata) if metadata else "{}",
             _dumps(list(truncated)) if truncated else None)
+
+
+def sql_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Kernel rows as ``events`` rows: :func:`_sql_row` over a batch, inline (it runs once per stored event).
+
+    Flat metadata arrives as its JSON text from the ingest queue and is written as it is.
+    """
+    dumps = _dumps
+    return [(*r[:17], r[17] if type(r[17]) is str else dumps(r[17]) if r[17] else "{}",
+             dumps(list(r[18])) if r[18] else None) for r in rows]
 
 
 def _event_from_row(row: tuple[Any, ...]) -> TelemetryEvent:
@@ -479,24 +496,38 @@ class SQLiteStorage:
         if self._process is not None:
             self._process.store(rows)
             return
-        dumps = _dumps
-        # flat metadata arrives as its JSON text from the ingest queue: written as it is
-        sql_rows = [(*r[:17], r[17] if type(r[17]) is str else dumps(r[17]) if r[17] else "{}",
-                     dumps(list(r[18])) if r[18] else None) for r in rows]
+        self.store_sql_parts((sql_rows(rows),))
+
+    def store_sql_parts(self, parts: Iterable[list[tuple[Any, ...]]],
+                        deltas: Callable[[], Mapping[str, tuple[Any, ...]] | None] | None = None) -> None:
+        """Store a batch given as parts of SQL rows (:func:`sql_rows`) in one transaction, each part inserted
+        as it comes (the writer process hands them over as they arrive), then its sessions; ids already
+        stored are skipped.  A part that fails to arrive (the iterable raises) rolls the whole batch back.
+
+        ``deltas``, asked once every part is in: the batch's sessions folded already
+        (:func:`~vibekit_telemetry.model.fold_session_deltas`, the writer process's parent does it while this
+        inserts), merged here into the stored rows.  Used only when every row was new; otherwise the new ones
+        are folded here."""
         with self._write_lock:
             conn = self._writer
+            if conn is None:
+                raise StorageUnavailableError("the sqlite storage is not open")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    inserted = conn.executemany(_INSERT_EVENT, sql_rows).rowcount
-                    fresh = rows
-                    if inserted != len(sql_rows):
+                    received: list[tuple[Any, ...]] = []
+                    inserted = 0
+                    for part in parts:
+                        inserted += conn.executemany(_INSERT_EVENT, part).rowcount
+                        received += part
+                    fresh = received
+                    if inserted != len(received):
                         # Some ids were already stored (a retried batch, a replayed journal): redo with only the new ones.
                         conn.execute("ROLLBACK")
                         conn.execute("BEGIN IMMEDIATE")
-                        fresh = self._unseen(conn, rows)
-                        conn.executemany(_INSERT_EVENT, [_sql_row(r) for r in fresh])
-                    self._update_sessions(conn, fresh)
+                        fresh = self._unseen(conn, received)
+                        conn.executemany(_INSERT_EVENT, fresh)
+                    self._update_sessions(conn, fresh, deltas() if deltas is not None and fresh is received else None)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -636,9 +667,11 @@ class SQLiteStorage:
             self._refold_sessions(conn, sids)
         return deleted
 
-    def _update_sessions(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Fold the batch's rows into their sessions: the stored rows read, folded as rows, upserted."""
-        sids = list({r[1] for r in rows if r[1]})
+    def _update_sessions(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                         deltas: Mapping[str, tuple[Any, ...]] | None = None) -> None:
+        """Fold the batch's rows into their sessions: the stored rows read, folded as rows (or the batch's
+        ``deltas`` merged into them), upserted."""
+        sids = list(deltas) if deltas is not None else list({r[1] for r in rows if r[1]})
         if not sids:
             return
         existing: dict[str, tuple[Any, ...]] = {}
@@ -646,7 +679,8 @@ class SQLiteStorage:
             chunk = sids[start : start + _IN_CHUNK]
             for row in conn.execute(f"{_SELECT_SESSION} WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
                 existing[row[0]] = _kernel_session_row(row)
-        conn.executemany(_UPSERT_SESSION, [_sql_session_row(r) for r in fold_session_rows(rows, existing).values()])
+        folded = merge_session_rows(deltas, existing) if deltas is not None else fold_session_rows(rows, existing)
+        conn.executemany(_UPSERT_SESSION, [_sql_session_row(r) for r in folded.values()])
 
     @hookimpl
     def query(self, filter: QueryFilter) -> list[TelemetryEvent]:
