@@ -204,13 +204,21 @@ class WriterProcess:
                 self._ready = True
             try:
                 self._send(proc, rows)
-            except (BrokenPipeError, OSError) as exc:
+                reply = self._await_reply(proc)
+            except StorageUnavailableError:
+                raise  # the child exited
+            except BaseException as exc:
+                # Sending stopped in the middle of a batch (the pipe broke, or preparing a part raised) or the
+                # answer was not read: the child must not take the next batch as the rest of this one, nor its
+                # answer as the next one's.  Stopped, it rolls back what it had; the next batch starts a new one.
                 proc.kill()
                 proc.wait()
                 self._proc = None
-                raise StorageUnavailableError(f"{self.name} is gone ({exc}); the batch is retried with a new "
-                                              "one") from None
-            self._raise_if_error(self._await_reply(proc))
+                if isinstance(exc, OSError):
+                    raise StorageUnavailableError(f"{self.name} is gone ({exc}); the batch is retried with a new "
+                                                  "one") from None
+                raise
+            self._raise_if_error(reply)
 
     def _send(self, proc: subprocess.Popen[bytes], rows: list[tuple[Any, ...]]) -> None:
         """The batch as parts; each is encoded while the child works on the one before."""

@@ -240,3 +240,32 @@ def test_a_batch_refused_before_its_first_part_is_read_keeps_the_pipe_in_step(tm
         writer.close()
     events, sessions = _tables(tmp_path / "l.db")
     assert len(events) == 450 and sum(r[11] for r in sessions) == 450
+
+
+def test_a_part_that_cannot_be_prepared_stops_the_child_and_nothing_of_the_batch_is_stored(tmp_path):
+    """Preparing the third part raises in the parent after two went out flagged "more follows": the child is
+    stopped (its transaction rolled back), so it cannot take the next batch as the rest of this one."""
+    from vibekit_telemetry_sqlite import sql_rows
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    _open_store(tmp_path / "x.db").close()
+    calls = []
+
+    def prepare(part):
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise RuntimeError("cannot prepare this part")
+        return sql_rows(part)
+
+    writer = WriterProcess(tmp_path / "x.db", {"path": str(tmp_path / "x.db")})
+    writer.prepare, writer.part_rows = prepare, 10
+    try:
+        with pytest.raises(RuntimeError, match="cannot prepare"):
+            writer.store(_rows(50))
+        assert writer.pid is None
+        writer.store(_rows(20, start=100))
+        assert writer.started == 2
+    finally:
+        writer.close()
+    events, sessions = _tables(tmp_path / "x.db")
+    assert len(events) == 20 and sum(r[11] for r in sessions) == 20
