@@ -210,9 +210,10 @@ def test_a_batch_the_parent_stops_sending_halfway_commits_nothing(tmp_path):
     time.sleep(0.3)  # the child inserts the part inside the batch's transaction
     proc.stdin.close()
     assert proc.wait(30) == 0
+    proc.stdout.close()
+    writer._proc = None
     events, sessions = _tables(tmp_path / "p.db")
     assert len(events) == 10 and sum(r[11] for r in sessions) == 10
-    writer._proc = None
 
 
 def test_a_batch_refused_before_its_first_part_is_read_keeps_the_pipe_in_step(tmp_path):
