@@ -169,8 +169,10 @@ class WriterProcess:
             self._start_locked()
 
     def _start_locked(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return
+            self._forget(self._proc)  # it exited between two batches
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       close_fds=True)
         assert self._proc.stdin is not None
@@ -186,7 +188,7 @@ class WriterProcess:
         frame = _read_frame(proc.stdout)
         if frame is None:
             code = proc.wait()
-            self._proc = None
+            self._forget(proc)
             raise StorageUnavailableError(f"{self.name} exited (code {code}); the batch is retried with a new one")
         return orjson.loads(frame[1])
 
@@ -213,7 +215,7 @@ class WriterProcess:
                 # answer as the next one's.  Stopped, it rolls back what it had; the next batch starts a new one.
                 proc.kill()
                 proc.wait()
-                self._proc = None
+                self._forget(proc)
                 if isinstance(exc, OSError):
                     raise StorageUnavailableError(f"{self.name} is gone ({exc}); the batch is retried with a new "
                                                   "one") from None
@@ -233,6 +235,16 @@ class WriterProcess:
         if summarize is not None:
             kind, payload = _encode(summarize(rows))
             _write_frame(stdin, kind | _SUMMARY, payload)
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        """A child that exited: its pipes closed, the next batch starts a new one."""
+        self._proc = None
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # a write buffered for a reader that is gone
 
     @staticmethod
     def _raise_if_error(reply: dict[str, Any]) -> None:

@@ -99,6 +99,7 @@ def test_kill_9_of_the_application_with_persist_buffer_loses_nothing(tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+        proc.stdout.close()
     out = subprocess.run([sys.executable, "producer.py", "replay"], capture_output=True, text=True, cwd=tmp_path,
                          check=True, timeout=120).stdout.split()
     assert out == ["5000"]
