@@ -9,8 +9,8 @@ everything ``docs/reliability.md`` promises holds as it does with the thread: a 
 commit.  The store's work runs on another core while the application keeps its own.
 
 A batch travels as *parts* of :attr:`WriterProcess.part_rows` rows, each one length-prefixed frame (marshal,
-the fastest codec for tuples of atoms, between two processes of the same interpreter; pickle for what
-marshal refuses), every part but the last flagged "more follows".  The child starts on a part as soon as it
+the fastest codec for tuples of atoms, between two processes of the same interpreter; JSON, then pickle, for
+what marshal refuses), every part but the last flagged "more follows".  The child starts on a part as soon as it
 arrives, inside the batch's one transaction, while the parent encodes the next: the parent's work for a
 batch overlaps the child's instead of preceding it.  The child commits after the last part and answers
 once; a batch the parent could not finish sending (it died) is rolled back, never committed in part.
@@ -115,16 +115,24 @@ def _widen(stream: BinaryIO) -> None:
             continue
 
 
-def _encode(rows: list[Any]) -> tuple[int, bytes]:
-    """A part as (kind, payload): marshal for tuples of atoms, pickle for anything else it refuses."""
+def _encode(value: Any) -> tuple[int, bytes]:
+    """A part or a summary as (kind, payload): marshal for plain values (tuples of atoms, the common case);
+    what it refuses (a subclass of ``str`` or ``int`` such as an enum member, a datetime) as JSON, the form the
+    store writes anyway (tuples arrive as lists, which rows and session rows are read as too); pickle last."""
     try:
-        return _MARSHAL, marshal.dumps(rows)
+        return _MARSHAL, marshal.dumps(value)
     except ValueError:
-        return _PICKLE, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        pass
+    try:
+        return _JSON, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return _PICKLE, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _decode(kind: int, payload: bytes) -> Any:
-    return marshal.loads(payload) if kind == _MARSHAL else pickle.loads(payload)
+    if kind == _MARSHAL:
+        return marshal.loads(payload)
+    return orjson.loads(payload) if kind == _JSON else pickle.loads(payload)
 
 
 class _Truncated(Exception):

@@ -271,3 +271,30 @@ def test_a_part_that_cannot_be_prepared_stops_the_child_and_nothing_of_the_batch
         writer.close()
     events, sessions = _tables(tmp_path / "x.db")
     assert len(events) == 20 and sum(r[11] for r in sessions) == 20
+
+
+def test_values_marshal_refuses_travel_as_json_and_are_stored_as_the_thread_stores_them(tmp_path):
+    """An enum member in metadata (a subclass of int, made here so the child could not unpickle it): the
+    batch's summary goes as JSON, and the file matches the thread writer's."""
+    import enum
+
+    from vibekit_telemetry.model import checked_row
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    level = enum.IntEnum("Level", "LOW HIGH")
+    rows = _rows(20) + [checked_row({"category": "c", "session_id": "s1", "metadata": {"level": level.HIGH,
+                                                                                        "nested": {"k": [1]}}})]
+    thread = _open_store(tmp_path / "thread.db")
+    thread.store_rows(rows)
+    thread.close()
+    _open_store(tmp_path / "process.db").close()
+    writer = WriterProcess(tmp_path / "process.db", {"path": str(tmp_path / "process.db")})
+    try:
+        writer.store(rows)
+    finally:
+        writer.close()
+    thread_events, thread_sessions = _tables(tmp_path / "thread.db")
+    process_events, process_sessions = _tables(tmp_path / "process.db")
+    assert [r[1:] for r in process_events] == [r[1:] for r in thread_events] and len(process_events) == 21
+    assert process_sessions == thread_sessions
+    assert '"level":2' in dict((r[0], r[14]) for r in process_sessions)["s1"]
