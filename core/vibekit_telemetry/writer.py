@@ -41,6 +41,7 @@ import struct
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -65,10 +66,13 @@ _SUMMARY = 0x40
 #: rows per part of a batch (small enough that the child starts soon, large enough that framing costs nothing)
 PART_ROWS = 1000
 #: errors the child reports that the parent raises as the same class (the kernel's retry and dead-letter
-#: decisions depend on the class)
+#: decisions depend on the class: the built-in ones are what it takes for a value the store cannot hold, whose
+#: event it isolates and dead-letters, as it does when the thread writer raises them); the child reports the
+#: nearest of these in its exception's class hierarchy
 _ERRORS: dict[str, type[Exception]] = {
     "StorageUnavailableError": StorageUnavailableError, "EventsRejectedError": EventsRejectedError,
-    "StorageError": StorageError, "ConfigError": ConfigError,
+    "StorageError": StorageError, "ConfigError": ConfigError, "OverflowError": OverflowError,
+    "UnicodeError": UnicodeError, "TypeError": TypeError, "ValueError": ValueError,
 }
 #: what the child runs: the parent's import path first, then the serving loop
 _BOOT = ("import sys, json; sys.path[:0] = json.loads(sys.stdin.buffer.readline()); "
@@ -181,15 +185,23 @@ class WriterProcess:
             if self._proc.poll() is None:
                 return
             self._forget(self._proc)  # it exited between two batches
-        self._proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      close_fds=True)
-        assert self._proc.stdin is not None
-        _widen(self._proc.stdin)
-        hello = orjson.dumps({"opener": self.opener, "options": self.options})
-        self._proc.stdin.write(orjson.dumps([p for p in sys.path if p]) + b"\n")
-        _write_frame(self._proc.stdin, _JSON, hello)
+        proc = self._proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, close_fds=True)
         self._ready = False
         self.started += 1
+        _LIVE.add(self)
+        try:
+            assert proc.stdin is not None
+            _widen(proc.stdin)
+            hello = orjson.dumps({"opener": self.opener, "options": self.options})
+            proc.stdin.write(orjson.dumps([p for p in sys.path if p]) + b"\n")
+            _write_frame(proc.stdin, _JSON, hello)
+        except BaseException:
+            # a child that did not get its whole hello would wait for it forever, and so would the next batch
+            proc.kill()
+            proc.wait()
+            self._forget(proc)
+            raise
 
     def _await_reply(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
         assert proc.stdout is not None
@@ -279,6 +291,46 @@ class WriterProcess:
                     proc.stdout.close()
 
 
+def _error_name(exc: BaseException) -> str:
+    """The class the parent raises for ``exc``: the nearest of :data:`_ERRORS` among its classes."""
+    return next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _ERRORS), type(exc).__name__)
+
+
+#: writers with a child, whose pipes a forked application child lets go of (see :func:`_after_fork_in_child`)
+_LIVE: weakref.WeakSet[WriterProcess] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked application child: point the inherited ends of each writer's pipes at ``/dev/null``.
+
+    Otherwise the fork keeps the parent's writer child from ever reading the end of its input: killed in the
+    middle of a batch, the parent would leave its child waiting inside the batch's transaction (the file
+    write-locked) for as long as the fork lives, and ``close()`` would wait for it.  The descriptors stay open
+    (on ``/dev/null``), so the parent's file objects the fork inherited can never close a descriptor reused
+    for something else, nor flush the parent's buffered bytes into the pipe.  The fork's own batches start a
+    child of their own.
+    """
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        for writer in list(_LIVE):
+            proc = writer._proc
+            for stream in (proc.stdin, proc.stdout) if proc is not None else ():
+                try:
+                    if stream is not None:
+                        os.dup2(null, stream.fileno())
+                except (OSError, ValueError):
+                    pass
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def serve() -> None:
     """The child's loop: open the store, then store each batch that arrives and answer; exit at end of input."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -291,7 +343,7 @@ def serve() -> None:
         module, _, function = hello["opener"].partition(":")
         store = getattr(importlib.import_module(module), function)(hello["options"])
     except Exception as exc:  # the parent re-raises it as its own
-        _write_frame(stdout, _REPLY, orjson.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        _write_frame(stdout, _REPLY, orjson.dumps({"error": _error_name(exc), "message": str(exc)}))
         return
     _write_frame(stdout, _REPLY, b'{"ready":true}')
     store_parts = getattr(store, "store_parts", None)
@@ -307,7 +359,7 @@ def serve() -> None:
             except _Truncated:
                 return  # the parent is gone: the batch was rolled back, nobody waits for the answer
             except Exception as exc:
-                answer = {"error": type(exc).__name__, "message": str(exc)}
+                answer = {"error": _error_name(exc), "message": str(exc)}
             try:
                 batch.skip_rest()  # what the store did not read of the batch (it stopped at an error)
             except _Truncated:

@@ -298,3 +298,80 @@ def test_values_marshal_refuses_travel_as_json_and_are_stored_as_the_thread_stor
     assert [r[1:] for r in process_events] == [r[1:] for r in thread_events] and len(process_events) == 21
     assert process_sessions == thread_sessions
     assert '"level":2' in dict((r[0], r[14]) for r in process_sessions)["s1"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_does_not_keep_the_writer_child_waiting_inside_a_batch(tmp_path):
+    """An application forks a worker, then dies between two parts of a batch: the worker inherited the pipe
+    to the writer child, and must not hold it open (the child would sit in the batch's transaction, the file
+    write-locked, for as long as the worker lives)."""
+    from vibekit_telemetry import writer as kernel_writer
+    from vibekit_telemetry_sqlite import sql_rows
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    _open_store(tmp_path / "f.db").close()
+    writer = WriterProcess(tmp_path / "f.db", {"path": str(tmp_path / "f.db")})
+    writer.store(_rows(5))
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        proc = writer._proc
+        kind, payload = kernel_writer._encode(sql_rows(_rows(50, start=5)))
+        kernel_writer._write_frame(proc.stdin, kind | kernel_writer._MORE, payload)
+        proc.stdin.close()  # as if the application died here
+        assert proc.wait(10) == 0  # the child read the end of its input although the worker lives
+        proc.stdout.close()
+        writer._proc = None
+        other = sqlite3.connect(tmp_path / "f.db", timeout=1, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # not write-locked
+        other.execute("ROLLBACK")
+        other.close()
+        assert len(_tables(tmp_path / "f.db")[0]) == 5
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
+
+
+def test_a_fault_while_the_child_starts_leaves_no_child_waiting_for_its_hello(tmp_path, monkeypatch):
+    import threading
+
+    from vibekit_telemetry import writer as kernel_writer
+    from vibekit_telemetry_sqlite.writer import WriterProcess
+
+    _open_store(tmp_path / "h.db").close()
+    widen = kernel_writer._widen
+
+    def interrupted(stream):  # a fault that cannot be caused from outside at this exact point
+        monkeypatch.setattr(kernel_writer, "_widen", widen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kernel_writer, "_widen", interrupted)
+    writer = WriterProcess(tmp_path / "h.db", {"path": str(tmp_path / "h.db")})
+    with pytest.raises(KeyboardInterrupt):
+        writer.start()
+    assert writer.pid is None
+    done = threading.Thread(target=writer.store, args=(_rows(10),), daemon=True)
+    done.start()
+    done.join(30)
+    assert not done.is_alive()
+    writer.close()
+    assert writer.started == 2 and len(_tables(tmp_path / "h.db")[0]) == 10
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_value_the_file_cannot_hold_costs_its_event_only_with_either_writer(tmp_path, writer):
+    """A session whose token count overflows SQLite's INTEGER: the child reports OverflowError as such, so
+    the kernel isolates the event and dead-letters it, as with the thread, and the store keeps working."""
+    t = TelemetryService(storage=[{"type": "sqlite", "options": {"path": str(tmp_path / "t.db"), "writer": writer}}],
+                         data_dir=str(tmp_path), reliability={"retry": {"base_delay_ms": 1, "max_delay_ms": 5}})
+    with t:
+        t.track({"category": "c", "session_id": "big", "metadata": {"input_tokens": 2**62}})
+        t.track({"category": "c", "session_id": "big", "metadata": {"input_tokens": 2**62}})
+        for i in range(100):
+            t.track({"category": "later", "session_id": f"s{i % 7}", "value": i})
+        t.flush()
+        counters = t.get_health_status().counters
+        assert counters["dead_letters"] >= 1 and counters["stored"] + counters["dead_letters"] == 102, counters
+        assert len(t.query(category="later", limit=500)) == 100
