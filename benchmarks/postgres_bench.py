@@ -413,26 +413,31 @@ def _run(server: Server, n: int, runs: int, repeat: int, insert_n: int) -> dict[
     rows = [e.to_row() for e in events(n, span_ms=24 * 3_600_000, end_ms=end)]
     prepared = sql_rows(rows)
     session_id = payload[0]["session_id"]  # a whole session: start, 10 chunks, end
-    rates: dict[str, list[float]] = {"copy": [], "honest": [], "service": [], "sqlite": []}
+    rates: dict[str, list[float]] = {"copy": [], "honest": [], "service": [], "one_writer": [], "sqlite": []}
     result: dict[str, Any] = {"n": n, "runs": runs, "batch": BATCH, "server": server.kind, "server_version": version}
     with tempfile.TemporaryDirectory(prefix="vibekit-pg-bench-") as tmp:
         workdir = Path(tmp)
         kept: TelemetryService | None = None
         kept_schema = ""
         for run_index in range(runs):
-            print(f"  PostgreSQL run {run_index + 1}/{runs}: raw COPY, COPY + sessions UPSERT, the service ...",
+            print(f"  PostgreSQL run {run_index + 1}/{runs}: raw COPY, COPY + sessions UPSERT, the service (two "
+                  "writers, one) ...",
                   flush=True)
             rates["copy"].append(ingest_copy(server, rows, prepared))
             rates["honest"].append(ingest_copy(server, rows, prepared, honest=True))
-            schema = _fresh_schema("service")
             last = run_index == runs - 1
-            rate, service = ingest_service({"type": "postgres", "options": {"dsn": server.dsn, "schema": schema}},
-                                           payload, workdir, keep=last)
-            rates["service"].append(rate)
-            if last:
-                kept, kept_schema = service, schema
-            else:
-                server.drop(schema)
+            # the store's default (a large batch split over two connections), and one connection per batch,
+            # in turns first (neither always gets the server fresh from the raw runs)
+            for writers in ((None, 1) if run_index % 2 == 0 else (1, None)):
+                schema = _fresh_schema("service")
+                options = {"dsn": server.dsn, "schema": schema} | ({"writers": writers} if writers else {})
+                rate, service = ingest_service({"type": "postgres", "options": options}, payload, workdir,
+                                               keep=last and writers is None)
+                rates["one_writer" if writers else "service"].append(rate)
+                if service is not None:
+                    kept, kept_schema = service, schema
+                else:
+                    server.drop(schema)
             path = workdir / f"sqlite-{run_index}.db"
             rate, _ = ingest_service({"type": "sqlite", "options": {"path": str(path)}}, payload, workdir)
             rates["sqlite"].append(rate)
@@ -461,6 +466,7 @@ def _run(server: Server, n: int, runs: int, repeat: int, insert_n: int) -> dict[
     result["ratios"] = {
         "service_vs_copy": _stats([s / c for s, c in zip(rates["service"], rates["copy"], strict=True)]),
         "service_vs_honest": _stats([s / h for s, h in zip(rates["service"], rates["honest"], strict=True)]),
+        "one_writer_vs_copy": _stats([s / c for s, c in zip(rates["one_writer"], rates["copy"], strict=True)]),
         "honest_vs_copy": _stats([h / c for h, c in zip(rates["honest"], rates["copy"], strict=True)]),
         "copy_vs_executemany": _stats([c / executemany for c in rates["copy"]]),
         "service_vs_sqlite": _stats([p / s for p, s in zip(rates["service"], rates["sqlite"], strict=True)]),
@@ -476,7 +482,7 @@ def summary(result: dict[str, Any]) -> str:
         return f"PostgreSQL benchmarks skipped: {result['skipped']}"
     rates, ratios, reads, lite = result["events_per_s"], result["ratios"], result["reads"], result["sqlite_reads"]
     lines = [f"PostgreSQL {result['server_version']} ({result['server']}), {result['n']:,} events x {result['runs']}:"]
-    for name in ("copy", "honest", "executemany", "service", "sqlite"):
+    for name in ("copy", "honest", "executemany", "service", "one_writer", "sqlite"):
         lines.append(f"  {name:12} {rates[name]['median']:>10,.0f} events/s")
     for name, value in ratios.items():
         lines.append(f"  {name:20} {value['median']:.2f}")

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from vibekit_telemetry import ConfigError, StorageError, TelemetryService
+from vibekit_telemetry import ConfigError, EventsRejectedError, StorageError, TelemetryService
 from vibekit_telemetry.model import checked_row
 from vibekit_telemetry_postgres import DAY_MS, PostgresStorage, redact_dsn, tsvector_text
 from vibekit_telemetry_postgres.cluster import Cluster, find_bindir
@@ -145,6 +145,135 @@ def test_four_writer_processes_adding_to_the_same_sessions_lose_no_update(tmp_pa
             assert (s.started_at, s.prompt, s.has_start) == (1_799_999_999_000, "go", True)
             assert (s.first_event_at, s.last_event_at) == (1_799_999_999_000, 1_800_000_000_000 + 24_000 + 3)
         assert len(t.query(limit=10_000)) == 4 * 25 * 20 + 20
+
+
+def _big_batch(sessions=60, per_session=50):
+    """Sessions of a start, streamed chunks with tokens and an end (distinct milliseconds), and session-less
+    custom events: a batch large enough to be split over two connections."""
+    items = []
+    for s in range(sessions):
+        sid, base = f"big-{s:03}", 1_800_000_000_000 + s * 100_000
+        items.append({"event_type": "start", "session_id": sid, "category": "agent", "prompt": f"task {s}",
+                      "timestamp": base})
+        items += [{"event_type": "stream", "session_id": sid, "category": "agent", "stream_data": f"part {i}",
+                   "timestamp": base + 1 + i, "metadata": {"input_tokens": 2, "output_tokens": i % 3}}
+                  for i in range(per_session - 2)]
+        items.append({"event_type": "end", "session_id": sid, "category": "agent", "status": "completed",
+                      "timestamp": base + per_session})
+    items += [{"event_type": "custom", "category": "note", "timestamp": 1_800_000_000_000 + i} for i in range(100)]
+    return [checked_row(item) for item in items]
+
+
+def _tables(dsn, schema):
+    """The sessions as stored, and the stored events' ids."""
+    with psycopg.connect(dsn) as conn:
+        sessions = conn.execute(f"SELECT * FROM {schema}.sessions ORDER BY id").fetchall()
+        ids = {r[0] for r in conn.execute(f"SELECT id FROM {schema}.events")}
+    return sessions, ids
+
+
+def test_a_large_batch_is_copied_over_two_connections_at_once_split_by_session(postgres_dsn):
+    rows = _big_batch()
+    one, two = f"w1_{uuid.uuid4().hex[:10]}", f"w2_{uuid.uuid4().hex[:10]}"
+    single = PostgresStorage.open(postgres_dsn, schema=one, listen=False, writers=1)
+    split = PostgresStorage.open(postgres_dsn, schema=two, listen=False)
+    assert (single.writers, split.writers) == (1, 2)
+    parts, active, most = [], [0], [0]
+    lock = threading.Lock()
+    store_part = split._store_part
+
+    def watched(part, starts):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            store_part(part, starts)
+        finally:
+            with lock:
+                active[0] -= 1
+            parts.append({r[1] for r in part})
+
+    split._store_part = watched
+    try:
+        single.store_rows(rows)
+        split.store_rows(rows)
+        # two parts, in flight at once, a session's events all in one of them
+        assert len(parts) == 2 and most[0] == 2 and not (parts[0] & parts[1] - {None})
+        with psycopg.connect(postgres_dsn) as conn:
+            # each part is a transaction of its own (of its events and its sessions); one connection, one
+            xacts = f"SELECT count(DISTINCT xmin::text) FROM {{}}.events"
+            assert conn.execute(xacts.format(two)).fetchone()[0] == 2
+            assert conn.execute(xacts.format(one)).fetchone()[0] == 1
+            assert conn.execute(f"SELECT count(*) FROM (SELECT session_id FROM {two}.events GROUP BY session_id "
+                                "HAVING count(DISTINCT xmin::text) > 1) AS s").fetchone()[0] == 0
+        want = _tables(postgres_dsn, one)
+        assert len(want[0]) == 60 and len(want[1]) == len(rows)
+        assert _tables(postgres_dsn, two) == want
+        split.store_rows(rows)  # retried: every id is stored already, in both parts
+        assert _tables(postgres_dsn, two) == want
+    finally:
+        single.close()
+        split.close()
+        _drop(postgres_dsn, one)
+        _drop(postgres_dsn, two)
+
+
+def test_a_part_that_fails_leaves_the_others_committed_and_the_retry_adds_only_the_rest(postgres_dsn):
+    rows = _big_batch()
+    bad = checked_row({"event_type": "stream", "session_id": "big-007", "category": "agent",
+                       "stream_data": "a NUL \x00 inside", "timestamp": 1_800_000_700_049})
+    one, two = f"w1_{uuid.uuid4().hex[:10]}", f"w2_{uuid.uuid4().hex[:10]}"
+    reference = PostgresStorage.open(postgres_dsn, schema=one, listen=False, writers=1)
+    split = PostgresStorage.open(postgres_dsn, schema=two, listen=False, writers=2)
+    try:
+        reference.store_rows(rows)
+        with pytest.raises(EventsRejectedError, match="0x00"):
+            split.store_rows([*rows, bad])
+        sessions, ids = _tables(postgres_dsn, two)
+        # the part without the bad event committed: its events, each counted in its session
+        assert 0 < len(ids) < len(rows) and "big-007" not in {s[0] for s in sessions}
+        with psycopg.connect(postgres_dsn) as conn:
+            stored, counted = conn.execute(f"SELECT (SELECT count(*) FROM {two}.events WHERE session_id IS NOT NULL), "
+                                           f"(SELECT sum(event_count) FROM {two}.sessions)").fetchone()
+        assert stored == counted
+        split.store_rows(rows)  # the kernel's retry without the event it dead-lettered
+        assert _tables(postgres_dsn, two) == _tables(postgres_dsn, one)
+    finally:
+        reference.close()
+        split.close()
+        _drop(postgres_dsn, one)
+        _drop(postgres_dsn, two)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_copies_split_batches_on_threads_of_its_own(tmp_path, pg_options):
+    rows = _big_batch(sessions=40)
+    with _service(tmp_path, pg_options) as t:
+        store = t.storage_plugin("postgres")
+        store.store_rows(rows[:1000])  # the parent's copy thread exists now
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's thread is not here, a split batch must not wait for it
+            code = 1
+            try:
+                signal.alarm(60)
+                store.store_rows(rows[1000:])
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        store.store_rows(rows[1000:])  # the parent's thread still works (and the ids are stored already)
+        assert store.count() == len(rows)
+        assert sum(s.event_count for s in t.get_sessions(limit=100)) == 40 * 50
+
+
+def test_writers_cannot_outnumber_the_pool(tmp_path, pg_options):
+    with pytest.raises(ConfigError, match="writers: 3 connections per batch need pool_size >= 3"):
+        _service(tmp_path, {**pg_options, "writers": 3, "pool_size": 2})
+    with pytest.raises(ConfigError, match="writers: expected a positive integer"):
+        _service(tmp_path, {**pg_options, "writers": 0})
+    with _service(tmp_path, {**pg_options, "pool_size": 1}) as t:  # unset: as many as the pool allows
+        assert t.get_health_status().components["postgres"]["writers"] == 1
 
 
 def test_two_processes_starting_at_once_migrate_once(tmp_path, postgres_dsn, pg_schema):

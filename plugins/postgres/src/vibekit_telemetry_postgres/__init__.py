@@ -9,6 +9,8 @@ The same read and write hooks as the SQLite store, on a database server:
   row, so writers on several hosts touching one session never lose an update;
 - text search reads a ``tsvector`` of the words :func:`vibekit_telemetry.search_words` finds (what SQLite's
   tokenizer indexes) through a GIN index, so ``query(text=...)`` matches what it matches on SQLite;
+- a large batch is split by session over ``writers`` connections that copy at once, each part one
+  transaction of its events and its sessions (PostgreSQL works on each in its own process);
 - the schema comes from numbered migrations applied under an advisory lock (see ``migrations.py``).
 
 Connections come from a ``psycopg_pool`` pool (``pool_size``, ``idle_timeout``: the seed's sqlite
@@ -30,6 +32,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -86,6 +89,8 @@ _NOTIFY_BYTES = 7_000
 LISTEN_READY_S = 1.0
 #: how long the listener keeps listening after the last live stream closed (a subscriber reconnecting)
 LISTEN_LINGER_S = 30.0
+#: the fewest rows a part of a batch split over ``writers`` connections holds (below, one connection)
+PART_MIN_ROWS = 500
 
 _COLUMNS = ", ".join(ROW_FIELDS)
 _COPY_EVENTS = f"COPY events ({_COLUMNS}, words) FROM STDIN"
@@ -117,11 +122,11 @@ _DELTA = (("id", "text"), ("agent", "text"), ("agent_given", "bool"), ("mode", "
 _LABELS = tuple((name, "text") for name in SESSION_LABELS)
 #: A session not stored yet is inserted whole: its fold over the batch is its row (in id order: two writers
 #: creating the same sessions wait for each other and never deadlock); the ids that were new come back ...
-_NEW_SESSIONS = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM jsonb_to_recordset("
-                 f"%s::jsonb) AS d({', '.join(f'{n} {t}' for n, t in _DELTA + _LABELS if not n.endswith('_given'))}) "
+_NEW_SESSIONS = (f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM json_to_recordset("
+                 f"%s::json) AS d({', '.join(f'{n} {t}' for n, t in _DELTA + _LABELS if not n.endswith('_given'))}) "
                  "ORDER BY id ON CONFLICT (id) DO NOTHING RETURNING id")
 #: ... the others, stored already (by an earlier batch or another writer), are locked in id order ...
-_LOCK_SESSIONS = ("SELECT id FROM sessions WHERE id IN (SELECT jsonb_array_elements_text(%s::jsonb)) ORDER BY id "
+_LOCK_SESSIONS = ("SELECT id FROM sessions WHERE id IN (SELECT json_array_elements_text(%s::json)) ORDER BY id "
                   "FOR UPDATE")
 #: ... and their folds are added to the stored rows: counts and tokens add up, first times take the least,
 #: last times the greatest, the latest end decides the status, metadata merges (newer keys win), a start
@@ -155,7 +160,7 @@ UPDATE sessions AS s SET
     last_error = coalesce(d.last_error, s.last_error),
     has_start = s.has_start OR d.has_start,
     {', '.join(_label_sql(k) for k in SESSION_LABELS)}
-FROM jsonb_to_recordset(%s::jsonb) AS d({', '.join(f'{n} {t}' for n, t in _DELTA)})
+FROM json_to_recordset(%s::json) AS d({', '.join(f'{n} {t}' for n, t in _DELTA)})
 WHERE s.id = d.id
 """
 
@@ -248,6 +253,7 @@ class PostgresStorage:
         the connections this process opens; ``idle_timeout`` (ms) closes connections unused that long.
         ``partition_days`` is the width of one events partition; ``partitions_ahead`` how many future
         partitions are kept created.  ``notify``/``listen``: live streams across processes (LISTEN/NOTIFY).
+        ``writers``: how many connections one large batch is copied over at once (at most ``pool_size``).
         """
 
         dsn: str | None = None
@@ -261,16 +267,24 @@ class PostgresStorage:
         #: (API servers on other hosts) get it; and listen there while this process has live streams
         notify: bool = True
         listen: bool = True
+        #: a batch of at least ``writers * PART_MIN_ROWS`` rows is split by session into this many parts,
+        #: each copied over a connection of its own and committed with its sessions (the server parses,
+        #: indexes and upserts the parts in parallel processes); 1 writes every batch over one connection.
+        #: Unset: 2, or 1 with ``pool_size = 1``
+        writers: int | None = None
 
         def __attrs_post_init__(self) -> None:
             if not isinstance(self.schema, str) or not _SCHEMA_NAME.fullmatch(self.schema):
                 raise ConfigError(f"schema: expected a lower-case SQL name (letters, digits, _), got {self.schema!r}")
-            for key in ("pool_size", "idle_timeout", "connect_timeout_ms", "partition_days"):
+            for key in ("pool_size", "idle_timeout", "connect_timeout_ms", "partition_days", "writers"):
                 value = getattr(self, key)
                 if value is not None and (not isinstance(value, int) or value < 1):
                     raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
             if not isinstance(self.partitions_ahead, int) or self.partitions_ahead < 0:
                 raise ConfigError(f"partitions_ahead: expected 0 or more, got {self.partitions_ahead!r}")
+            if self.writers is not None and isinstance(self.pool_size, int) and self.writers > self.pool_size:
+                raise ConfigError(f"writers: {self.writers} connections per batch need pool_size >= {self.writers}, "
+                                  f"got pool_size = {self.pool_size}")
             if self.dsn is not None and (not isinstance(self.dsn, str) or not self.dsn.strip()):
                 raise ConfigError("dsn: expected a PostgreSQL connection string such as "
                                   "postgresql://user@host/dbname")
@@ -284,6 +298,8 @@ class PostgresStorage:
         self._partition_lock = threading.Lock()
         self._ahead_checked = 0.0
         self.span_ms = self.config.partition_days * DAY_MS
+        #: connections a large batch is copied over at once
+        self.writers = self.config.writers or min(2, self.config.pool_size)
         #: who this process is on the NOTIFY channel (its own announcements are not offered twice)
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.channel = f"vibekit_events_{self.config.schema}"
@@ -293,6 +309,9 @@ class PostgresStorage:
         #: set when a live stream opens (the listener starts at once); set by the listener while it listens
         self._wake, self._listening = threading.Event(), threading.Event()
         self.heard = 0
+        #: threads copying the other parts of a batch split over ``writers`` connections (made on first use)
+        self._copiers: ThreadPoolExecutor | None = None
+        self._copiers_lock = threading.Lock()
 
     # --- opening ---------------------------------------------------------------------------------------
 
@@ -503,9 +522,13 @@ class PostgresStorage:
 
     @hookimpl
     def store_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """:meth:`store` for the kernel's rows (``ROW_FIELDS`` order)."""
-        from psycopg import errors
+        """:meth:`store` for the kernel's rows (``ROW_FIELDS`` order).
 
+        A batch of at least ``writers * PART_MIN_ROWS`` rows is split by session into ``writers`` parts
+        copied at once over connections of their own, each part committed with its sessions: a session's
+        events are all in one part, so the parts never wait on each other's rows.  When a part fails the
+        others may have committed; the kernel's retry of the batch then finds those ids stored and adds
+        only what is new (as for any retried batch), so nothing counts twice."""
         if not rows:
             return
         span = self.span_ms
@@ -513,6 +536,45 @@ class PostgresStorage:
         if not starts <= self._partitions:
             self._ensure_partitions(starts)
         self._ensure_ahead()
+        ways = min(self.writers, len(rows) // PART_MIN_ROWS)
+        if ways < 2:
+            self._store_part(rows, starts)
+            return
+        parts: list[list[tuple[Any, ...]]] = [[] for _ in range(ways)]
+        for r in rows:
+            parts[hash(r[1]) % ways].append(r)  # by session id (within this process: the hash's seed is its own)
+        first, *rest = [part for part in parts if part]
+        others = self._submit_parts(rest, starts)
+        errors: list[BaseException] = []
+        try:
+            self._store_part(first, starts)
+        except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are done
+            errors.append(exc)
+        for future in others:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        if errors:
+            # a part the store could not take now is retried with the whole batch, which then surfaces any
+            # content fault of another part on its own
+            raise next((e for e in errors if isinstance(e, StorageUnavailableError)), errors[0])
+
+    def _submit_parts(self, parts: list[list[tuple[Any, ...]]], starts: set[int]) -> list[Any]:
+        """Start copying ``parts`` on the copy threads (made on first use); their futures."""
+        with self._copiers_lock:
+            if self._closed:  # close() shuts the threads down under this lock
+                raise StorageUnavailableError("the postgres storage is not open")
+            if self._copiers is None:
+                self._copiers = ThreadPoolExecutor(max_workers=max(1, self.writers - 1),
+                                                   thread_name_prefix="vibekit-telemetry-postgres-copy")
+            return [self._copiers.submit(self._store_part, part, starts) for part in parts]
+
+    def _store_part(self, rows: list[tuple[Any, ...]], starts: set[int]) -> None:
+        """Copy ``rows`` in and add them to their sessions in one transaction (only the new ids, when some
+        are stored already)."""
+        from psycopg import errors
+
         sql_row = copy_row
         sql_rows: list[tuple[Any, ...]] = []
         for attempt in (1, 2):
@@ -593,7 +655,8 @@ class PostgresStorage:
         for _ in range(10):
             if not pending:
                 return
-            # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value
+            # one JSON document for the whole batch (orjson, in C): psycopg dumps Python arrays value by value;
+            # read as json, not jsonb, so the server parses it once and builds no binary document first
             new = {sid for (sid,) in conn.execute(_NEW_SESSIONS, [orjson.dumps(pending).decode()])}
             stored = [r for r in pending if r["id"] not in new]
             if not stored:
@@ -627,7 +690,7 @@ class PostgresStorage:
     def _notify(self, conn: Any, notes: str | None) -> None:
         """Send :meth:`_notes` on the schema's channel; delivered when (and only if) the transaction commits."""
         if notes is not None:
-            conn.execute("SELECT pg_notify(%s, p) FROM jsonb_array_elements_text(%s::jsonb) AS p",
+            conn.execute("SELECT pg_notify(%s, p) FROM json_array_elements_text(%s::json) AS p",
                          [self.channel, notes])
 
     def _start_listening(self) -> None:
@@ -899,7 +962,7 @@ class PostgresStorage:
         if self._pool is None or self._closed:
             return {"healthy": False, "issues": ["not open"]}
         report: dict[str, Any] = {"healthy": True, "issues": [], "dsn": redact_dsn(self.dsn or ""),
-                                  "schema": self.config.schema}
+                                  "schema": self.config.schema, "writers": self.writers}
         try:
             with self._reading() as conn:
                 report["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
@@ -930,6 +993,8 @@ class PostgresStorage:
             _inherited.append(self._pool)
             self._pool = None
         self._partition_lock = threading.Lock()
+        # the parent's copy threads are not in this process (the executor would wait on them forever)
+        self._copiers, self._copiers_lock = None, threading.Lock()
         if not self._closed and self.dsn is not None:
             self._pool = self._new_pool()
             self._listener = None  # the parent's thread is not in this process
@@ -944,6 +1009,10 @@ class PostgresStorage:
         listener, self._listener = self._listener, None
         if listener is not None and listener is not threading.current_thread():
             listener.join(5)
+        with self._copiers_lock:
+            copiers, self._copiers = self._copiers, None
+        if copiers is not None:
+            copiers.shutdown(wait=True)  # parts being copied finish (or fail) before the pool closes
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self.config.connect_timeout_ms / 1000)

@@ -102,7 +102,9 @@ def run(source_path: Path, dsn: str, schema: str, batch_size: int, *, restart: b
     target = progress = None
     try:
         try:
-            target = PostgresStorage.open(dsn, schema=schema)
+            # one connection: the events keep the source's order in ``seq`` (a batch split over several
+            # would order events of different sessions in one millisecond as the server took the parts)
+            target = PostgresStorage.open(dsn, schema=schema, writers=1)
             progress = Progress(target, str(source.path))
         except StorageUnavailableError as exc:
             _fail(f"the target is unavailable: {exc}", 1)

@@ -5,7 +5,8 @@ The events are read from the SQLite file in ``seq`` order, a batch at a time, an
 the order the SQLite store received (and folded) them: a session's "last one wins" fields (metadata keys,
 the last error, the prompt of several starts) depend on that order, so reading by time instead would give
 other sessions wherever events arrived out of time order (late events, imports, client clocks).  Events of
-the same millisecond keep their relative order in PostgreSQL's ``seq`` too, so both stores list them alike.
+the same millisecond keep their relative order in PostgreSQL's ``seq`` too (the target writes each batch over
+one connection, ``writers = 1``), so both stores list them alike.
 
 After each batch the position reached (the last event's ``seq``, id and timestamp) is recorded in
 ``vibekit_migrate_progress`` in the target schema, keyed by the source file's absolute path.  A run killed
