@@ -102,6 +102,13 @@ def test_words_are_split_as_the_sqlite_tokenizer_splits_them():
     assert tsvector_text("x" * 5000 + " short", None) == "'short'"  # a word too long for a tsvector is skipped
 
 
+def test_a_word_said_twice_is_merged_by_the_server(postgres_dsn):
+    literal = tsvector_text("The cat and the dog", "the CAT")
+    assert literal.count("'the'") == 3  # left to the server, which sorts and merges the words anyway
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT %s::tsvector::text", [literal]).fetchone()[0] == "'and' 'cat' 'dog' 'the'"
+
+
 # --- several writers, one store ---------------------------------------------------------------------------
 
 WRITER = textwrap.dedent(

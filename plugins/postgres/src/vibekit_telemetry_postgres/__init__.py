@@ -180,17 +180,21 @@ def _dumps(value: Any) -> str:
 def tsvector_text(*texts: str | None) -> str | None:
     """The ``tsvector`` literal of the words in ``texts`` (``'word' 'other'``), or ``None`` without words."""
     given = [t for t in texts if t]
-    if not given:
-        return None
-    text = given[0] if len(given) == 1 else " ".join(given)
-    words = set(search_words(text))
+    return _tsvector(given[0] if len(given) == 1 else " ".join(given)) if given else None
+
+
+def _tsvector(text: str) -> str | None:
+    words = search_words(text)
     if not words:
         return None
-    if len(text) * 4 <= _MAX_WORD_BYTES:  # the common case: no word (nor all of them) can be too long
-        return "'" + "' '".join(words) + "'"  # words are letters and digits: nothing to escape
+    if len(text) <= _MAX_WORD_BYTES and (len(text) * 4 <= _MAX_WORD_BYTES or text.isascii()):
+        # the common case: no word (nor all of them) can be too long.  Words are letters and digits: nothing to
+        # escape; a word said twice is left for the server's tsvector input, which sorts and merges the words
+        # anyway (a set here cost more than the rest of the literal)
+        return "'" + "' '".join(words) + "'"
     out: list[str] = []
     size = 0
-    for word in words:
+    for word in dict.fromkeys(words):
         n = len(word.encode())
         if n > _MAX_WORD_BYTES:
             continue
@@ -203,9 +207,10 @@ def tsvector_text(*texts: str | None) -> str | None:
 
 def copy_row(r: tuple[Any, ...]) -> tuple[Any, ...]:
     """A kernel event row as ``COPY`` takes it: metadata and ``truncated`` as JSON text, and its words."""
-    metadata = r[17]
+    metadata, prompt, stream = r[17], r[10], r[12]
+    text = (f"{prompt} {stream}" if stream else prompt) if prompt else stream
     return (*r[:17], metadata if type(metadata) is str else _dumps(metadata) if metadata else "{}",
-            _dumps(list(r[18])) if r[18] else None, tsvector_text(r[10], r[12]))
+            _dumps(list(r[18])) if r[18] else None, _tsvector(text) if text else None)
 
 
 def _tsquery(text: str) -> str:
