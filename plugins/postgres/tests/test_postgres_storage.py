@@ -274,6 +274,34 @@ def test_a_forked_child_copies_split_batches_on_threads_of_its_own(tmp_path, pg_
         assert sum(s.event_count for s in t.get_sessions(limit=100)) == 40 * 50
 
 
+EXITING = textwrap.dedent(
+    """
+    import sys
+    from vibekit_telemetry import TelemetryService
+    t = TelemetryService(storage=[{"type": "postgres", "options": {"dsn": sys.argv[1], "schema": sys.argv[2]}}],
+                         data_dir="exiting", stream_batch_size=100_000, stream_flush_interval=600_000,
+                         max_batch_size=5000)
+    for s in range(40):
+        for i in range(75):
+            t.track(event_type="stream", session_id=f"s{s}", category="agent", stream_data=f"chunk {i}")
+    print("tracked")  # and exits with the events queued, no shutdown(): the kernel's atexit drain writes them
+    """
+)
+
+
+def test_a_split_batch_drained_as_the_interpreter_exits_is_stored(tmp_path, pg_options):
+    (tmp_path / "exiting.py").write_text(EXITING)
+    done = subprocess.run([sys.executable, "exiting.py", pg_options["dsn"], pg_options["schema"]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "tracked", done.stderr[-2000:]
+    assert "failed" not in done.stderr, done.stderr[-2000:]
+    with psycopg.connect(pg_options["dsn"]) as conn:
+        stored, counted = conn.execute(
+            f"SELECT (SELECT count(*) FROM {pg_options['schema']}.events), "
+            f"(SELECT sum(event_count) FROM {pg_options['schema']}.sessions)").fetchone()
+    assert stored == counted == 3000  # stored by the exiting process, not left in its journal for a later start
+
+
 def test_writers_cannot_outnumber_the_pool(tmp_path, pg_options):
     with pytest.raises(ConfigError, match="writers: 3 connections per batch need pool_size >= 3"):
         _service(tmp_path, {**pg_options, "writers": 3, "pool_size": 2})

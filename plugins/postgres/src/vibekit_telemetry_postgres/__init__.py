@@ -548,13 +548,17 @@ class PostgresStorage:
         parts: list[list[tuple[Any, ...]]] = [[] for _ in range(ways)]
         for r in rows:
             parts[hash(r[1]) % ways].append(r)  # by session id (within this process: the hash's seed is its own)
+        # (two events of the batch with one id and time under two sessions may land in two parts and wait on each
+        # other's key: PostgreSQL ends that deadlock after its deadlock_timeout, and the kernel's retry finds one
+        # of them stored; as with two processes sending them)
         first, *rest = [part for part in parts if part]
-        others = self._submit_parts(rest, starts)
+        others, here = self._submit_parts(rest, starts)
         errors: list[BaseException] = []
-        try:
-            self._store_part(first, starts)
-        except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are done
-            errors.append(exc)
+        for part in (first, *here):
+            try:
+                self._store_part(part, starts)
+            except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are done
+                errors.append(exc)
         for future in others:
             try:
                 future.result()
@@ -565,15 +569,24 @@ class PostgresStorage:
             # content fault of another part on its own
             raise next((e for e in errors if isinstance(e, StorageUnavailableError)), errors[0])
 
-    def _submit_parts(self, parts: list[list[tuple[Any, ...]]], starts: set[int]) -> list[Any]:
-        """Start copying ``parts`` on the copy threads (made on first use); their futures."""
+    def _submit_parts(self, parts: list[list[tuple[Any, ...]]], starts: set[int]
+                      ) -> tuple[list[Any], list[list[tuple[Any, ...]]]]:
+        """Start copying ``parts`` on the copy threads (made on first use): their futures, and the parts no
+        thread took, for the caller to copy itself.  That is every part while the interpreter exits:
+        ``concurrent.futures`` stops taking work before the kernel's ``atexit`` drain writes what is queued."""
+        futures: list[Any] = []
         with self._copiers_lock:
             if self._closed:  # close() shuts the threads down under this lock
                 raise StorageUnavailableError("the postgres storage is not open")
-            if self._copiers is None:
-                self._copiers = ThreadPoolExecutor(max_workers=max(1, self.writers - 1),
-                                                   thread_name_prefix="vibekit-telemetry-postgres-copy")
-            return [self._copiers.submit(self._store_part, part, starts) for part in parts]
+            try:
+                if self._copiers is None:
+                    self._copiers = ThreadPoolExecutor(max_workers=max(1, self.writers - 1),
+                                                       thread_name_prefix="vibekit-telemetry-postgres-copy")
+                for part in parts:
+                    futures.append(self._copiers.submit(self._store_part, part, starts))
+            except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+                pass
+        return futures, parts[len(futures):]
 
     def _store_part(self, rows: list[tuple[Any, ...]], starts: set[int]) -> None:
         """Copy ``rows`` in and add them to their sessions in one transaction (only the new ids, when some
@@ -1017,7 +1030,7 @@ class PostgresStorage:
         with self._copiers_lock:
             copiers, self._copiers = self._copiers, None
         if copiers is not None:
-            copiers.shutdown(wait=True)  # parts being copied finish (or fail) before the pool closes
+            copiers.shutdown(wait=True)  # parts on the copy threads finish (or fail) before the pool closes
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self.config.connect_timeout_ms / 1000)
