@@ -318,7 +318,7 @@ class TelemetryService:
         self._drops: Counter[str] = Counter()
         self._thinned: Counter[str] = Counter()
         self._sink_policies: dict[str, ReliabilityConfig] = {}
-        self._memory_checked = 0.0
+        self._memory_checked = float("-inf")  # monotonic time: the first batch checks
         self._memory_high = False
         self._started = False
         self._read_cache = self._read_decoders = False

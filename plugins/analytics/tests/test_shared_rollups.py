@@ -55,7 +55,7 @@ def test_every_process_answers_with_the_whole_clusters_counts(tmp_path, pg_optio
         # only the leader watches for anomalies: an anomaly is alerted once for the cluster
         _analytics(a).idle()
         _analytics(b).idle()
-        assert _analytics(a)._last_watch > 0 and _analytics(b)._last_watch == 0.0
+        assert _analytics(a)._last_watch > 0 and _analytics(b)._last_watch == float("-inf")  # never watched
     finally:
         for t in (a, b, plain):
             t.shutdown()

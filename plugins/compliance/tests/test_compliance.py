@@ -51,6 +51,24 @@ def test_erasure_and_access_by_user_id_are_complete_and_audited(in_tmp):
     assert b"alice" not in raw
 
 
+def test_the_first_check_runs_at_once_on_a_machine_up_for_seconds(in_tmp, monkeypatch):
+    import vibekit_telemetry_compliance as compliance
+
+    # the monotonic clock counts from boot on Linux: a machine started a minute ago reads about 60 s
+    monkeypatch.setattr(compliance, "monotonic", lambda: 5.0)
+    plugin = CompliancePlugin(regulations=["gdpr"], retention_days=90, check_interval="1h")
+    with TelemetryService(plugins=[plugin]) as t:
+        old = _session(t, "carol", age_days=100)
+        t.flush()
+        plugin.idle()
+        deadline = now_ms() + 10_000
+        while t.get_session(old) is not None and now_ms() < deadline:
+            t.flush()
+        assert t.get_session(old) is None and plugin.stats["retention_runs"] == 1
+        plugin.idle()  # within the hour: no second run
+        assert plugin.stats["retention_runs"] == 1
+
+
 def test_retention_and_anonymisation_on_schedule(in_tmp):
     plugin = CompliancePlugin(regulations=["gdpr", "ccpa"], retention_days=90, anonymize_after=30)
     with TelemetryService(plugins=[plugin]) as t:

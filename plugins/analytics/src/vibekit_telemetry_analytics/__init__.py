@@ -131,8 +131,8 @@ class AnalyticsPlugin:
         self._lock = threading.RLock()
         self._minute_keep = span_ms(self.config.minute_retention)
         self._hour_keep = span_ms(self.config.hour_retention)
-        self._last_trim = 0.0
-        self._last_watch = 0.0
+        self._last_trim = float("-inf")  # monotonic times (the clock may start near 0 at boot): due at once
+        self._last_watch = float("-inf")
         self._watchers: dict[str, LikelihoodDetector] = {}
         self._watched_until: int | None = None
         #: batches stored while a recount reads storage, counted at its next cut (see _run)

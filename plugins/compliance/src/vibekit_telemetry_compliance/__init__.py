@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from time import monotonic
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -144,7 +144,7 @@ class CompliancePlugin:
         self._metadata_drop = {f.split(".", 1)[1] for f in self.config.exclude_fields if f.startswith("metadata.")}
         self._field_drop = {f: None for f in self.config.exclude_fields if not f.startswith("metadata.")}
         self._keep = set(self.config.include_only) if self.config.include_only is not None else None
-        self._last_check = 0.0
+        self._last_check = float("-inf")  # monotonic: the first idle moment checks, however short the uptime
         self._check_every = span_ms(self.config.check_interval) / 1000
         self._busy = threading.Lock()
         self.stats = {"minimised": 0, "anonymised": 0, "erased": 0, "retention_runs": 0}
@@ -178,9 +178,9 @@ class CompliancePlugin:
     @hookimpl
     def idle(self) -> None:
         """Every ``check_interval``: apply retention, then anonymise a chunk of old events."""
-        if time.monotonic() - self._last_check < self._check_every or self.service is None:
+        if monotonic() - self._last_check < self._check_every or self.service is None:
             return
-        self._last_check = time.monotonic()
+        self._last_check = monotonic()
         threading.Thread(target=self._scheduled, name="vibekit-telemetry-compliance", daemon=True).start()
 
     def _scheduled(self) -> None:
