@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from time import monotonic
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from time import monotonic
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import attrs
